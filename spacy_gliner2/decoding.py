@@ -1,0 +1,220 @@
+"""Raw scores -> plain result dicts, with the reference's decoding rules.
+
+A result is ``{"entities": {label: [span]}, "classifications": {task: cls},
+"structures": {name: [instance]}, "relations": {name: [{"head", "tail"}]}}`` where a
+span is ``{"text", "confidence", "start", "end"}`` (character offsets into the
+document) and ``cls`` is ``{"label", "confidence"}`` (a list of those when
+multi-label). Class probabilities of every label are returned beside it.
+Knows nothing of spaCy.
+"""
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+
+from .encoding import CLASSIFICATION, ENTITIES, RELATION, STRUCTURE, EncodedText
+from .model.extractor import TaskScores
+from .schema import ClassificationTask, Schema
+from .text import Word
+
+Span = Dict[str, Any]
+Result = Dict[str, Dict[str, Any]]
+Probs = Dict[str, Dict[str, float]]
+
+
+def empty_result() -> Result:
+    return {"entities": {}, "classifications": {}, "structures": {}, "relations": {}}
+
+
+class _SpanTask:
+    """Thresholded candidates of one span task, grouped per (instance, field)."""
+
+    def __init__(self, logits: torch.Tensor, n_prefix: int, thresholds: Sequence[float]):
+        text = logits[:, :, n_prefix:, :]
+        probs = torch.sigmoid(text)
+        n, width = text.shape[2], text.shape[3]
+        valid = (torch.arange(n)[:, None] + torch.arange(width)) < n
+        thr = torch.tensor(thresholds, dtype=probs.dtype, device=probs.device)
+        mask = (probs >= thr[None, :, None, None]) & valid.to(probs.device)
+        idx = mask.nonzero().tolist()  # row-major: instance, field, start, width
+        conf = probs[mask].tolist()
+        self.groups: Dict[Tuple[int, int], List[Tuple[float, int, int]]] = {}
+        for (k, m, i, w), c in zip(idx, conf):
+            self.groups.setdefault((k, m), []).append((c, i, i + w))
+        self.prefix_probs = torch.sigmoid(logits[:, :, :n_prefix, 0]).tolist() if n_prefix else None
+
+    def spans(self, k: int, m: int, words: Sequence[Word], text: str, first_only: bool = False) -> List[Span]:
+        """Greedy by confidence, skipping spans overlapping a kept one."""
+        ranked = sorted(self.groups.get((k, m), ()), key=lambda c: -c[0])
+        kept: List[Tuple[float, int, int]] = []
+        for cand in ranked:
+            if all(cand[2] < s or e < cand[1] for _, s, e in kept):
+                kept.append(cand)
+                if first_only:
+                    break
+        out = []
+        for conf, i, j in kept:
+            start, end = words[i][1], words[j][2]
+            if end > start:  # a span of only the appended period covers no text
+                out.append({"text": text[start:end], "confidence": conf, "start": start, "end": end})
+        return out
+
+
+def _choices(
+    task: _SpanTask, k: int, m: int, choices: Sequence[str], prefix: Sequence[str], dtype: str, threshold: float
+) -> Any:
+    lowered = [p.lower() for p in prefix]
+    scored = []
+    for choice in dict.fromkeys(choices):
+        if choice.lower() in lowered:
+            scored.append((choice, task.prefix_probs[k][m][lowered.index(choice.lower())]))
+    if dtype == "list":
+        return [{"text": c, "confidence": p} for c, p in scored if p >= threshold]
+    best = max(scored, key=lambda x: x[1], default=None)  # first of equal maxima
+    return {"text": best[0], "confidence": best[1]} if best and best[1] >= threshold else None
+
+
+def _classify(task: ClassificationTask, logits: torch.Tensor) -> Tuple[Any, Dict[str, float]]:
+    if task.multi_label:
+        probs = torch.sigmoid(logits).tolist()
+        chosen = [
+            {"label": label, "confidence": p}
+            for label, p in zip(task.labels, probs)
+            if p >= task.threshold
+        ]
+        if not chosen:
+            best = max(range(len(probs)), key=probs.__getitem__)
+            chosen = [{"label": task.labels[best], "confidence": probs[best]}]
+        decision: Any = chosen
+    else:
+        probs = torch.softmax(logits, dim=-1).tolist()
+        best = max(range(len(probs)), key=probs.__getitem__)
+        decision = {"label": task.labels[best], "confidence": probs[best]}
+    return decision, dict(zip(task.labels, probs))
+
+
+def decode(
+    schema: Schema,
+    record: EncodedText,
+    scores: Sequence[TaskScores],
+    words: Sequence[Word],
+    text: str,
+) -> Tuple[Result, Probs]:
+    """Decode one record's scores. ``words`` are the text words (prefix excluded)."""
+    result, probs = empty_result(), {}
+    for slots, task_scores in zip(record.tasks, scores):
+        seg = slots.segment
+        if seg.kind == CLASSIFICATION:
+            task = schema.classifications[seg.index]
+            result["classifications"][task.name], probs[task.name] = _classify(task, task_scores.logits)
+            continue
+        if seg.kind == ENTITIES:
+            thresholds = [schema.threshold if e.threshold is None else e.threshold for e in schema.entities]
+        elif seg.kind == STRUCTURE:
+            fields = schema.structures[seg.index].fields
+            thresholds = [schema.threshold if f.threshold is None else f.threshold for f in fields]
+        else:
+            rel = schema.relations[seg.index]
+            thresholds = [schema.threshold if rel.threshold is None else rel.threshold] * 2
+        spans = _SpanTask(task_scores.logits, record.n_prefix, thresholds) if task_scores.count else None
+        if seg.kind == ENTITIES:
+            result["entities"] = {
+                name: spans.spans(0, m, words, text) if spans else [] for m, name in enumerate(seg.names)
+            }
+        elif seg.kind == RELATION:
+            found = []
+            for k in range(task_scores.count):
+                head, tail = (spans.spans(k, m, words, text, first_only=True) for m in (0, 1))
+                if head and tail:
+                    found.append({"head": head[0], "tail": tail[0]})
+            result["relations"][rel.name] = found
+        else:
+            structure = schema.structures[seg.index]
+            instances = []
+            for k in range(task_scores.count):
+                instance: Dict[str, Any] = {}
+                for m, f in enumerate(structure.fields):
+                    if f.choices:
+                        instance[f.name] = _choices(spans, k, m, f.choices, record.prefix, f.dtype, thresholds[m])
+                    else:
+                        found = spans.spans(k, m, words, text, first_only=f.dtype == "str")
+                        instance[f.name] = found if f.dtype == "list" else (found[0] if found else None)
+                if any(v not in (None, []) for v in instance.values()):
+                    instances.append(instance)
+            result["structures"][structure.name] = instances
+    return result, probs
+
+
+# -- long texts: merging window results on global offsets --------------------
+
+
+def _overlaps(a: Span, b: Span) -> bool:
+    return a["start"] < b["end"] and b["start"] < a["end"]
+
+
+def _merge_spans(spans: List[Span]) -> List[Span]:
+    """Same-label spans from overlapping windows: greedy by confidence, no overlaps."""
+    kept: List[Span] = []
+    for span in sorted(spans, key=lambda s: (-s["confidence"], s["start"], s["end"])):
+        if not any(_overlaps(span, k) for k in kept):
+            kept.append(span)
+    return kept
+
+
+def _key(value: Any) -> Any:
+    """A confidence-free identity of a structure instance or relation."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _key(v)) for k, v in value.items() if k != "confidence"))
+    if isinstance(value, list):
+        return tuple(_key(v) for v in value)
+    return value
+
+
+def _best(value: Any) -> float:
+    if isinstance(value, dict):
+        if "confidence" in value:
+            return value["confidence"]
+        return max((_best(v) for v in value.values()), default=0.0)
+    if isinstance(value, list):
+        return max((_best(v) for v in value), default=0.0)
+    return 0.0
+
+
+def _dedupe(items: List[Any]) -> List[Any]:
+    found: Dict[Any, Any] = {}
+    for item in items:
+        key = _key(item)
+        if key not in found or _best(item) > _best(found[key]):
+            found[key] = item
+    return list(found.values())
+
+
+def merge_windows(parts: Sequence[Tuple[Result, Probs]]) -> Tuple[Result, Probs]:
+    """Merge the results of one document's windows (offsets already global).
+
+    Entities: per label, greedy by confidence without overlaps. Structures and
+    relations: concatenated, duplicates kept once (highest confidence).
+    Classification: multi-label takes each label's highest probability; single-label
+    takes the window with the most confident decision.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    result, probs = empty_result(), {}
+    first = parts[0][0]
+    for label in first["entities"]:
+        result["entities"][label] = _merge_spans([s for r, _ in parts for s in r["entities"][label]])
+    for section in ("structures", "relations"):
+        for name in first[section]:
+            result[section][name] = _dedupe([x for r, _ in parts for x in r[section][name]])
+    for task in first["classifications"]:
+        decisions = [(r["classifications"][task], p[task]) for r, p in parts]
+        if isinstance(decisions[0][0], list):
+            probs[task] = {label: max(p[label] for _, p in decisions) for label in decisions[0][1]}
+            labels = {d["label"] for decision, _ in decisions for d in decision}
+            result["classifications"][task] = [
+                {"label": label, "confidence": probs[task][label]} for label in probs[task] if label in labels
+            ]
+        else:
+            decision, probs[task] = max(decisions, key=lambda d: d[0]["confidence"])
+            result["classifications"][task] = decision
+    return result, probs
+

@@ -1,0 +1,116 @@
+"""The GLiNER2 extractor: an encoder plus span, count and classification heads.
+
+``forward(batch)`` runs one encoder pass over a padded :class:`~..encoding.Batch`
+and returns raw scores per task; decoding happens elsewhere.
+"""
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from ..encoding import CLASSIFICATION, ENTITIES, Batch
+from .layers import SpanRep, count_layer, mlp
+
+MAX_COUNT = 20
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The head settings read from a checkpoint's ``config.json``."""
+
+    max_width: int = 8
+    counting_layer: str = "count_lstm"
+
+
+@dataclass
+class TaskScores:
+    """Raw scores of one task in one record.
+
+    Span tasks: ``count`` (predicted instances) and ``logits`` ``(K', M, L, W)``
+    (``K'`` is 1 for entities, else ``count``; ``-inf`` past the text). None when
+    the count is 0. Classification: ``logits`` ``(n_labels,)``.
+    """
+
+    count: int
+    logits: Optional[torch.Tensor]
+
+
+class GLiNER2Model(nn.Module):
+    """Encoder + heads with the reference's parameter names."""
+
+    def __init__(self, encoder: nn.Module, settings: ModelSettings, dropout: float = 0.1):
+        super().__init__()
+        self.settings = settings
+        self.encoder = encoder
+        hidden = encoder.config.hidden_size
+        self.span_rep = SpanRep(hidden, settings.max_width, dropout)
+        self.classifier = mlp(hidden, 2 * hidden, 1)
+        self.count_pred = mlp(hidden, 2 * hidden, MAX_COUNT)
+        self.count_embed = count_layer(settings.counting_layer, hidden)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.config.hidden_size
+
+    def encode(self, batch: Batch) -> torch.Tensor:
+        """Token embeddings ``(B, T, D)`` from the encoder."""
+        out = self.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        return out.last_hidden_state
+
+    def forward(self, batch: Batch) -> List[List[TaskScores]]:
+        """Scores for every task of every record: ``result[b][t]``."""
+        tokens = self.encode(batch)
+        B, _, D = tokens.shape
+        device = tokens.device
+        words = tokens.gather(1, batch.word_pos.unsqueeze(-1).expand(-1, -1, D))
+        results: List[List[Any]] = [[None] * len(r.tasks) for r in batch.records]
+
+        span_refs, prompts, cls_refs, cls_rows = [], [], [], []
+        for b, record in enumerate(batch.records):
+            for t, slots in enumerate(record.tasks):
+                if slots.segment.kind == CLASSIFICATION:
+                    cls_refs.append((b, t, len(slots.marker_pos)))
+                    cls_rows += [(b, p) for p in slots.marker_pos]
+                else:
+                    span_refs.append((b, t))
+                    prompts.append((b, slots.prompt_pos))
+
+        if cls_refs:
+            rows = torch.tensor(cls_rows, device=device)
+            logits = self.classifier(tokens[rows[:, 0], rows[:, 1]]).squeeze(-1)
+            for (b, t, n), chunk in zip(cls_refs, logits.split([n for *_, n in cls_refs])):
+                results[b][t] = TaskScores(0, chunk)
+        if not span_refs:
+            return results
+
+        rows = torch.tensor(prompts, device=device)
+        counts = self.count_pred(tokens[rows[:, 0], rows[:, 1]]).argmax(-1).tolist()
+        queries: Dict[int, List[torch.Tensor]] = {}
+        layout = []  # (b, t, count, K', M, query offset)
+        for (b, t), count in zip(span_refs, counts):
+            slots = batch.records[b].tasks[t]
+            if count <= 0:
+                results[b][t] = TaskScores(0, None)
+                continue
+            fields = tokens[b, slots.marker_pos]
+            q = self.count_embed(fields, count)
+            if slots.segment.kind == ENTITIES:
+                q = q[:1]  # entities use the first instance only
+            offset = sum(x.shape[0] for x in queries.get(b, []))
+            queries.setdefault(b, []).append(q.reshape(-1, D))
+            layout.append((b, t, count, q.shape[0], q.shape[1], offset))
+        if not layout:
+            return results
+
+        n_queries = max(sum(x.shape[0] for x in qs) for qs in queries.values())
+        padded = tokens.new_zeros((B, n_queries, D))
+        for b, qs in queries.items():
+            flat = torch.cat(qs)
+            padded[b, : flat.shape[0]] = flat
+        n_words = torch.tensor(batch.n_words, device=device)
+        logits = self.span_rep.span_rep_layer.score(words, padded, n_words)  # (B, Q, L, W)
+        for b, t, count, k, m, offset in layout:
+            task_logits = logits[b, offset : offset + k * m, : batch.n_words[b]]
+            results[b][t] = TaskScores(count, task_logits.reshape(k, m, *task_logits.shape[1:]))
+        return results

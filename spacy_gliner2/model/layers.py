@@ -1,0 +1,173 @@
+"""The GLiNER2 heads as plain torch modules: span scorer, count embeddings, MLPs.
+
+Parameter names follow the reference checkpoint format so its state dicts load
+unchanged. Nothing here knows about spaCy, tokenizers or schemas.
+"""
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MAX_COUNT = 20
+
+
+def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    """``Linear-ReLU-Linear`` (classifier, count predictor)."""
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Linear(d_hidden, d_out))
+
+
+def projection(d_in: int, d_out: int, dropout: float) -> nn.Sequential:
+    """``Linear(d_in, 4 d_out)-ReLU-Dropout-Linear(4 d_out, d_out)``."""
+    return nn.Sequential(
+        nn.Linear(d_in, 4 * d_out), nn.ReLU(), nn.Dropout(dropout), nn.Linear(4 * d_out, d_out)
+    )
+
+
+class SpanMarker(nn.Module):
+    """markerV0 span representations, scored directly against query vectors.
+
+    ``rep[i, w] = out(ReLU(cat(start(h_i), end(h_{i+w}))))`` and a span's score for
+    query ``q`` is ``<rep[i, w], q>``. The first ``out`` layer is split into its
+    start and end halves and the last one folded into the queries, so no
+    ``(L, W, D)`` span tensor is ever built.
+    """
+
+    def __init__(self, hidden: int, max_width: int, dropout: float = 0.1):
+        super().__init__()
+        self.max_width = max_width
+        self.project_start = projection(hidden, hidden, dropout)
+        self.project_end = projection(hidden, hidden, dropout)
+        self.out_project = projection(2 * hidden, hidden, dropout)
+
+    def score(self, words: torch.Tensor, queries: torch.Tensor, n_words: torch.Tensor) -> torch.Tensor:
+        """Span logits ``(B, Q, L, W)`` for words ``(B, L, D)`` and queries ``(B, Q, D)``.
+
+        Spans running past a record's ``n_words`` get ``-inf``.
+        """
+        B, L, D = words.shape
+        W = self.max_width
+        first, drop, last = self.out_project[0], self.out_project[2], self.out_project[3]
+        start = F.linear(self.project_start(words).relu(), first.weight[:, :D])
+        end = F.linear(self.project_end(words).relu(), first.weight[:, D:])
+        # end windows: end[b, i + w] for w < W, as a strided view (zeros past L)
+        end_windows = F.pad(end, (0, 0, 0, W - 1)).unfold(1, W, 1)  # (B, L, 4D, W)
+        hidden = (start.unsqueeze(-1) + end_windows + first.bias[:, None]).relu()
+        hidden = drop(hidden.transpose(2, 3).reshape(B, L * W, -1))  # (B, L*W, 4D)
+        folded = queries @ last.weight  # (B, Q, 4D)
+        logits = torch.baddbmm((queries @ last.bias)[:, None, :], hidden, folded.transpose(1, 2))
+        logits = logits.transpose(1, 2).reshape(B, queries.shape[1], L, W)
+        ends = torch.arange(L, device=words.device)[:, None] + torch.arange(W, device=words.device)
+        valid = ends[None] < n_words.to(words.device)[:, None, None]  # (B, L, W)
+        return logits.masked_fill(~valid[:, None], float("-inf"))
+
+
+class SpanRep(nn.Module):
+    """Holder keeping the reference's ``span_rep.span_rep_layer`` parameter path."""
+
+    def __init__(self, hidden: int, max_width: int, dropout: float = 0.1):
+        super().__init__()
+        self.span_rep_layer = SpanMarker(hidden, max_width, dropout)
+
+
+class _CountBase(nn.Module):
+    """Unrolls a GRU over learned count positions, starting from each field embedding."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.pos_embedding = nn.Embedding(MAX_COUNT, hidden)
+        self.gru = nn.GRU(hidden, hidden)
+
+    def unroll(self, fields: torch.Tensor, count: int) -> torch.Tensor:
+        """``(M, D)`` field embeddings -> ``(count, M, D)`` GRU states."""
+        count = min(count, MAX_COUNT)
+        pos = self.pos_embedding.weight[:count, None, :].expand(-1, fields.shape[0], -1)
+        out, _ = self.gru(pos.contiguous(), fields[None].contiguous())
+        return out
+
+
+class CountLSTM(_CountBase):
+    """``count_lstm``: a projector over ``cat(gru_state, field)``."""
+
+    def __init__(self, hidden: int):
+        super().__init__(hidden)
+        self.projector = mlp(2 * hidden, 4 * hidden, hidden)
+
+    def forward(self, fields: torch.Tensor, count: int) -> torch.Tensor:
+        out = self.unroll(fields, count)
+        return self.projector(torch.cat([out, fields[None].expand_as(out)], dim=-1))
+
+
+class FieldTransformer(nn.Module):
+    """A small transformer across the fields of each instance, plus an MLP."""
+
+    def __init__(self, hidden: int, inner: int = 128, heads: int = 4, layers: int = 2, dropout: float = 0.1):
+        super().__init__()
+        self.in_projector = nn.Linear(hidden, inner)
+        layer = nn.TransformerEncoderLayer(inner, heads, 2 * inner, dropout, batch_first=True)
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out_projector = nn.Sequential(
+            nn.Linear(inner + hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_projector(torch.cat([self.transformer(self.in_projector(x)), x], dim=-1))
+
+
+class CountLSTMv2(_CountBase):
+    """``count_lstm_v2``: the field transformer over ``gru_state + field``."""
+
+    def __init__(self, hidden: int):
+        super().__init__(hidden)
+        self.transformer = FieldTransformer(hidden)
+
+    def forward(self, fields: torch.Tensor, count: int) -> torch.Tensor:
+        out = self.unroll(fields, count)
+        return self.transformer(out + fields[None])
+
+
+class CountLSTMoE(_CountBase):
+    """``count_lstm_moe``: packed expert FFNs mixed by a softmax router."""
+
+    def __init__(self, hidden: int, n_experts: int = 4, ffn_mult: int = 2, dropout: float = 0.1):
+        super().__init__(hidden)
+        inner = hidden * ffn_mult
+        self.w1 = nn.Parameter(torch.empty(n_experts, hidden, inner))
+        self.b1 = nn.Parameter(torch.zeros(n_experts, inner))
+        self.w2 = nn.Parameter(torch.empty(n_experts, inner, hidden))
+        self.b2 = nn.Parameter(torch.zeros(n_experts, hidden))
+        nn.init.xavier_uniform_(self.w1)
+        nn.init.xavier_uniform_(self.w2)
+        self.dropout = nn.Dropout(dropout)
+        self.router = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, n_experts), nn.Softmax(dim=-1)
+        )
+
+    def forward(self, fields: torch.Tensor, count: int) -> torch.Tensor:
+        h = self.unroll(fields, count)  # (K, M, D)
+        gates = self.router(h)  # (K, M, E)
+        x = self.dropout(F.gelu(torch.einsum("kmd,edh->kmeh", h, self.w1) + self.b1))
+        x = torch.einsum("kmeh,ehd->kmed", x, self.w2) + self.b2
+        return (gates.unsqueeze(-1) * x).sum(dim=2)
+
+
+COUNT_LAYERS = {"count_lstm": CountLSTM, "count_lstm_v2": CountLSTMv2, "count_lstm_moe": CountLSTMoE}
+
+
+def count_layer(name: str, hidden: int) -> nn.Module:
+    """The count embedding named in a checkpoint's ``counting_layer``."""
+    if name not in COUNT_LAYERS:
+        raise ValueError(
+            f"Unknown counting_layer {name!r} in the checkpoint config; "
+            f"supported: {sorted(COUNT_LAYERS)}."
+        )
+    return COUNT_LAYERS[name](hidden)
+
+
+def concat_or_empty(parts: List[torch.Tensor], width: int, like: torch.Tensor) -> torch.Tensor:
+    """``torch.cat`` that also works for an empty list."""
+    return torch.cat(parts) if parts else like.new_zeros((0, width))

@@ -1,0 +1,296 @@
+"""The ``gliner2`` spaCy component: config, batching over Docs, serialization.
+
+Thin glue: Docs -> words -> :class:`~.inference.Extractor` -> :func:`~.annotate.annotate`.
+"""
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
+
+import srsly
+import torch
+from spacy.language import Language
+from spacy.pipeline import Pipe
+from spacy.tokens import Doc
+from spacy.util import minibatch
+
+from .annotate import ALIGNMENT_MODES, ENTS_POLICIES, annotate, register_extension
+from .inference import Extractor
+from .model.checkpoint import HubOptions, checkpoint_files
+from .schema import SCHEMA_KEYS, Schema, SchemaError
+from .text import Word, split_words, words_from_tokens
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+DEFAULT_MODEL = "fastino/gliner2-base-v1"
+OVERRIDE_KEYS = SCHEMA_KEYS + ("threshold",)
+
+
+@Language.factory(
+    "gliner2",
+    assigns=["doc.ents", "doc.spans", "doc.cats", "doc._.gliner2"],
+    default_config={
+        "model": DEFAULT_MODEL,
+        "entities": None,
+        "classifications": None,
+        "structures": None,
+        "relations": None,
+        "threshold": 0.5,
+        "batch_size": 8,
+        "spans_key": "gliner2",
+        "ents_policy": "keep_existing",
+        "alignment_mode": "expand",
+        "use_doc_tokens": False,
+        "window_size": 384,
+        "window_overlap": 64,
+        "device": None,
+        "revision": None,
+        "cache_dir": None,
+        "local_files_only": False,
+    },
+)
+def make_gliner2(
+    nlp: Language,
+    name: str,
+    model: str,
+    entities: Optional[Any],
+    classifications: Optional[Any],
+    structures: Optional[Any],
+    relations: Optional[Any],
+    threshold: float,
+    batch_size: int,
+    spans_key: str,
+    ents_policy: str,
+    alignment_mode: str,
+    use_doc_tokens: bool,
+    window_size: int,
+    window_overlap: int,
+    device: Optional[str],
+    revision: Optional[str],
+    cache_dir: Optional[str],
+    local_files_only: bool,
+) -> "GLiNER2Component":
+    """Build the component; the checkpoint is loaded on first use (or by from_disk)."""
+    return GLiNER2Component(
+        nlp.vocab,
+        name=name,
+        model=model,
+        schema={
+            "entities": entities,
+            "classifications": classifications,
+            "structures": structures,
+            "relations": relations,
+            "threshold": threshold,
+        },
+        batch_size=batch_size,
+        spans_key=spans_key,
+        ents_policy=ents_policy,
+        alignment_mode=alignment_mode,
+        use_doc_tokens=use_doc_tokens,
+        window_size=window_size,
+        window_overlap=window_overlap,
+        device=device,
+        hub={"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only},
+    )
+
+
+def _check_choice(value: Any, allowed: Iterable[Any], key: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}.")
+
+
+class GLiNER2Component(Pipe):
+    """Zero-shot entities, classes, structures and relations from a GLiNER2 checkpoint."""
+
+    def __init__(
+        self,
+        vocab: Any,
+        *,
+        name: str = "gliner2",
+        model: str = DEFAULT_MODEL,
+        schema: Dict[str, Any],
+        batch_size: int = 8,
+        spans_key: str = "gliner2",
+        ents_policy: str = "keep_existing",
+        alignment_mode: str = "expand",
+        use_doc_tokens: bool = False,
+        window_size: int = 384,
+        window_overlap: int = 64,
+        device: Optional[str] = None,
+        hub: Optional[Dict[str, Any]] = None,
+    ):
+        _check_choice(ents_policy, ENTS_POLICIES, "ents_policy")
+        _check_choice(alignment_mode, ALIGNMENT_MODES, "alignment_mode")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if not 0 <= window_overlap < window_size:
+            raise ValueError(
+                f"Need 0 <= window_overlap < window_size, got {window_overlap} and {window_size}."
+            )
+        self.vocab = vocab
+        self.name = name
+        self.schema = Schema.from_config(**schema)
+        self.cfg: Dict[str, Any] = {
+            "model": model,
+            "schema": schema,
+            "batch_size": batch_size,
+            "spans_key": spans_key,
+            "ents_policy": ents_policy,
+            "alignment_mode": alignment_mode,
+            "use_doc_tokens": use_doc_tokens,
+            "window_size": window_size,
+            "window_overlap": window_overlap,
+            "device": device,
+            "hub": dict(hub or {}),
+        }
+        self._extractor: Optional[Extractor] = None
+        self._overrides: Dict[str, Schema] = {}
+        self._pid = os.getpid()
+        register_extension()
+
+    # -- model -------------------------------------------------------------
+
+    @property
+    def extractor(self) -> Extractor:
+        """The loaded checkpoint (loaded from ``cfg["model"]`` on first access)."""
+        if self._extractor is None:
+            self._set_extractor(Extractor.load(self.cfg["model"], HubOptions(**self.cfg["hub"])))
+        return self._extractor
+
+    def _set_extractor(self, extractor: Extractor) -> None:
+        device = self.cfg["device"]
+        if device is None:
+            from thinc.api import get_current_ops
+
+            device = "cuda" if type(get_current_ops()).__name__ == "CupyOps" else "cpu"
+        extractor.model.to(torch.device(device))
+        self._extractor = extractor
+
+    def initialize(self, get_examples: Optional[Callable] = None, *, nlp: Optional[Language] = None) -> None:
+        """Load the checkpoint now (downloading it if it is a Hub id)."""
+        self.extractor  # noqa: B018 - loads
+
+    # -- prediction --------------------------------------------------------
+
+    def _schema_for(self, overrides: Dict[str, Any]) -> Schema:
+        if not overrides:
+            return self.schema
+        unknown = [k for k in overrides if k not in OVERRIDE_KEYS]
+        if unknown:
+            raise SchemaError(
+                f"Unknown per-call option(s) {unknown} for {self.name!r}; allowed: {list(OVERRIDE_KEYS)}."
+            )
+        key = json.dumps(overrides, sort_keys=True, default=str)
+        if key not in self._overrides:
+            if len(self._overrides) > 32:
+                self._overrides.clear()
+            self._overrides[key] = self.schema.with_overrides(overrides)
+        return self._overrides[key]
+
+    def _words(self, doc: Doc) -> List[Word]:
+        if self.cfg["use_doc_tokens"]:
+            return words_from_tokens((t.text, t.idx) for t in doc)
+        return split_words(doc.text)
+
+    def predict(self, docs: Iterable[Doc], schema: Optional[Schema] = None) -> List[Any]:
+        """Results and class probabilities per Doc; writes nothing."""
+        docs = list(docs)
+        if not docs:
+            return []
+        if os.getpid() != self._pid:  # a forked or spawned worker (nlp.pipe(n_process=...))
+            torch.set_num_threads(1)
+            self._pid = os.getpid()
+        return self.extractor.extract(
+            [d.text for d in docs],
+            [self._words(d) for d in docs],
+            schema or self.schema,
+            batch_size=self.cfg["batch_size"],
+            window=self.cfg["window_size"],
+            overlap=self.cfg["window_overlap"],
+        )
+
+    def set_annotations(self, docs: Iterable[Doc], predictions: List[Any], schema: Optional[Schema] = None) -> None:
+        """Write results onto the Docs (see README: where each output goes)."""
+        unaligned = 0
+        for doc, (result, probs) in zip(docs, predictions):
+            unaligned += annotate(
+                doc,
+                result,
+                probs,
+                schema or self.schema,
+                spans_key=self.cfg["spans_key"],
+                ents_policy=self.cfg["ents_policy"],
+                alignment_mode=self.cfg["alignment_mode"],
+            )
+        if unaligned:
+            logger.warning(
+                "%d predicted span(s) could not be aligned to tokens (alignment_mode=%r); they are kept "
+                "in doc._.gliner2 and counted in doc.spans[%r].attrs['unaligned'].",
+                unaligned,
+                self.cfg["alignment_mode"],
+                self.cfg["spans_key"],
+            )
+
+    def __call__(self, doc: Doc, **overrides: Any) -> Doc:
+        schema = self._schema_for(overrides)
+        self.set_annotations([doc], self.predict([doc], schema), schema)
+        return doc
+
+    def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128, **overrides: Any) -> Iterator[Doc]:
+        """Annotate a stream; each chunk of ``batch_size`` Docs is length-sorted into forward batches."""
+        schema = self._schema_for(overrides)
+        for docs in minibatch(stream, size=batch_size):
+            self.set_annotations(docs, self.predict(docs, schema), schema)
+            yield from docs
+
+    # -- serialization -----------------------------------------------------
+
+    def _cfg_bytes(self) -> bytes:
+        return srsly.json_dumps(self.cfg).encode("utf8")
+
+    def _load_cfg(self, data: bytes) -> None:
+        cfg = srsly.json_loads(data)
+        self.cfg.update(cfg)
+        self.schema = Schema.from_config(**cfg["schema"])
+        self._overrides = {}
+
+    def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
+        """Write cfg and the whole checkpoint (weights as safetensors, tokenizer, configs)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "cfg").write_bytes(self._cfg_bytes())
+        if "model" not in exclude:
+            self.extractor.save(path / "model")
+
+    def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "GLiNER2Component":
+        """Load from a folder written by :meth:`to_disk`; never touches the network."""
+        path = Path(path)
+        self._load_cfg((path / "cfg").read_bytes())
+        if "model" not in exclude and (path / "model").is_dir():
+            self._set_extractor(Extractor.load(str(path / "model")))
+        return self
+
+    def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
+        data: Dict[str, Any] = {"cfg": self._cfg_bytes()}
+        if "model" not in exclude:
+            with tempfile.TemporaryDirectory() as tmp:
+                self.extractor.save(Path(tmp))
+                data["model"] = checkpoint_files(Path(tmp))
+        return srsly.msgpack_dumps(data)
+
+    def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "GLiNER2Component":
+        data = srsly.msgpack_loads(bytes_data)
+        self._load_cfg(data["cfg"])
+        if "model" in data and "model" not in exclude:
+            with tempfile.TemporaryDirectory() as tmp:
+                for rel, content in data["model"].items():
+                    target = Path(tmp, rel)
+                    if ".." in Path(rel).parts or Path(rel).is_absolute():
+                        raise ValueError(f"Refusing to write checkpoint file outside the folder: {rel!r}")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(content)
+                self._set_extractor(Extractor.load(tmp))
+        return self

@@ -1,0 +1,373 @@
+"""The extraction schema: entities, classifications, structures and relations.
+
+Parsed from plain data (Python dicts, JSON, or a spaCy config block) into frozen
+objects and validated with errors that say what is wrong and how to fix it.
+Knows nothing of torch or spaCy.
+"""
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+SPECIAL_TOKENS: Tuple[str, ...] = (
+    "[SEP_STRUCT]",
+    "[SEP_TEXT]",
+    "[P]",
+    "[C]",
+    "[E]",
+    "[R]",
+    "[L]",
+    "[EXAMPLE]",
+    "[OUTPUT]",
+    "[DESCRIPTION]",
+)
+DEFAULT_THRESHOLD = 0.5
+FIELD_DTYPES = ("str", "list")
+SCHEMA_KEYS = ("entities", "classifications", "structures", "relations")
+
+
+class SchemaError(ValueError):
+    """A schema that cannot be used, with a message saying how to fix it."""
+
+
+@dataclass(frozen=True)
+class EntityType:
+    name: str
+    description: Optional[str] = None
+    threshold: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class ClassificationTask:
+    name: str
+    labels: Tuple[str, ...]
+    descriptions: Tuple[Tuple[str, str], ...] = ()
+    multi_label: bool = False
+    threshold: float = DEFAULT_THRESHOLD
+    prompt: Optional[str] = None
+    examples: Tuple[Tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    dtype: str = "list"
+    choices: Optional[Tuple[str, ...]] = None
+    description: Optional[str] = None
+    threshold: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Structure:
+    name: str
+    fields: Tuple[Field, ...]
+
+
+@dataclass(frozen=True)
+class Relation:
+    name: str
+    description: Optional[str] = None
+    threshold: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A validated schema. Build it with :meth:`from_config`."""
+
+    entities: Tuple[EntityType, ...] = ()
+    classifications: Tuple[ClassificationTask, ...] = ()
+    structures: Tuple[Structure, ...] = ()
+    relations: Tuple[Relation, ...] = ()
+    threshold: float = DEFAULT_THRESHOLD
+    raw: Dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @classmethod
+    def from_config(
+        cls,
+        entities: Any = None,
+        classifications: Any = None,
+        structures: Any = None,
+        relations: Any = None,
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> "Schema":
+        """Parse and validate a schema given as plain data (see README)."""
+        schema = cls(
+            entities=_parse_entities(entities),
+            classifications=_parse_classifications(classifications),
+            structures=_parse_structures(structures),
+            relations=_parse_relations(relations),
+            threshold=_threshold(threshold, "threshold"),
+            raw={
+                "entities": entities,
+                "classifications": classifications,
+                "structures": structures,
+                "relations": relations,
+            },
+        )
+        schema.cats_keys()  # validates key uniqueness
+        return schema
+
+    @classmethod
+    def from_json(cls, text: str) -> "Schema":
+        """Parse a JSON object with the keys of :meth:`from_config`."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise SchemaError("A JSON schema must be an object with keys " f"{list(SCHEMA_KEYS)}.")
+        _check_keys(data, SCHEMA_KEYS + ("threshold",), "the schema")
+        return cls.from_config(**data)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Schema":
+        """A new schema where each given section (or the threshold) replaces ours."""
+        _check_keys(overrides, SCHEMA_KEYS + ("threshold",), "the schema override")
+        data = dict(self.raw)
+        data.update({k: v for k, v in overrides.items() if k in SCHEMA_KEYS})
+        return Schema.from_config(
+            threshold=overrides.get("threshold", self.threshold), **data
+        )
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.entities or self.classifications or self.structures or self.relations)
+
+    def cats_keys(self) -> List[Tuple[str, str, str]]:
+        """``(task, label, doc.cats key)`` for every class label.
+
+        One task: the key is the label. Several tasks: ``"task:label"``.
+        """
+        many = len(self.classifications) > 1
+        keys = [
+            (task.name, label, f"{task.name}:{label}" if many else label)
+            for task in self.classifications
+            for label in task.labels
+        ]
+        seen = set()
+        for task, label, key in keys:
+            if key in seen:
+                raise SchemaError(
+                    f"Two classification labels map to the same doc.cats key {key!r}. "
+                    "Rename a task or a label so that 'task:label' keys are unique."
+                )
+            seen.add(key)
+        return keys
+
+
+# -- parsing -----------------------------------------------------------------
+
+
+def _text(value: Any, what: str, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise SchemaError(f"{what} must be a string, got {type(value).__name__}: {value!r}.")
+    if not allow_empty and not value.strip():
+        raise SchemaError(f"{what} must not be empty.")
+    for token in SPECIAL_TOKENS:
+        if token in value:
+            raise SchemaError(
+                f"{what} ({value!r}) contains {token!r}, one of the model's special tokens "
+                f"{list(SPECIAL_TOKENS)}. Remove or rephrase it."
+            )
+    return value
+
+
+def _threshold(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SchemaError(f"{what} must be a number in [0, 1], got {value!r}.")
+    if not 0.0 <= float(value) <= 1.0:
+        raise SchemaError(f"{what} must be in [0, 1], got {value!r}.")
+    return float(value)
+
+
+def _optional_threshold(value: Any, what: str) -> Optional[float]:
+    return None if value is None else _threshold(value, what)
+
+
+def _check_keys(data: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+    unknown = [k for k in data if k not in allowed]
+    if unknown:
+        raise SchemaError(f"Unknown key(s) {unknown} in {where}; allowed keys: {list(allowed)}.")
+
+
+def _unique(names: Iterable[str], what: str) -> None:
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise SchemaError(f"Duplicate {what} {name!r}: each must appear once.")
+        seen.add(name)
+
+
+def _named_items(value: Any, what: str) -> List[Tuple[str, Any]]:
+    """A list of names or a mapping name -> config, as (name, config) pairs."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        raise SchemaError(f"{what} must be a list of names or a mapping, got the string {value!r}.")
+    if isinstance(value, Mapping):
+        return list(value.items())
+    if isinstance(value, (list, tuple)):
+        items = [(name, None) for name in value]
+        _unique((n for n, _ in items if isinstance(n, str)), f"{what} name")
+        return items
+    raise SchemaError(f"{what} must be a list of names or a mapping, got {type(value).__name__}.")
+
+
+def _described(name: Any, config: Any, what: str) -> Tuple[str, Optional[str], Optional[float]]:
+    """Parse ``name: None | "description" | {description, threshold}``."""
+    name = _text(name, f"{what} name")
+    if config is None or config == "":
+        return name, None, None
+    if isinstance(config, str):
+        return name, _text(config, f"description of {what} {name!r}"), None
+    if isinstance(config, Mapping):
+        _check_keys(config, ("description", "threshold"), f"{what} {name!r}")
+        desc = config.get("description")
+        desc = None if desc in (None, "") else _text(desc, f"description of {what} {name!r}")
+        return name, desc, _optional_threshold(config.get("threshold"), f"threshold of {what} {name!r}")
+    raise SchemaError(
+        f"{what} {name!r} must map to a description string or to "
+        f"{{'description': ..., 'threshold': ...}}, got {config!r}."
+    )
+
+
+def _parse_entities(value: Any) -> Tuple[EntityType, ...]:
+    return tuple(EntityType(*_described(n, c, "entity")) for n, c in _named_items(value, "entities"))
+
+
+def _parse_relations(value: Any) -> Tuple[Relation, ...]:
+    return tuple(Relation(*_described(n, c, "relation")) for n, c in _named_items(value, "relations"))
+
+
+_TASK_KEYS = ("labels", "multi_label", "threshold", "prompt", "examples")
+
+
+def _parse_classifications(value: Any) -> Tuple[ClassificationTask, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):  # reference style: [{"task": ..., ...}]
+        items = []
+        for item in value:
+            if not isinstance(item, Mapping) or "task" not in item:
+                raise SchemaError(
+                    "A list of classifications must hold mappings with a 'task' key, "
+                    f"got {item!r}. Or use a mapping task -> labels."
+                )
+            items.append((item["task"], {k: v for k, v in item.items() if k != "task"}))
+        _unique((n for n, _ in items), "classification task")
+    elif isinstance(value, Mapping):
+        items = list(value.items())
+    else:
+        raise SchemaError("classifications must be a mapping task -> labels (or task -> options).")
+    return tuple(_parse_task(name, config) for name, config in items)
+
+
+def _parse_task(name: Any, config: Any) -> ClassificationTask:
+    name = _text(name, "classification task name")
+    where = f"classification task {name!r}"
+    if not isinstance(config, Mapping) or "labels" not in config:
+        config = {"labels": config}
+    _check_keys(config, _TASK_KEYS, where)
+    raw_labels = config["labels"]
+    if isinstance(raw_labels, Mapping):
+        labels = [_text(label, f"label of {where}") for label in raw_labels]
+        descriptions = tuple(
+            (label, _text(desc, f"description of label {label!r} in {where}"))
+            for label, desc in raw_labels.items()
+            if desc not in (None, "")
+        )
+    elif isinstance(raw_labels, (list, tuple)):
+        labels = [_text(label, f"label of {where}") for label in raw_labels]
+        descriptions = ()
+    else:
+        raise SchemaError(f"labels of {where} must be a list or a mapping label -> description.")
+    if not labels:
+        raise SchemaError(f"{where} has no labels; give at least one.")
+    _unique(labels, f"label in {where}")
+    multi = config.get("multi_label", False)
+    if not isinstance(multi, bool):
+        raise SchemaError(f"multi_label of {where} must be true or false, got {multi!r}.")
+    prompt = config.get("prompt")
+    prompt = None if prompt in (None, "") else _text(prompt, f"prompt of {where}")
+    examples = []
+    for example in config.get("examples") or ():
+        if not isinstance(example, (list, tuple)) or len(example) != 2:
+            raise SchemaError(f"Each example of {where} must be [input_text, label], got {example!r}.")
+        text, out = _text(example[0], f"example input of {where}"), example[1]
+        if out not in labels:
+            raise SchemaError(f"Example output {out!r} of {where} is not one of its labels {labels}.")
+        examples.append((text, out))
+    return ClassificationTask(
+        name=name,
+        labels=tuple(labels),
+        descriptions=descriptions,
+        multi_label=multi,
+        threshold=_threshold(config.get("threshold", DEFAULT_THRESHOLD), f"threshold of {where}"),
+        prompt=prompt,
+        examples=tuple(examples),
+    )
+
+
+def _parse_structures(value: Any) -> Tuple[Structure, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise SchemaError("structures must be a mapping structure name -> list of fields.")
+    structures = []
+    for name, fields in value.items():
+        name = _text(name, "structure name")
+        if isinstance(fields, Mapping):
+            _check_keys(fields, ("fields",), f"structure {name!r}")
+            fields = fields.get("fields")
+        if not isinstance(fields, (list, tuple)) or not fields:
+            raise SchemaError(
+                f"structure {name!r} needs a non-empty list of fields, e.g. "
+                "['name::str::the product name', 'price::str', 'tags::list']."
+            )
+        parsed = tuple(parse_field(spec, name) for spec in fields)
+        _unique((f.name for f in parsed), f"field in structure {name!r}")
+        structures.append(Structure(name, parsed))
+    return tuple(structures)
+
+
+_FIELD_KEYS = ("name", "dtype", "choices", "description", "threshold")
+
+
+def parse_field(spec: Any, structure: str = "?") -> Field:
+    """Parse ``name::str|list::description``, ``name::[a|b]::str`` or a mapping."""
+    where = f"a field of structure {structure!r}"
+    if isinstance(spec, Mapping):
+        _check_keys(spec, _FIELD_KEYS, where)
+        name = _text(spec.get("name"), f"name of {where}")
+        where = f"field {name!r} of structure {structure!r}"
+        choices = spec.get("choices")
+        dtype = spec.get("dtype", "str" if choices else "list")
+        desc = spec.get("description")
+        threshold = spec.get("threshold")
+    elif isinstance(spec, str):
+        parts = spec.split("::")
+        name = _text(parts[0], f"name of {where} ({spec!r})")
+        where = f"field {name!r} of structure {structure!r}"
+        dtype, choices, desc, threshold, explicit = "list", None, None, None, False
+        for part in parts[1:]:
+            if part in FIELD_DTYPES:
+                dtype, explicit = part, True
+            elif part.startswith("[") or part.endswith("]"):
+                if not (part.startswith("[") and part.endswith("]")):
+                    raise SchemaError(f"Malformed choices {part!r} in {where}: write [a|b|c].")
+                choices = [c.strip() for c in part[1:-1].split("|")]
+                dtype = dtype if explicit else "str"
+            elif desc is None:
+                desc = part
+            else:
+                raise SchemaError(
+                    f"Field spec {spec!r} has more than one description part; the form is "
+                    "name::str|list::description or name::[a|b]::str."
+                )
+    else:
+        raise SchemaError(f"{where} must be a 'name::type::description' string or a mapping, got {spec!r}.")
+    if dtype not in FIELD_DTYPES:
+        raise SchemaError(f"dtype of {where} must be one of {list(FIELD_DTYPES)}, got {dtype!r}.")
+    if choices is not None:
+        if not isinstance(choices, (list, tuple)) or not choices:
+            raise SchemaError(f"choices of {where} must be a non-empty list.")
+        choices = tuple(_text(c, f"a choice of {where}") for c in choices)
+        _unique(choices, f"choice in {where}")
+    desc = None if desc in (None, "") else _text(desc, f"description of {where}")
+    return Field(name, dtype, choices, desc, _optional_threshold(threshold, f"threshold of {where}"))
+
