@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny random-weight checkpoints built by the reference package."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from checkpoints import build_reference_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory(tmp_path_factory):
+    """Build (once per session) a checkpoint for ``(encoder, counting_layer)``."""
+    built = {}
+
+    def get(encoder: str = "bert", counting_layer: str = "count_lstm") -> Path:
+        key = (encoder, counting_layer)
+        if key not in built:
+            path = tmp_path_factory.mktemp(f"{encoder}-{counting_layer}")
+            built[key] = build_reference_checkpoint(path, encoder=encoder, counting_layer=counting_layer)
+        return built[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def bert_checkpoint(checkpoint_factory) -> Path:
+    return checkpoint_factory("bert", "count_lstm")

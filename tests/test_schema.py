@@ -1,0 +1,101 @@
+"""Schema parsing and validation."""
+import json
+
+import pytest
+
+from spacy_gliner2.schema import Field, Schema, SchemaError, parse_field
+
+
+def test_full_schema():
+    schema = Schema.from_config(
+        entities={"person": "a human", "org": {"description": "a company", "threshold": 0.7}, "loc": None},
+        classifications={
+            "sentiment": ["positive", "negative"],
+            "topic": {"labels": {"sports": "games", "politics": ""}, "multi_label": True, "threshold": 0.3},
+        },
+        structures={"product": ["name::str::the name", "tags::list", "kind::[phone|laptop]::str", {"name": "price", "threshold": 0.2}]},
+        relations={"works_for": "employment", "born_in": None},
+        threshold=0.4,
+    )
+    assert [e.name for e in schema.entities] == ["person", "org", "loc"]
+    assert schema.entities[1].threshold == 0.7 and schema.entities[0].description == "a human"
+    topic = schema.classifications[1]
+    assert topic.multi_label and topic.threshold == 0.3 and topic.descriptions == (("sports", "games"),)
+    fields = schema.structures[0].fields
+    assert fields[0] == Field("name", "str", None, "the name", None)
+    assert fields[2] == Field("kind", "str", ("phone", "laptop"), None, None)
+    assert fields[3].threshold == 0.2 and fields[3].dtype == "list"
+    assert schema.relations[0].description == "employment"
+    assert [k for *_, k in schema.cats_keys()] == [
+        "sentiment:positive", "sentiment:negative", "topic:sports", "topic:politics"
+    ]
+
+
+def test_one_task_cats_keys_are_labels():
+    schema = Schema.from_config(classifications={"s": ["a", "b"]})
+    assert [k for *_, k in schema.cats_keys()] == ["a", "b"]
+
+
+def test_json_and_list_forms_agree():
+    as_json = Schema.from_json(json.dumps({"entities": ["a", "b"], "classifications": [{"task": "t", "labels": ["x", "y"]}]}))
+    as_py = Schema.from_config(entities={"a": None, "b": None}, classifications={"t": ["x", "y"]})
+    assert as_json == as_py
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("name", Field("name", "list")),
+        ("name::str", Field("name", "str")),
+        ("name::str::desc", Field("name", "str", None, "desc")),
+        ("name::desc", Field("name", "list", None, "desc")),
+        ("c::[a|b]", Field("c", "str", ("a", "b"))),
+        ("c::[a|b]::list", Field("c", "list", ("a", "b"))),
+        ("c::list::[a | b]::d", Field("c", "list", ("a", "b"), "d")),
+    ],
+)
+def test_field_specs(spec, expected):
+    assert parse_field(spec) == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"entities": ["a", "a"]}, "Duplicate"),
+        ({"entities": ["[E] x"]}, "special tokens"),
+        ({"entities": {"a": "see [SEP_TEXT]"}}, "special tokens"),
+        ({"entities": {"a": {"threshold": 1.5}}}, r"\[0, 1\]"),
+        ({"entities": {"a": {"threshold": -0.1}}}, r"\[0, 1\]"),
+        ({"entities": {"a": {"colour": "red"}}}, "Unknown key"),
+        ({"entities": ""}, "list of names"),
+        ({"entities": [""]}, "must not be empty"),
+        ({"threshold": 2}, r"\[0, 1\]"),
+        ({"threshold": True}, "number"),
+        ({"classifications": {"t": []}}, "no labels"),
+        ({"classifications": {"t": ["a", "a"]}}, "Duplicate"),
+        ({"classifications": {"t": {"labels": ["a"], "multi": True}}}, "Unknown key"),
+        ({"classifications": {"t": {"labels": ["a"], "examples": [["text", "b"]]}}}, "not one of its labels"),
+        ({"classifications": {"a": ["b:c"], "a:b": ["c"]}}, "same doc.cats key"),
+        ({"structures": {"s": []}}, "non-empty list"),
+        ({"structures": {"s": ["a::[x|y"]}}, "Malformed choices"),
+        ({"structures": {"s": ["a::d1::d2"]}}, "more than one description"),
+        ({"structures": {"s": [{"name": "a", "dtype": "int"}]}}, "dtype"),
+        ({"structures": {"s": ["a", "a::str"]}}, "Duplicate"),
+        ({"structures": {"s": ["a::[x|x]"]}}, "Duplicate"),
+        ({"structures": {"s": ["::str"]}}, "must not be empty"),
+        ({"relations": {"r": 3}}, "description string"),
+    ],
+)
+def test_errors(kwargs, message):
+    with pytest.raises(SchemaError, match=message):
+        Schema.from_config(**kwargs)
+
+
+def test_empty_and_overrides():
+    schema = Schema.from_config(entities=["a"], threshold=0.3)
+    assert not schema.is_empty and Schema.from_config().is_empty
+    other = schema.with_overrides({"entities": ["b"], "threshold": 0.6})
+    assert [e.name for e in other.entities] == ["b"] and other.threshold == 0.6
+    assert schema.with_overrides({"threshold": 0.9}).entities == schema.entities
+    with pytest.raises(SchemaError, match="Unknown key"):
+        schema.with_overrides({"entity": ["b"]})
