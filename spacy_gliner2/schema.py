@@ -193,6 +193,16 @@ def _unique(names: Iterable[str], what: str) -> None:
         seen.add(name)
 
 
+def _sorted_items(mapping: Mapping[Any, Any]) -> List[Tuple[Any, Any]]:
+    """A mapping's items by sorted key.
+
+    spaCy config files do not keep the key order of a section that mixes values
+    and sub-sections, and the order changes the prompt; sorting makes Python,
+    JSON and config files agree. Lists keep their order.
+    """
+    return sorted(mapping.items(), key=lambda kv: str(kv[0]))
+
+
 def _named_items(value: Any, what: str) -> List[Tuple[str, Any]]:
     """A list of names or a mapping name -> config, as (name, config) pairs."""
     if value is None:
@@ -200,7 +210,7 @@ def _named_items(value: Any, what: str) -> List[Tuple[str, Any]]:
     if isinstance(value, str):
         raise SchemaError(f"{what} must be a list of names or a mapping, got the string {value!r}.")
     if isinstance(value, Mapping):
-        return list(value.items())
+        return _sorted_items(value)
     if isinstance(value, (list, tuple)):
         items = [(name, None) for name in value]
         _unique((n for n, _ in items if isinstance(n, str)), f"{what} name")
@@ -251,7 +261,7 @@ def _parse_classifications(value: Any) -> Tuple[ClassificationTask, ...]:
             items.append((item["task"], {k: v for k, v in item.items() if k != "task"}))
         _unique((n for n, _ in items), "classification task")
     elif isinstance(value, Mapping):
-        items = list(value.items())
+        items = _sorted_items(value)
     else:
         raise SchemaError("classifications must be a mapping task -> labels (or task -> options).")
     return tuple(_parse_task(name, config) for name, config in items)
@@ -309,7 +319,7 @@ def _parse_structures(value: Any) -> Tuple[Structure, ...]:
     if not isinstance(value, Mapping):
         raise SchemaError("structures must be a mapping structure name -> list of fields.")
     structures = []
-    for name, fields in value.items():
+    for name, fields in _sorted_items(value):
         name = _text(name, "structure name")
         if isinstance(fields, Mapping):
             _check_keys(fields, ("fields",), f"structure {name!r}")

@@ -114,6 +114,7 @@ def _encoder_config(encoder: Encoder, vocab_size: int, hidden: int, layers: int,
 # Target decision statistics, in logits (see ``_calibrate``).
 _SPAN_INTERACTION, _SPAN_EFFECT, _LABEL_EFFECT, _SPAN_SHIFT = map(float, __import__('os').environ.get('SPANP', '1.0,0.8,1.5,-2.5').split(','))
 _CLASS_STD, _CLASS_SHIFT, _COUNT_NOISE = 2.0, -0.5, 1.0
+_SPAN_POSITIVE = float(__import__('os').environ.get('SPANPOS', 0.12))
 # Count-head logit offsets: K = 0 never wins; K = 1, 2, 3 compete; K >= 4 are rare.
 _COUNT_BIAS = [-10.0, 1.0, 0.6, 0.3] + [-2.5] * 16
 
@@ -169,6 +170,36 @@ def _calibration_schemas() -> list:
 
 
 @torch.no_grad()
+def _capture_head_inputs(model) -> list[dict[str, list[torch.Tensor]]]:
+    """Extract the corpus with each calibration schema; return every call's head inputs."""
+    calls: list[dict[str, list[torch.Tensor]]] = []
+    heads = {"tokens": model.span_rep.span_rep_layer.project_start, "fields": model.count_embed,
+             "prompts": model.count_pred, "labels": model.classifier}
+    hooks = [module.register_forward_pre_hook(
+        lambda _, args, key=key: calls[-1].setdefault(key, []).append(args[0].clone()))
+        for key, module in heads.items()]
+    model.count_pred[-1].bias[1] = 1e4  # K = 1 while capturing: every span task reaches count_embed.
+    try:
+        for text in _CORPUS:
+            for schema in _calibration_schemas():
+                calls.append({})
+                model.extract(text, schema)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+def _span_reps(model, tokens: torch.Tensor) -> torch.Tensor:
+    """All valid span representations ``[spans, D]`` of one text's ``[1, L, D]`` token states."""
+    length = tokens.shape[1]
+    starts = torch.arange(length).repeat_interleave(model.max_width)
+    ends = starts + torch.arange(model.max_width).repeat(length)
+    spans = torch.stack([starts, ends.clamp(max=length - 1)], -1)[None]
+    return model.span_rep(tokens, spans).reshape(-1, model.hidden_size)[ends < length]
+
+
+@torch.no_grad()
 def _calibrate(model, generator: torch.Generator) -> None:
     """Set the final layers' affines from head inputs captured while extracting the corpus.
 
@@ -176,28 +207,11 @@ def _calibrate(model, generator: torch.Generator) -> None:
     few labels fire on several spans and most on none; count logits put K in 1..3; classifier
     logits spread around a small negative shift. Deterministic: no randomness but ``generator``.
     """
-    captured: dict[str, list[torch.Tensor]] = {"tokens": [], "fields": [], "prompts": [], "labels": []}
-    heads = {"tokens": model.span_rep.span_rep_layer.project_start, "fields": model.count_embed,
-             "prompts": model.count_pred, "labels": model.classifier}
-    hooks = [module.register_forward_pre_hook(lambda _, args, key=key: captured[key].append(args[0].clone()))
-             for key, module in heads.items()]
-    model.count_pred[-1].bias[1] = 1e4  # K = 1 while capturing, so every span task reaches count_embed.
-    try:
-        for text in _CORPUS:
-            for schema in _calibration_schemas():
-                model.extract(text, schema)
-    finally:
-        for hook in hooks:
-            hook.remove()
-
+    calls = _capture_head_inputs(model)
     hidden = model.hidden_size
-    reps = []
-    for tokens in captured["tokens"]:  # [1, L, D], one text per call
-        starts = torch.arange(tokens.shape[1]).repeat_interleave(model.max_width)
-        ends = starts + torch.arange(model.max_width).repeat(tokens.shape[1])
-        spans = torch.stack([starts, ends.clamp(max=tokens.shape[1] - 1)], -1)[None]
-        reps.append(model.span_rep(tokens, spans).reshape(-1, hidden)[ends < tokens.shape[1]])
-    queries = torch.cat([model.count_embed(f, 3).reshape(-1, hidden) for f in captured["fields"]])
+    fields = [[f for f in call.get("fields", [])] for call in calls]
+    reps = torch.cat([_span_reps(model, call["tokens"][0]) for call in calls])
+    queries = torch.cat([model.count_embed(f, 3).reshape(-1, hidden) for fs in fields for f in fs])
 
     u, w = torch.linalg.qr(torch.randn(hidden, 2, generator=generator))[0].T
     rep_scale = query_scale = (_SPAN_INTERACTION / hidden**0.5) ** 0.5
@@ -205,7 +219,7 @@ def _calibrate(model, generator: torch.Generator) -> None:
     rep_w = _SPAN_SHIFT / query_w
     rep_u = max(_LABEL_EFFECT**2 / query_scale**2 - rep_w**2, 0.0) ** 0.5
     rep_out = model.span_rep.span_rep_layer.out_project[-1]
-    _standardize(rep_out.weight.T, rep_out.bias, torch.cat(reps), rep_scale, rep_u * u + rep_w * w)
+    _standardize(rep_out.weight.T, rep_out.bias, reps, rep_scale, rep_u * u + rep_w * w)
     if model.config.counting_layer == "count_lstm_moe":
         weight, bias = model.count_embed.w2, model.count_embed.b2
     else:
@@ -213,8 +227,15 @@ def _calibrate(model, generator: torch.Generator) -> None:
                  else model.count_embed.transformer.out_projector)[-1]
         weight, bias = layer.weight.T, layer.bias
     _standardize(weight, bias, queries, query_scale, query_w * w)
+    # Spans and queries of one text share its context, so re-centre on same-text pairs.
+    pairs = [(_span_reps(model, call["tokens"][0]), model.count_embed(f, 1)[0])
+             for call, fs in zip(calls, fields) for f in fs]
+    logits = torch.cat([(r @ q.T).flatten() for r, q in pairs])
+    along_w = torch.cat([q @ w for _, q in pairs]).mean()
+    rep_out.bias.add_(-logits.quantile(1 - _SPAN_POSITIVE) / along_w * w)
 
-    prompts, labels = torch.cat(captured["prompts"]), torch.cat(captured["labels"])
+    prompts = torch.cat([p for call in calls for p in call["prompts"]])
+    labels = torch.cat([l for call in calls for l in call.get("labels", [])])
     count_out, class_out = model.count_pred[-1], model.classifier[-1]
     _standardize(count_out.weight.T, count_out.bias, model.count_pred(prompts), _COUNT_NOISE,
                  torch.tensor(_COUNT_BIAS), per_dim_std=True)

@@ -17,15 +17,16 @@ def test_full_schema():
         relations={"works_for": "employment", "born_in": None},
         threshold=0.4,
     )
-    assert [e.name for e in schema.entities] == ["person", "org", "loc"]
-    assert schema.entities[1].threshold == 0.7 and schema.entities[0].description == "a human"
+    assert [e.name for e in schema.entities] == ["loc", "org", "person"]  # mapping keys sort
+    assert schema.entities[1].threshold == 0.7 and schema.entities[2].description == "a human"
+    assert [e.name for e in Schema.from_config(entities=["b", "a"]).entities] == ["b", "a"]
     topic = schema.classifications[1]
     assert topic.multi_label and topic.threshold == 0.3 and topic.descriptions == (("sports", "games"),)
     fields = schema.structures[0].fields
     assert fields[0] == Field("name", "str", None, "the name", None)
     assert fields[2] == Field("kind", "str", ("phone", "laptop"), None, None)
     assert fields[3].threshold == 0.2 and fields[3].dtype == "list"
-    assert schema.relations[0].description == "employment"
+    assert schema.relations[1].description == "employment"
     assert [k for *_, k in schema.cats_keys()] == [
         "sentiment:positive", "sentiment:negative", "topic:sports", "topic:politics"
     ]

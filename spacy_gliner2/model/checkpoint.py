@@ -190,7 +190,8 @@ def load_model(folder: Path) -> Tuple[GLiNER2Model, Any, Dict[str, Any]]:
     key = "encoder." + _embedding_key(encoder)
     if key not in state:
         raise CheckpointError(f"{folder}: the weights lack {key!r}; not a GLiNER2 checkpoint of this encoder.")
-    encoder.resize_token_embeddings(state[key].shape[0])
+    if encoder.get_input_embeddings().weight.shape[0] != state[key].shape[0]:
+        encoder.resize_token_embeddings(state[key].shape[0], mean_resizing=False)
     model = GLiNER2Model(encoder, settings)
     missing, unexpected = model.load_state_dict(state, strict=False)
     unexpected = [k for k in unexpected if not k.endswith("position_ids")]

@@ -1,0 +1,255 @@
+"""The spaCy contract of the ``gliner2`` component."""
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import spacy
+from spacy.tokens import DocBin
+
+from spacy_gliner2.schema import SchemaError
+
+CONFIG = {
+    "entities": {"person": "a human being", "organization": None, "location": {"threshold": 0.4}},
+    "classifications": {"sentiment": ["positive", "negative", "neutral"]},
+    "structures": {"event": ["who::list", "where::str", "kind::[meeting|visit]::str"]},
+    "relations": ["works_for"],
+}
+TEXTS = [
+    "Tim Cook visited Paris on Monday and met Emmanuel Macron.",
+    "Short one",
+    "Google opened a new office in Zürich; 300 engineers will work there. Alphabet confirmed it",
+    "Contact jane@example.org, or see https://example.com for more information about the $1,299.99 deal!",
+]
+
+
+def make_nlp(path, **config):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(path), **CONFIG, **config})
+    return nlp
+
+
+def outputs(docs):
+    return [
+        (
+            d._.gliner2,
+            [(e.start_char, e.end_char, e.label_) for e in d.ents],
+            [(s.start_char, s.end_char, s.label_) for s in d.spans["gliner2"]],
+            d.cats,
+        )
+        for d in docs
+    ]
+
+
+@pytest.fixture(scope="module")
+def nlp(bert_checkpoint):
+    return make_nlp(bert_checkpoint)
+
+
+def run_python(code: str, **env) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **env},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_entry_point_finds_factory_without_import(bert_checkpoint):
+    code = (
+        "import spacy, sys\n"
+        "nlp = spacy.blank('en')\n"
+        f"nlp.add_pipe('gliner2', config={{'model': {str(bert_checkpoint)!r}, 'entities': ['person']}})\n"
+        "assert 'spacy_gliner2' in sys.modules\n"
+        "print(type(nlp.get_pipe('gliner2')).__name__, nlp('Tim Cook works at Apple.')._.gliner2 is not None)\n"
+    )
+    assert run_python(code).split() == ["GLiNER2Component", "True"]
+
+
+def test_annotations(nlp):
+    doc = nlp(TEXTS[0])
+    result = doc._.gliner2
+    assert list(result) == ["entities", "classifications", "structures", "relations"]
+    assert list(result["entities"]) == ["location", "organization", "person"]  # mappings sort
+    group = doc.spans["gliner2"]
+    n_spans = sum(len(v) for v in result["entities"].values())
+    assert len(group) + group.attrs["unaligned"] == n_spans > 0
+    assert len(group.attrs["scores"]) == len(group)
+    assert all(0.0 <= s <= 1.0 for s in group.attrs["scores"])
+    ents = list(doc.ents)
+    assert ents and all(a.end <= b.start for a, b in zip(ents, ents[1:]))
+    assert {(e.start, e.end, e.label_) for e in ents} <= {(s.start, s.end, s.label_) for s in group}
+    assert set(doc.cats) == {"positive", "negative", "neutral"}
+    assert sum(doc.cats.values()) == pytest.approx(1.0, abs=1e-5)
+    assert result["classifications"]["sentiment"]["label"] == max(doc.cats, key=doc.cats.get)
+    for found in result["entities"].values():
+        for span in found:
+            assert doc.text[span["start"] : span["end"]] == span["text"]
+
+
+def _close(a, b):
+    """Equal, up to float noise from padding in batched forward passes."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return abs(a - b) < 1e-5
+    return a == b
+
+
+def test_pipe_equals_call(nlp):
+    piped = outputs(nlp.pipe(TEXTS, batch_size=3))
+    single = outputs(nlp(t) for t in TEXTS)
+    assert _close(piped, single)
+
+
+def test_component_cfg_overrides_schema(nlp):
+    docs = list(nlp.pipe(TEXTS, component_cfg={"gliner2": {"entities": ["city"], "classifications": None}}))
+    for doc in docs:
+        assert list(doc._.gliner2["entities"]) == ["city"]
+        assert doc._.gliner2["classifications"] == {} and doc.cats == {}
+    doc = nlp(TEXTS[0], component_cfg={"gliner2": {"threshold": 1.0}})  # location keeps its own 0.4
+    assert doc._.gliner2["entities"]["person"] == doc._.gliner2["entities"]["organization"] == []
+    assert {e.label_ for e in doc.ents} <= {"location"}
+    with pytest.raises(SchemaError, match="Unknown per-call option"):
+        nlp(TEXTS[0], component_cfg={"gliner2": {"labels": ["x"]}})
+
+
+def test_config_round_trip(nlp):
+    config = nlp.config
+    nlp2 = spacy.util.load_model_from_config(config, auto_fill=True)
+    assert nlp2.pipe_names == ["gliner2"]
+    assert nlp2.get_pipe("gliner2").cfg == nlp.get_pipe("gliner2").cfg
+    assert _close(outputs([nlp2(t) for t in TEXTS]), outputs([nlp(t) for t in TEXTS]))
+    reparsed = spacy.util.load_model_from_config(spacy.util.load_config_from_str(config.to_str()))
+    assert reparsed.get_pipe("gliner2").schema == nlp.get_pipe("gliner2").schema
+
+
+def test_to_disk_offline_without_source(bert_checkpoint, tmp_path):
+    source = tmp_path / "checkpoint"
+    shutil.copytree(bert_checkpoint, source)
+    nlp = make_nlp(source)
+    expected = outputs([nlp(t) for t in TEXTS])
+    nlp.to_disk(tmp_path / "pipeline")
+    shutil.rmtree(source)
+    code = (
+        "import spacy, json, sys\n"
+        f"nlp = spacy.load({str(tmp_path / 'pipeline')!r})\n"
+        f"texts = json.loads({json.dumps(json.dumps(TEXTS))})\n"
+        "docs = [nlp(t) for t in texts]\n"
+        "print(json.dumps([[d._.gliner2, [(e.start_char, e.end_char, e.label_) for e in d.ents], "
+        "[(s.start_char, s.end_char, s.label_) for s in d.spans['gliner2']], d.cats] for d in docs]))\n"
+    )
+    out = json.loads(run_python(code, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
+    assert out == json.loads(json.dumps(expected))
+    files = {p.name for p in (tmp_path / "pipeline" / "gliner2" / "model").rglob("*")}
+    assert "model.safetensors" in files and "pytorch_model.bin" not in files
+
+
+def test_to_bytes_from_bytes(nlp):
+    data = nlp.to_bytes()
+    nlp2 = spacy.blank("en").from_config(nlp.config)
+    nlp2.from_bytes(data)
+    assert _close(outputs([nlp2(t) for t in TEXTS]), outputs([nlp(t) for t in TEXTS]))
+
+
+def test_existing_ents_policies(bert_checkpoint):
+    def run(policy):
+        nlp = spacy.blank("en")
+        ruler = nlp.add_pipe("entity_ruler")
+        ruler.add_patterns([{"label": "GPE", "pattern": "Paris"}, {"label": "PERSON", "pattern": "Tim Cook"}])
+        nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": ["person", "place"], "threshold": 0.05, "ents_policy": policy})
+        return nlp(TEXTS[0])
+
+    kept = run("keep_existing")
+    labels = {(e.text, e.label_) for e in kept.ents}
+    assert {("Paris", "GPE"), ("Tim Cook", "PERSON")} <= labels
+    assert any(e.label_ in ("person", "place") for e in kept.ents)
+    assert len(kept.spans["gliner2"]) > len([e for e in kept.ents if e.label_ in ("person", "place")])
+
+    new = run("prefer_new")
+    predicted = {(e.start, e.end, e.label_) for e in new.ents if e.label_ in ("person", "place")}
+    assert predicted and any(
+        s.start < 3 for s in new.ents if s.label_ in ("person", "place")
+    )  # a new entity replaced the ruler's overlapping one
+    unchanged = run("unchanged")
+    assert {(e.text, e.label_) for e in unchanged.ents} == {("Paris", "GPE"), ("Tim Cook", "PERSON")}
+
+
+def test_docbin_keeps_extension(nlp):
+    docs = list(nlp.pipe(TEXTS))
+    data = DocBin(docs=docs, store_user_data=True).to_bytes()
+    restored = list(DocBin().from_bytes(data).get_docs(nlp.vocab))
+    for a, b in zip(docs, restored):
+        assert json.dumps(b._.gliner2) == json.dumps(a._.gliner2)
+        assert b.to_bytes() == a.to_bytes()
+
+
+def test_n_process(nlp):
+    nlp(TEXTS[0])  # torch has run in the parent before forking
+    expected = outputs(nlp.pipe(TEXTS))
+    got = outputs(nlp.pipe(TEXTS * 2, n_process=2, batch_size=2))
+    assert _close(got, expected * 2)
+
+
+def test_long_text_gets_entities_near_its_end(bert_checkpoint):
+    sentence = "Angela Merkel met Tim Cook in Berlin on Monday to discuss trade with Google and Siemens . "
+    text = sentence * (20_000 // len(sentence.split()) + 1)
+    assert len(text.split()) >= 20_000
+    nlp = make_nlp(bert_checkpoint, structures=None, relations=None, classifications=None)
+    doc = nlp(text)
+    spans = [s for found in doc._.gliner2["entities"].values() for s in found]
+    assert max(s["end"] for s in spans) > 0.98 * len(text)
+    assert min(s["start"] for s in spans) < 0.02 * len(text)
+    for found in doc._.gliner2["entities"].values():  # merged windows: no overlaps within a label
+        ordered = sorted(found, key=lambda s: s["start"])
+        assert all(a["end"] <= b["start"] for a, b in zip(ordered, ordered[1:]))
+
+
+def test_unaligned_spans_are_kept_and_counted(bert_checkpoint, caplog):
+    nlp = make_nlp(bert_checkpoint, entities={"thing": {"threshold": 0.0}}, alignment_mode="strict")
+    with caplog.at_level(logging.WARNING, logger="spacy_gliner2"):
+        doc = nlp("Prices: $1,299.99 or 1,000 items (state-of-the-art) at jane@example.org.")
+    found = doc._.gliner2["entities"]["thing"]
+    group = doc.spans["gliner2"]
+    assert group.attrs["unaligned"] > 0
+    assert len(group) + group.attrs["unaligned"] == len(found)
+    assert "could not be aligned" in caplog.text
+
+
+def test_doc_tokens_as_words(bert_checkpoint):
+    nlp = make_nlp(bert_checkpoint, use_doc_tokens=True, alignment_mode="strict")
+    doc = nlp(TEXTS[3])
+    group = doc.spans["gliner2"]
+    assert group.attrs["unaligned"] == 0 and len(group) > 0
+
+
+def test_empty_schema_is_a_clear_error(bert_checkpoint):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint)})
+    with pytest.raises(SchemaError, match="schema is empty"):
+        nlp("Some text.")
+    doc = nlp("Some text.", component_cfg={"gliner2": {"entities": ["thing"]}})
+    assert list(doc._.gliner2["entities"]) == ["thing"]
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [({"ents_policy": "overwrite"}, "ents_policy"), ({"alignment_mode": "loose"}, "alignment_mode"), ({"batch_size": 0}, "batch_size")],
+)
+def test_bad_component_config(bert_checkpoint, config, message):
+    with pytest.raises(ValueError, match=message):
+        make_nlp(bert_checkpoint, **config)
+
+
+def test_empty_batch(nlp):
+    assert nlp.get_pipe("gliner2").predict([]) == []
+    assert list(nlp.pipe([])) == []
