@@ -159,10 +159,10 @@ def _calibration_schemas() -> list:
     """Entity schemas over varied label sets, plus one touching every head."""
     from gliner2 import Schema
 
-    schemas = [Schema().entities(labels).classification("topic", ["business", "science", "travel"])
-               for labels in _CALIBRATION_LABELS]
+    schemas = [Schema().entities(labels) for labels in _CALIBRATION_LABELS]
     full = Schema().entities({"person": "a human", "location": "a place", "date": ""})
     full.relations(["works for", "located in"])
+    full.classification("topic", ["business", "science", "travel"])
     full.classification("tone", ["formal", "casual", "urgent", "neutral"], multi_label=True)
     full.structure("event").field("name", dtype="str").field("when").field(
         "kind", dtype="str", choices=["meeting", "concert", "sale"])

@@ -1,0 +1,130 @@
+"""Loading and saving the reference checkpoint format."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from spacy_gliner2.inference import Extractor
+from spacy_gliner2.model.checkpoint import CheckpointError, HubOptions, resolve
+from spacy_gliner2.schema import Schema
+from spacy_gliner2.text import split_words
+
+TEXT = "Tim Cook visited Paris on Monday and met Emmanuel Macron."
+SCHEMA = Schema.from_config(entities=["person", "place"], classifications={"s": ["a", "b"]})
+
+
+def run(extractor, schema=SCHEMA):
+    return extractor.extract([TEXT], [split_words(TEXT)], schema)[0]
+
+
+def test_hub_id_offline_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache") as err:
+        resolve("some-org/not-cached-model", HubOptions(cache_dir=str(tmp_path), local_files_only=True))
+    assert "some-org/not-cached-model" in str(err.value)
+    code = (
+        "from spacy_gliner2.model.checkpoint import resolve, CheckpointError\n"
+        "try:\n"
+        f"    resolve('some-org/not-cached-model', None)\n"
+        "except CheckpointError as e:\n"
+        "    print('ERR', e)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.startswith("ERR") and "some-org/not-cached-model" in out.stdout, out.stderr
+
+
+def test_missing_folder():
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve("./no/such/folder")
+
+
+def test_saved_folder_loads_in_the_reference(bert_checkpoint, tmp_path):
+    gliner2 = pytest.importorskip("gliner2")
+    ours = Extractor.load(str(bert_checkpoint))
+    ours.save(tmp_path / "export")
+    reloaded = Extractor.load(str(tmp_path / "export"))
+    assert run(reloaded) == run(ours)
+    ref = gliner2.GLiNER2.from_pretrained(str(tmp_path / "export"))
+    got = ref.extract(TEXT, {"entities": ["person", "place"]}, include_confidence=True, include_spans=True)
+    expected = run(ours, Schema.from_config(entities=["person", "place"]))[0]["entities"]
+    assert any(expected.values())
+    for label in ("person", "place"):
+        spans = [(s["start"], s["end"]) for s in got["entities"].get(label, [])]
+        assert spans == [(s["start"], s["end"]) for s in expected[label]]
+    saved, original = load_file(tmp_path / "export" / "model.safetensors"), load_file(bert_checkpoint / "model.safetensors")
+    assert saved.keys() == original.keys() and all(torch.equal(saved[k], original[k]) for k in saved)
+
+
+def test_pickle_weights_load_with_weights_only(bert_checkpoint, tmp_path):
+    folder = tmp_path / "pickled"
+    shutil.copytree(bert_checkpoint, folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    assert run(Extractor.load(str(folder))) == run(Extractor.load(str(bert_checkpoint)))
+
+
+def test_truncated_safetensors(bert_checkpoint, tmp_path):
+    folder = tmp_path / "truncated"
+    shutil.copytree(bert_checkpoint, folder)
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        Extractor.load(str(folder))
+
+
+def test_malicious_pickle_is_refused(bert_checkpoint, tmp_path):
+    folder = tmp_path / "evil"
+    shutil.copytree(bert_checkpoint, folder)
+    (folder / "model.safetensors").unlink()
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    torch.save({"x": Evil()}, folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="weights_only"):
+        Extractor.load(str(folder))
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"architecture": "boundary"}, "architecture 'boundary'"),
+        ({"counting_layer": "count_gru"}, "Unknown counting_layer"),
+        ({"token_pooling": "mean"}, "token_pooling"),
+    ],
+)
+def test_unsupported_configs(bert_checkpoint, tmp_path, change, message):
+    folder = tmp_path / "changed"
+    shutil.copytree(bert_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(change)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises((CheckpointError, ValueError), match=message):
+        Extractor.load(str(folder))
+
+
+def test_unknown_encoder_architecture(bert_checkpoint, tmp_path):
+    folder = tmp_path / "unknown-encoder"
+    shutil.copytree(bert_checkpoint, folder)
+    path = folder / "encoder_config" / "config.json"
+    config = json.loads(path.read_text())
+    config["model_type"] = "my-remote-code-model"
+    config["auto_map"] = {"AutoModel": "modeling.MyModel"}
+    path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="Unknown encoder architecture"):
+        Extractor.load(str(folder))
+
+
+def test_missing_config(bert_checkpoint, tmp_path):
+    folder = tmp_path / "no-config"
+    shutil.copytree(bert_checkpoint, folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        Extractor.load(str(folder))
