@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .decoding import Probs, Result, decode, merge_windows
-from .encoding import Encoder, make_batch
+from .encoding import EncodedText, Encoder, make_batch
 from .model.checkpoint import HubOptions, load_model, resolve, save_model
 from .model.extractor import GLiNER2Model
 from .schema import Schema, SchemaError
@@ -19,8 +19,24 @@ from .text import DEFAULT_WINDOW_OVERLAP, DEFAULT_WINDOW_WORDS, Word, make_windo
 @dataclass
 class _Job:
     doc: int
-    words: List[Word]  # normalised window words, offsets into the document text
+    raw: List[Word]  # the window's words, offsets into the document text
+    end: int  # where the window's text ends (it is normalised up to here)
     text: str
+
+    @property
+    def words(self) -> List[Word]:
+        return normalized_words(self.text[: self.end], self.raw)
+
+    def halves(self, overlap: int) -> List["_Job"]:
+        """Two overlapping windows covering this one's words."""
+        n = len(self.raw)
+        overlap = min(overlap, n // 4)
+        size = (n + overlap + 1) // 2
+        out = []
+        for win in make_windows(self.raw, size, overlap):
+            end = self.raw[win.end_word - 1][2] if win.end_word < n else self.end
+            out.append(_Job(self.doc, self.raw[win.start_word : win.end_word], end, self.text))
+        return out
 
 
 class Extractor:
@@ -61,14 +77,12 @@ class Extractor:
                 "The schema is empty: configure at least one of entities, classifications, "
                 "structures or relations (in the component config or per call)."
             )
-        jobs: List[_Job] = []
+        queue: List[_Job] = []
         for i, (text, text_words) in enumerate(zip(texts, words)):
             for win in make_windows(text_words, window, overlap):
-                window_words = list(text_words[win.start_word : win.end_word])
                 end = win.end_char if win.end_word < len(text_words) else len(text)
-                normed = normalized_words(text[:end], window_words)
-                jobs.append(_Job(i, normed, text))
-        encoded = [self.encoder.encode(schema, job.words) for job in jobs]
+                queue.append(_Job(i, list(text_words[win.start_word : win.end_word]), end, text))
+        jobs, encoded = self._encode_within_limit(schema, queue, overlap)
         order = sorted(range(len(jobs)), key=lambda j: len(encoded[j].input_ids))
         parts: List[Optional[Tuple[Result, Probs]]] = [None] * len(jobs)
         self.model.eval()
@@ -78,7 +92,42 @@ class Extractor:
                 batch = make_batch([encoded[j] for j in chunk], self.pad_id).to(self.device)
                 for j, scores in zip(chunk, self.model(batch)):
                     parts[j] = decode(schema, encoded[j], scores, jobs[j].words, jobs[j].text)
-        per_doc: List[List[Tuple[Result, Probs]]] = [[] for _ in texts]
+        per_doc: List[List[Tuple[Result, Probs]]] = [[] for _ in texts]  # in document order
         for job, part in zip(jobs, parts):
             per_doc[job.doc].append(part)
         return [merge_windows(p) for p in per_doc]
+
+    @property
+    def max_tokens(self) -> Optional[int]:
+        """The longest input the encoder can read (None: no limit, as DeBERTa's relative positions)."""
+        config = self.model.encoder.config
+        if getattr(config, "position_biased_input", True) is False:
+            return None
+        limit = getattr(config, "max_position_embeddings", None)
+        if limit and config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet"):
+            limit -= 2  # positions start after the padding index
+        return limit
+
+    def _encode_within_limit(
+        self, schema: Schema, queue: List[_Job], overlap: int
+    ) -> Tuple[List[_Job], List[EncodedText]]:
+        """Encode every job, halving windows that outgrow the encoder (never truncating)."""
+        limit = self.max_tokens
+        jobs, encoded = [], []
+        queue = queue[::-1]
+        while queue:
+            job = queue.pop()
+            record = self.encoder.encode(schema, job.words)
+            if limit is None or len(record.input_ids) <= limit:
+                jobs.append(job)
+                encoded.append(record)
+                continue
+            prompt = len(self.encoder.encode(schema, [(".", 0, 0)]).input_ids) - 1
+            if prompt >= limit or len(job.raw) < 2:
+                raise SchemaError(
+                    f"The prompt takes {prompt} tokens for this schema and the encoder reads at most "
+                    f"{limit}: too little room for the text. Use fewer labels or shorter descriptions per "
+                    "call (e.g. split the labels over several calls with component_cfg)."
+                )
+            queue.extend(job.halves(overlap)[::-1])
+        return jobs, encoded

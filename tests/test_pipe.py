@@ -253,3 +253,22 @@ def test_bad_component_config(bert_checkpoint, config, message):
 def test_empty_batch(nlp):
     assert nlp.get_pipe("gliner2").predict([]) == []
     assert list(nlp.pipe([])) == []
+
+
+def test_windows_halve_when_the_encoder_is_full(bert_checkpoint):
+    """Windows longer than the encoder's positions are split, never truncated."""
+    nlp = make_nlp(bert_checkpoint, window_size=5000, window_overlap=32, structures=None, relations=None)
+    limit = nlp.get_pipe("gliner2").extractor.max_tokens
+    text = "Angela Merkel met Tim Cook in Berlin . " * 1000
+    assert len(text.split()) > limit
+    doc = nlp(text)
+    spans = [s for found in doc._.gliner2["entities"].values() for s in found]
+    assert max(s["end"] for s in spans) > 0.98 * len(text)
+
+
+def test_prompt_longer_than_the_encoder_is_a_clear_error(bert_checkpoint):
+    nlp = make_nlp(bert_checkpoint)
+    limit = nlp.get_pipe("gliner2").extractor.max_tokens
+    labels = {f"label {i}": "a rather long description of this label " * 4 for i in range(limit // 20)}
+    with pytest.raises(SchemaError, match="too little room"):
+        nlp("A short text.", component_cfg={"gliner2": {"entities": labels}})
