@@ -85,7 +85,8 @@ class Extractor:
         jobs, encoded = self._encode_within_limit(schema, queue, overlap)
         order = sorted(range(len(jobs)), key=lambda j: len(encoded[j].input_ids))
         parts: List[Optional[Tuple[Result, Probs]]] = [None] * len(jobs)
-        self.model.eval()
+        if self.model.training:
+            self.model.eval()
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
@@ -123,11 +124,18 @@ class Extractor:
                 encoded.append(record)
                 continue
             prompt = len(self.encoder.encode(schema, [(".", 0, 0)]).input_ids) - 1
-            if prompt >= limit or len(job.raw) < 2:
+            if prompt >= limit:
                 raise SchemaError(
                     f"The prompt takes {prompt} tokens for this schema and the encoder reads at most "
                     f"{limit}: too little room for the text. Use fewer labels or shorter descriptions per "
                     "call (e.g. split the labels over several calls with component_cfg)."
+                )
+            if len(job.raw) < 2:
+                word = job.raw[0] if job.raw else (".", 0, 0)
+                raise ValueError(
+                    f"The word at characters {word[1]}-{word[2]} of a text needs {len(record.input_ids) - prompt} "
+                    f"tokens, more than the {limit - prompt} the encoder has left after the prompt; "
+                    "split or clean the text (e.g. a huge URL or base64 blob)."
                 )
             queue.extend(job.halves(overlap)[::-1])
         return jobs, encoded

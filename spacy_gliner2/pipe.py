@@ -235,6 +235,7 @@ class GLiNER2Component(Pipe):
             )
 
     def __call__(self, doc: Doc, **overrides: Any) -> Doc:
+        overrides.pop("batch_size", None)  # Language.pipe adds it to a shared component_cfg
         schema = self._schema_for(overrides)
         self.set_annotations([doc], self.predict([doc], schema), schema)
         return doc

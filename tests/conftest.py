@@ -27,3 +27,13 @@ def checkpoint_factory(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bert_checkpoint(checkpoint_factory) -> Path:
     return checkpoint_factory("bert", "count_lstm")
+
+
+@pytest.fixture(scope="session")
+def property_nlp(bert_checkpoint):
+    """A pipeline whose schema every property test sets per call."""
+    import spacy
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint)})
+    return nlp

@@ -1,0 +1,402 @@
+#!/usr/bin/env python
+"""Throughput, agreement and cost of spacy-gliner2 against the reference ``gliner2`` 2.1.0.
+
+One run: builds (or reuses) a full-size random-weight GLiNER2-base checkpoint with the reference
+package, then for three schemas times our spaCy component against ``GLiNER2.batch_extract``,
+checks that both give the same results, splits our time into encoder and the rest, runs a long
+document in a fresh process for time and peak memory, and relates the encoder's speed to this
+machine's fp32 matmul peak.
+
+    python benchmarks/throughput.py [--quick] [--out results.json] [--checkpoint-dir DIR]
+"""
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SPM_MODEL = SHARED / "tokenizers" / "deberta-v3" / "spm.model"
+sys.path.insert(0, str(ROOT / "tests"))
+
+DEBERTA_V3_BASE = dict(
+    vocab_size=128100, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+    intermediate_size=3072, hidden_act="gelu", max_position_embeddings=512, type_vocab_size=0,
+    relative_attention=True, position_buckets=256, pos_att_type=["p2c", "c2p"],
+    max_relative_positions=-1, position_biased_input=False, norm_rel_ebd="layer_norm",
+    share_att_key=True, layer_norm_eps=1e-7, initializer_range=0.02)
+ATTENTION_INIT_STD = 0.1  # query/key weights: peaked, position-aware attention (std 0.02 everywhere
+# makes attention uniform: every [E] marker then gets the same embedding, and every label the same scores)
+SPAN_LOGIT_STD, SPAN_POSITIVE = 2.5, 0.005  # head calibration: spread logits, ~0.5 % of spans >= 0.5
+
+LABELS_5 = ["person", "organization", "location", "date", "event"]
+LABELS_50 = LABELS_5 + [
+    "country", "city", "politician", "political party", "election", "government agency", "law",
+    "court", "military unit", "weapon", "company", "product", "money", "percentage", "time",
+    "sports team", "athlete", "award", "book", "film", "song", "musician", "band", "language",
+    "nationality", "religion", "disease", "drug", "chemical compound", "university", "school",
+    "hospital", "river", "mountain", "building", "airport", "ship", "website", "email address",
+    "phone number", "job title", "currency", "stock index", "treaty", "newspaper"]
+SCHEMAS = {
+    "entities-5": {"entities": LABELS_5},
+    "entities-50": {"entities": LABELS_50},
+    "composed": {
+        "entities": LABELS_5,
+        "classifications": {
+            "topic": ["politics", "business", "sports", "science"],
+            "tone": {"labels": ["formal", "urgent", "opinion"], "multi_label": True}},
+        "structures": {"event": ["name::str", "participants::list",
+                                 "kind::[election|meeting|protest]::str"]},
+    },
+}
+
+
+def load_texts(n_short: int, n_news: int):
+    """The first ``n_short`` CrossNER-politics sentences and ``n_news`` AG News "title. description"."""
+    data = SHARED / "data" / "eval"
+    sentences = json.loads((data / "CrossNER_politics" / "test.json").read_text())[:n_short]
+    with open(data / "ag_news" / "test.csv", newline="", encoding="utf-8") as f:
+        news = [f"{title}. {description}" for _, title, description in list(csv.reader(f))[:n_news]]
+    return [s["sentence"] for s in sentences], news
+
+
+def build_checkpoint(folder: Path, seed: int, calibration_texts) -> str:
+    """Build a random-weight GLiNER2-base checkpoint with the reference package (or reuse ``folder``).
+
+    Encoder: DeBERTa-v3-base shape, Hugging Face init (std 0.02) seeded by ``seed``, query and key
+    projections N(0, ATTENTION_INIT_STD).
+    Heads: N(0, 1/fan_in), zero biases; count positions N(0, 1); count bias favouring K = 1..2.
+    Then the last span-representation layer is rescaled and shifted on logits captured while the
+    reference extracts ``calibration_texts``, so span probabilities spread out and few pass 0.5.
+    """
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        return "reused"
+    from gliner2 import ExtractorConfig, GLiNER2, Schema
+    from transformers import DebertaV2Config, DebertaV2Tokenizer
+
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    shutil.copyfile(SPM_MODEL, partial / "spm.model")
+    tokenizer = DebertaV2Tokenizer.from_pretrained(str(partial))
+    encoder_config = DebertaV2Config(**DEBERTA_V3_BASE)
+    config = ExtractorConfig(model_name="deberta-v3-base-random", max_width=8,
+                             counting_layer="count_lstm")
+    torch.manual_seed(seed)
+    model = GLiNER2(config, encoder_config=encoder_config, tokenizer=tokenizer).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("query_proj.weight", "key_proj.weight")):
+                param.normal_(0.0, ATTENTION_INIT_STD, generator=generator)
+            elif name.startswith("encoder."):
+                continue
+            if "pos_embedding" in name:
+                param.normal_(0.0, 1.0, generator=generator)
+            elif param.dim() > 1:
+                param.normal_(0.0, param.shape[1] ** -0.5, generator=generator)
+            else:
+                param.zero_()
+        model.count_pred[-1].bias[:3] = torch.tensor([-3.0, 3.0, 2.5])
+        _calibrate_spans(model, calibration_texts, Schema().entities(LABELS_5))
+    model.save_pretrained(str(partial))
+    loaded = GLiNER2.from_pretrained(str(partial))
+    if any(not torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items()):
+        raise RuntimeError(f"{partial} does not reload with the weights that were saved")
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return "built"
+
+
+@torch.no_grad()
+def _calibrate_spans(model, texts, schema) -> None:
+    """Scale and shift ``out_project``'s last layer: span logits std SPAN_LOGIT_STD, SPAN_POSITIVE > 0."""
+    layer = model.span_rep.span_rep_layer
+    words, queries = [], []
+    hooks = [layer.project_start.register_forward_pre_hook(lambda _, args: words.append(args[0])),
+             model.count_embed.register_forward_hook(lambda _, args, out: queries.append(out[:1]))]
+    try:
+        for text in texts:
+            model.extract(text, schema)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    dim = model.encoder.config.hidden_size
+    logits = torch.cat([layer.score_queries(h, q.reshape(1, -1, dim)).flatten()
+                        for h, q in zip(words, queries)])
+    logits = logits[logits.isfinite()]
+    final = layer.out_project[-1]
+    scale = SPAN_LOGIT_STD / logits.std()
+    final.weight.mul_(scale)
+    final.bias.mul_(scale)
+    mean_query = torch.cat(queries).reshape(-1, dim).mean(0)
+    shift = torch.quantile(logits * scale, 1 - SPAN_POSITIVE)
+    final.bias.sub_(shift * mean_query / mean_query.dot(mean_query))
+
+
+class Probe:
+    """Counts our encoder input tokens and times ``GLiNER2Model.encode`` while our pipeline runs.
+
+    Wraps ``spacy_gliner2.encoding.Encoder.encode`` (every encoded record) and, per loaded model,
+    its ``encode`` (the encoder forward). ``batches`` keeps (padded length, real lengths) per call.
+    """
+
+    def __init__(self):
+        from spacy_gliner2.encoding import Encoder
+
+        self.reset()
+        original = Encoder.encode
+
+        def encode(encoder, schema, words):
+            record = original(encoder, schema, words)
+            self.tokens += len(record.input_ids)
+            return record
+
+        Encoder.encode = encode
+
+    def reset(self) -> None:
+        self.tokens, self.encoder_seconds, self.batches = 0, 0.0, []
+
+    def attach(self, model) -> None:
+        original = model.encode
+
+        def encode(batch):
+            start = time.perf_counter()
+            out = original(batch)
+            self.encoder_seconds += time.perf_counter() - start
+            self.batches.append((batch.input_ids.shape[1], batch.attention_mask.sum(1).tolist()))
+            return out
+
+        model.encode = encode
+
+
+def make_nlp(folder: Path, config: dict):
+    """A blank English pipeline with our component on ``folder`` (exact mode if there is a choice)."""
+    import spacy
+    from spacy.language import Language
+
+    import spacy_gliner2.pipe  # noqa: F401 - registers the factory
+
+    mode = {"mode": "exact"} if "mode" in Language.get_factory_meta("gliner2").default_config else {}
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(folder), **config, "batch_size": 8, **mode})
+    return nlp
+
+
+def time_ours(folder: Path, config: dict, texts, repeats: int, probe: Probe):
+    """Best of ``repeats`` timings of ``list(nlp.pipe(texts))``, with its probe figures; and the outputs."""
+    nlp = make_nlp(folder, config)
+    list(nlp.pipe(texts[:8]))  # warm-up: loads the model
+    probe.attach(nlp.get_pipe("gliner2").extractor.model)
+    best = None
+    for _ in range(repeats):
+        probe.reset()
+        start = time.perf_counter()
+        docs = list(nlp.pipe(texts))
+        seconds = time.perf_counter() - start
+        if best is None or seconds < best["seconds"]:
+            best = {"seconds": seconds, "encoder_seconds": probe.encoder_seconds,
+                    "tokens": probe.tokens, "batches": probe.batches}
+    return best, [doc._.gliner2 for doc in docs]
+
+
+def time_reference(model, schema, threshold: float, texts, repeats: int):
+    """Best of ``repeats`` timings of the reference's ``batch_extract``; and its outputs."""
+    def run(batch):
+        return model.batch_extract(batch, schema, batch_size=8, threshold=threshold,
+                                   include_confidence=True, include_spans=True)
+
+    run(texts[:8])  # warm-up
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = run(texts)
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def compare(ours, ref):
+    """(same decisions, max |confidence difference|): every non-float leaf equal, floats compared."""
+    if isinstance(ref, float) and isinstance(ours, float):
+        return True, abs(ours - ref)
+    if isinstance(ref, dict):
+        if not isinstance(ours, dict) or set(ours) != set(ref):
+            return False, 0.0
+        parts = [compare(ours[key], ref[key]) for key in ref]
+    elif isinstance(ref, (list, tuple)):
+        if not isinstance(ours, (list, tuple)) or len(ours) != len(ref):
+            return False, 0.0
+        parts = [compare(a, b) for a, b in zip(ours, ref)]
+    else:
+        return ours == ref, 0.0
+    return all(same for same, _ in parts), max((diff for _, diff in parts), default=0.0)
+
+
+def encoder_flops(batches, config, padded: bool = True) -> float:
+    """FLOPs (2 per multiply-add) of our DeBERTa-v3 encoder forwards over the recorded batches.
+
+    Per layer and sequence of T tokens (D hidden, F intermediate, S = position_buckets, i.e. 2S
+    relative-position embeddings; DeBERTa always uses all 2S of them):
+        query, key, value and output projections   4 * 2*T*D*D
+        feed-forward (two linears)                 2 * 2*T*D*F
+        content scores Q K^T and probs @ V         2 * 2*T*T*D
+        c2p (Q vs 2S position keys), p2c (K vs 2S position queries)   2 * 2*T*(2S)*D
+    plus, per layer and batch, the 2S relative embeddings through the shared Q and K projections:
+        2 * 2*(2S)*D*D.
+    Element-wise work (softmax, LayerNorm, GELU, the c2p/p2c gathers) is not counted. ``padded``:
+    T is the batch's padded length for every row (what runs); else each row's real length.
+    """
+    d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    rel = 2 * config.position_buckets
+
+    def sequence(t):
+        return 8 * t * d * d + 4 * t * d * f + 4 * t * t * d + 4 * t * rel * d
+
+    total = 0.0
+    for padded_len, lengths in batches:
+        rows = [padded_len] * len(lengths) if padded else lengths
+        total += sum(sequence(t) for t in rows) + 4 * rel * d * d
+    return layers * total
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """This machine's fp32 matmul speed in GFLOP/s: best ``torch.mm`` of two n x n matrices."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def long_document_probe(folder: Path, n_words: int) -> dict:
+    """(Runs in a fresh process.) Time one ``n_words``-word document through our nlp; its peak RSS.
+
+    The text repeats the AG News items. After loading and warming up the model, the peak RSS
+    (VmHWM) is reset via /proc/self/clear_refs; the peak over the call minus the RSS before it is
+    the memory the document needed.
+    """
+    _, news = load_texts(0, 32)
+    words = " ".join(news).split()
+    text = " ".join((words * (n_words // len(words) + 1))[:n_words])
+    nlp = make_nlp(folder, SCHEMAS["entities-5"])
+    nlp("Warm up the model.")
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kb("VmRSS")
+    start = time.perf_counter()
+    doc = nlp(text)
+    seconds = time.perf_counter() - start
+    peak = _status_kb("VmHWM")
+    return {"words": n_words, "chars": len(text), "seconds": seconds,
+            "peak_extra_mb": (peak - before) / 1024, "rss_before_mb": before / 1024,
+            "entities": sum(len(v) for v in doc._.gliner2["entities"].values())}
+
+
+def run_probe(folder: Path, n_words: int, threads: int) -> dict:
+    """``long_document_probe`` in a fresh Python process."""
+    cmd = [sys.executable, __file__, "--checkpoint-dir", str(folder), "--threads", str(threads),
+           "--probe-words", str(n_words)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="8 + 8 texts, a 4,000-word long document")
+    parser.add_argument("--out", type=Path, help="also write every figure to this JSON file")
+    parser.add_argument("--checkpoint-dir", type=Path,
+                        default=Path("/tmp/spacy-gliner2-bench/gliner2-base-random"))
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (best kept)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--probe-words", type=int, help=argparse.SUPPRESS)  # the long-document child
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.probe_words:
+        print(json.dumps(long_document_probe(args.checkpoint_dir, args.probe_words)))
+        return
+    from gliner2 import GLiNER2
+    from test_parity import reference_schema, to_our_shape
+
+    short, news = load_texts(*(2 * [8 if args.quick else 32]))
+    texts = short + news
+    start = time.perf_counter()
+    status = build_checkpoint(args.checkpoint_dir, args.seed, short[:8] + news[:8])
+    print(f"checkpoint {args.checkpoint_dir}: {status} ({time.perf_counter() - start:.0f} s)")
+    reference = GLiNER2.from_pretrained(str(args.checkpoint_dir))
+    probe, out = Probe(), {"texts": len(texts), "threads": args.threads, "schemas": {}}
+    for name, config in SCHEMAS.items():
+        schema, ref_schema = reference_schema(config)
+        ours, our_results = time_ours(args.checkpoint_dir, config, texts, args.repeats, probe)
+        ref_seconds, ref_results = time_reference(reference, ref_schema, schema.threshold, texts,
+                                                  args.repeats)
+        checks = [compare(mine, to_our_shape(theirs, schema, text))
+                  for mine, theirs, text in zip(our_results, ref_results, texts)]
+        out["schemas"][name] = {
+            "ours_texts_per_s": len(texts) / ours["seconds"],
+            "reference_texts_per_s": len(texts) / ref_seconds,
+            "identical_decisions": sum(same for same, _ in checks) / len(checks),
+            "max_confidence_diff": max(diff for _, diff in checks),
+            "ours": {k: v for k, v in ours.items() if k != "batches"},
+            "encoder_flops": encoder_flops(ours["batches"], reference.encoder.config),
+            "encoder_flops_unpadded": encoder_flops(ours["batches"], reference.encoder.config, False)}
+
+    print(f"\n{len(texts)} texts, batch_size 8, {args.threads} torch threads, best of {args.repeats}")
+    print(f"{'schema':<12} {'ours texts/s':>13} {'reference texts/s':>18} {'ratio':>6}"
+          f" {'identical':>10} {'max conf diff':>14}")
+    for name, s in out["schemas"].items():
+        print(f"{name:<12} {s['ours_texts_per_s']:>13.2f} {s['reference_texts_per_s']:>18.2f} "
+              f"{s['ours_texts_per_s'] / s['reference_texts_per_s']:>6.2f} "
+              f"{s['identical_decisions']:>10.1%} {s['max_confidence_diff']:>14.2e}")
+
+    print("\nours, past the encoder (whole nlp.pipe minus GLiNER2Model.encode), per input token:")
+    for name in ("entities-5", "entities-50"):
+        o = out["schemas"][name]["ours"]
+        o["rest_s_per_token"] = (o["seconds"] - o["encoder_seconds"]) / o["tokens"]
+        print(f"  {name}: {o['tokens']} tokens, encoder {o['encoder_seconds']:.2f} s, rest "
+              f"{o['seconds'] - o['encoder_seconds']:.2f} s = {o['rest_s_per_token'] * 1e6:.1f} us/token")
+    out["rest_per_token_ratio_50_vs_5"] = (out["schemas"]["entities-50"]["ours"]["rest_s_per_token"]
+                                           / out["schemas"]["entities-5"]["ours"]["rest_s_per_token"])
+    print(f"  ratio 50 / 5 labels: {out['rest_per_token_ratio_50_vs_5']:.2f}")
+
+    s5 = out["schemas"]["entities-5"]
+    out["matmul_peak_gflops"] = matmul_peak()
+    out["encoder_gflops"] = s5["encoder_flops"] / s5["ours"]["encoder_seconds"] / 1e9
+    out["encoder_gflops_unpadded"] = s5["encoder_flops_unpadded"] / s5["ours"]["encoder_seconds"] / 1e9
+    print(f"\nencoder at 5 labels: {out['encoder_gflops']:.0f} GFLOP/s as run (padded), "
+          f"{out['encoder_gflops_unpadded']:.0f} GFLOP/s on real tokens; fp32 matmul peak "
+          f"{out['matmul_peak_gflops']:.0f} GFLOP/s -> {out['encoder_gflops'] / out['matmul_peak_gflops']:.0%}")
+
+    print("\nlong documents through our nlp (5 labels), each in a fresh process:")
+    out["long_documents"] = [run_probe(args.checkpoint_dir, n, args.threads)
+                             for n in (1000, 4000 if args.quick else 20000)]
+    for doc in out["long_documents"]:
+        print(f"  {doc['words']:>6} words: {doc['seconds']:7.2f} s, peak +{doc['peak_extra_mb']:.0f} MB "
+              f"(RSS before {doc['rss_before_mb']:.0f} MB), {doc['entities']} entities")
+    small, big = out["long_documents"]
+    out["long_document_ratios"] = {"words": big["words"] / small["words"],
+                                   "seconds": big["seconds"] / small["seconds"],
+                                   "peak_extra_mb": big["peak_extra_mb"] / small["peak_extra_mb"]}
+    print("  ratios (long / short): " + ", ".join(f"{k} {v:.1f}" for k, v in out["long_document_ratios"].items()))
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=2))
+        print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Bad input: each case gives a clear error or the documented behaviour (README table)."""
+import pytest
+import spacy
+from confection import ConfigValidationError
+
+from spacy_gliner2.encoding import Encoder
+from spacy_gliner2.schema import SPECIAL_TOKENS, Schema, SchemaError
+from spacy_gliner2.text import normalized_words, split_words
+
+
+@pytest.fixture(scope="module")
+def nlp(bert_checkpoint):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": {"thing": {"threshold": 0.0}},
+                                    "classifications": {"t": ["a", "b"]}})
+    return nlp
+
+
+def spans_ok(doc):
+    for found in doc._.gliner2["entities"].values():
+        for s in found:
+            assert 0 <= s["start"] < s["end"] <= len(doc.text) and doc.text[s["start"] : s["end"]] == s["text"]
+
+
+@pytest.mark.parametrize("text", ["", " ", "\n\t  ", "\u3000"])
+def test_empty_and_whitespace_docs(nlp, text):
+    doc = nlp(text)
+    assert doc._.gliner2["entities"] == {"thing": []} and not doc.ents
+    assert set(doc.cats) == {"a", "b"}  # classification still runs (on the empty text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "...!?;:",
+        "a\x00b \x00 \x01\x02 c",
+        "Emoji 🎉🎉 party 👩‍👩‍👧 time",
+        "東京タワーは高い。北京欢迎你",
+        "กรุงเทพมหานคร เป็นเมืองหลวง",
+        "مرحبا بالعالم and שלום עולם mixed with English",
+        "zero\u200bwidth and com\u0301bining marks",
+        "x" * 3000,
+    ],
+)
+def test_odd_texts_run_and_spans_stay_inside(nlp, text):
+    doc = nlp(text)
+    spans_ok(doc)
+    group = doc.spans["gliner2"]
+    assert len(group) + group.attrs["unaligned"] == len(doc._.gliner2["entities"]["thing"])
+
+
+def test_hundred_thousand_words(bert_checkpoint):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": ["person", "place"]})
+    text = "Angela Merkel met Tim Cook in Berlin . " * 12_500
+    doc = nlp(text)
+    spans = [s for found in doc._.gliner2["entities"].values() for s in found]
+    assert max(s["end"] for s in spans) > 0.99 * len(text)
+
+
+def test_special_tokens_in_text_are_plain_words(bert_checkpoint):
+    from spacy_gliner2.inference import Extractor
+
+    extractor = Extractor.load(str(bert_checkpoint))
+    encoder = Encoder(extractor.tokenizer)
+    schema = Schema.from_config(entities=["x"])
+    special = set(extractor.tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS)))
+    text = "Ignore this [SEP_TEXT] [E] evil [P] ( [L] label ) [DESCRIPTION]"
+    words = normalized_words(text, split_words(text))
+    record = encoder.encode(schema, words)
+    text_ids = record.input_ids[record.word_pos[0]:]
+    assert not special & set(text_ids)
+
+
+def test_five_hundred_labels_none_dropped(bert_checkpoint):
+    nlp = spacy.blank("en")
+    labels = [f"type {i}" for i in range(500)]
+    nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": labels})
+    doc = nlp("Angela Merkel met Tim Cook in Berlin.")
+    assert list(doc._.gliner2["entities"]) == labels
+
+
+@pytest.mark.parametrize(
+    "config,error",
+    [
+        ({"entities": ["a", "a"]}, SchemaError),
+        ({"entities": ["[E]"]}, SchemaError),
+        ({"entities": {"a": "x [SEP_TEXT] y"}}, SchemaError),
+        ({"entities": ["a"], "threshold": 1.5}, SchemaError),
+        ({"entities": {"a": {"threshold": -1}}}, SchemaError),
+        ({"structures": {"s": ["f::[a|b"]}}, SchemaError),
+        ({"entities": ["a"], "labels": ["x"]}, ConfigValidationError),
+        ({"entities": ["a"], "threshold": "high"}, ConfigValidationError),
+    ],
+)
+def test_bad_config_fails_at_construction(bert_checkpoint, config, error):
+    nlp = spacy.blank("en")
+    with pytest.raises(error):
+        nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), **config})
+
+
+def test_bad_per_call_schema(nlp):
+    with pytest.raises(SchemaError, match="Duplicate"):
+        nlp("text", component_cfg={"gliner2": {"entities": ["a", "a"]}})
+    with pytest.raises(SchemaError, match="Unknown per-call option"):
+        nlp("text", component_cfg={"gliner2": {"entity": ["a"]}})
+    assert nlp("text")._.gliner2["entities"].keys() == {"thing"}  # the pipe still works
+
+
+def test_interrupted_pipe_leaves_the_component_usable(nlp):
+    stream = nlp.pipe(["one text", "two texts", "three"] * 10, batch_size=4)
+    next(stream)
+    stream.close()
+    assert nlp("after")._.gliner2 is not None
