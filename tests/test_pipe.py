@@ -272,3 +272,12 @@ def test_prompt_longer_than_the_encoder_is_a_clear_error(bert_checkpoint):
     labels = {f"label {i}": "a rather long description of this label " * 4 for i in range(limit // 20)}
     with pytest.raises(SchemaError, match="too little room"):
         nlp("A short text.", component_cfg={"gliner2": {"entities": labels}})
+
+
+def test_threads_give_the_same_results(nlp):
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = outputs(nlp(t) for t in TEXTS * 3)
+    with ThreadPoolExecutor(4) as pool:
+        got = outputs(pool.map(nlp, TEXTS * 3))
+    assert _close(got, expected)
