@@ -57,6 +57,13 @@ SCHEMAS = {
 }
 
 
+def timed(fn, *args):
+    """(seconds, result) of one call."""
+    start = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - start, result
+
+
 def load_texts(n_short: int, n_news: int):
     """The first ``n_short`` CrossNER-politics sentences and ``n_news`` AG News "title. description"."""
     data = SHARED / "data" / "eval"
@@ -97,7 +104,7 @@ def build_checkpoint(folder: Path, seed: int, calibration_texts) -> str:
                 param.normal_(0.0, ATTENTION_INIT_STD, generator=generator)
             elif name.startswith("encoder."):
                 continue
-            if "pos_embedding" in name:
+            elif "pos_embedding" in name:
                 param.normal_(0.0, 1.0, generator=generator)
             elif param.dim() > 1:
                 param.normal_(0.0, param.shape[1] ** -0.5, generator=generator)
@@ -140,42 +147,6 @@ def _calibrate_spans(model, texts, schema) -> None:
     final.bias.sub_(shift * mean_query / mean_query.dot(mean_query))
 
 
-class Probe:
-    """Counts our encoder input tokens and times ``GLiNER2Model.encode`` while our pipeline runs.
-
-    Wraps ``spacy_gliner2.encoding.Encoder.encode`` (every encoded record) and, per loaded model,
-    its ``encode`` (the encoder forward). ``batches`` keeps (padded length, real lengths) per call.
-    """
-
-    def __init__(self):
-        from spacy_gliner2.encoding import Encoder
-
-        self.reset()
-        original = Encoder.encode
-
-        def encode(encoder, schema, words):
-            record = original(encoder, schema, words)
-            self.tokens += len(record.input_ids)
-            return record
-
-        Encoder.encode = encode
-
-    def reset(self) -> None:
-        self.tokens, self.encoder_seconds, self.batches = 0, 0.0, []
-
-    def attach(self, model) -> None:
-        original = model.encode
-
-        def encode(batch):
-            start = time.perf_counter()
-            out = original(batch)
-            self.encoder_seconds += time.perf_counter() - start
-            self.batches.append((batch.input_ids.shape[1], batch.attention_mask.sum(1).tolist()))
-            return out
-
-        model.encode = encode
-
-
 def make_nlp(folder: Path, config: dict):
     """A blank English pipeline with our component on ``folder`` (exact mode if there is a choice)."""
     import spacy
@@ -189,36 +160,61 @@ def make_nlp(folder: Path, config: dict):
     return nlp
 
 
-def time_ours(folder: Path, config: dict, texts, repeats: int, probe: Probe):
-    """Best of ``repeats`` timings of ``list(nlp.pipe(texts))``, with its probe figures; and the outputs."""
+def our_runner(folder: Path, config: dict, texts):
+    """A warmed-up ``run()`` of ``list(nlp.pipe(texts))``: (``doc._.gliner2`` per text, figures).
+
+    Figures: ``tokens``, the encoder's input tokens (summed over the records that
+    ``Encoder.encode`` returns); ``encoder_seconds``, time inside ``GLiNER2Model.encode``;
+    ``batches``, (padded length, real lengths) of each encoder call.
+    """
     nlp = make_nlp(folder, config)
-    list(nlp.pipe(texts[:8]))  # warm-up: loads the model
-    probe.attach(nlp.get_pipe("gliner2").extractor.model)
-    best = None
-    for _ in range(repeats):
-        probe.reset()
+    list(nlp.pipe(texts[:8]))  # warm-up; the model loads on first use
+    extractor, figures = nlp.get_pipe("gliner2").extractor, {}
+    encode_text, encode_batch = extractor.encoder.encode, extractor.model.encode
+
+    def counted(schema, words):
+        record = encode_text(schema, words)
+        figures["tokens"] += len(record.input_ids)
+        return record
+
+    def timed(batch):
         start = time.perf_counter()
-        docs = list(nlp.pipe(texts))
-        seconds = time.perf_counter() - start
-        if best is None or seconds < best["seconds"]:
-            best = {"seconds": seconds, "encoder_seconds": probe.encoder_seconds,
-                    "tokens": probe.tokens, "batches": probe.batches}
-    return best, [doc._.gliner2 for doc in docs]
+        hidden = encode_batch(batch)
+        figures["encoder_seconds"] += time.perf_counter() - start
+        figures["batches"].append((batch.input_ids.shape[1], batch.attention_mask.sum(1).tolist()))
+        return hidden
+
+    extractor.encoder.encode, extractor.model.encode = counted, timed
+
+    def run():
+        figures.update(tokens=0, encoder_seconds=0.0, batches=[])
+        return [doc._.gliner2 for doc in nlp.pipe(texts)], dict(figures)
+
+    return run
 
 
-def time_reference(model, schema, threshold: float, texts, repeats: int):
-    """Best of ``repeats`` timings of the reference's ``batch_extract``; and its outputs."""
-    def run(batch):
+def reference_runner(model, schema, threshold: float, texts):
+    """A warmed-up ``run()`` of the reference's ``batch_extract``: (results, {})."""
+    def extract(batch):
         return model.batch_extract(batch, schema, batch_size=8, threshold=threshold,
                                    include_confidence=True, include_spans=True)
 
-    run(texts[:8])  # warm-up
-    best, out = float("inf"), None
+    extract(texts[:8])
+    return lambda: (extract(texts), {})
+
+
+def best_of(runners, repeats: int):
+    """Per runner, its fastest of ``repeats`` runs as (seconds, results, figures).
+
+    The runners take turns, so that all of them see the same (possibly shared) machine.
+    """
+    best = [None] * len(runners)
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = run(texts)
-        best = min(best, time.perf_counter() - start)
-    return best, out
+        for i, run in enumerate(runners):
+            seconds, (results, figures) = timed(run)
+            if best[i] is None or seconds < best[i][0]:
+                best[i] = (seconds, results, figures)
+    return best
 
 
 def compare(ours, ref):
@@ -269,19 +265,12 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     """This machine's fp32 matmul speed in GFLOP/s: best ``torch.mm`` of two n x n matrices."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return 2 * n**3 / min(timed(torch.mm, a, b)[0] for _ in range(repeats)) / 1e9
 
 
 def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
+    """A ``/proc/self/status`` memory figure (VmRSS, VmHWM, ...) in kB."""
+    return int(Path("/proc/self/status").read_text().split(field + ":")[1].split()[0])
 
 
 def long_document_probe(folder: Path, n_words: int) -> dict:
@@ -298,9 +287,7 @@ def long_document_probe(folder: Path, n_words: int) -> dict:
     nlp("Warm up the model.")
     Path("/proc/self/clear_refs").write_text("5")
     before = _status_kb("VmRSS")
-    start = time.perf_counter()
-    doc = nlp(text)
-    seconds = time.perf_counter() - start
+    seconds, doc = timed(nlp, text)
     peak = _status_kb("VmHWM")
     return {"words": n_words, "chars": len(text), "seconds": seconds,
             "peak_extra_mb": (peak - before) / 1024, "rss_before_mb": before / 1024,
@@ -315,8 +302,33 @@ def run_probe(folder: Path, n_words: int, threads: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def measure_schemas(folder: Path, texts, repeats: int) -> dict:
+    """Per schema: both speeds, agreement, and our encoder / rest split (steps 3 to 5, 7)."""
+    from gliner2 import GLiNER2
+    from test_parity import reference_schema, to_our_shape
+
+    reference, out = GLiNER2.from_pretrained(str(folder)), {}
+    for name, config in SCHEMAS.items():
+        schema, ref_schema = reference_schema(config)
+        runners = [our_runner(folder, config, texts),
+                   reference_runner(reference, ref_schema, schema.threshold, texts)]
+        (seconds, our_results, ours), (ref_seconds, ref_results, _) = best_of(runners, repeats)
+        checks = [compare(mine, to_our_shape(theirs, schema, text))
+                  for mine, theirs, text in zip(our_results, ref_results, texts)]
+        batches, encoder = ours.pop("batches"), reference.encoder.config
+        out[name] = dict(
+            ours_texts_per_s=len(texts) / seconds, reference_texts_per_s=len(texts) / ref_seconds,
+            identical_decisions=sum(same for same, _ in checks) / len(checks),
+            max_confidence_diff=max(diff for _, diff in checks), ours_seconds=seconds,
+            rest_seconds=seconds - ours["encoder_seconds"],
+            rest_s_per_token=(seconds - ours["encoder_seconds"]) / ours["tokens"], **ours,
+            encoder_gflops=encoder_flops(batches, encoder) / ours["encoder_seconds"] / 1e9,
+            encoder_gflops_real_tokens=encoder_flops(batches, encoder, False) / ours["encoder_seconds"] / 1e9)
+    return out
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--quick", action="store_true", help="8 + 8 texts, a 4,000-word long document")
     parser.add_argument("--out", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--checkpoint-dir", type=Path,
@@ -330,69 +342,43 @@ def main() -> None:
     if args.probe_words:
         print(json.dumps(long_document_probe(args.checkpoint_dir, args.probe_words)))
         return
-    from gliner2 import GLiNER2
-    from test_parity import reference_schema, to_our_shape
 
     short, news = load_texts(*(2 * [8 if args.quick else 32]))
     texts = short + news
-    start = time.perf_counter()
-    status = build_checkpoint(args.checkpoint_dir, args.seed, short[:8] + news[:8])
-    print(f"checkpoint {args.checkpoint_dir}: {status} ({time.perf_counter() - start:.0f} s)")
-    reference = GLiNER2.from_pretrained(str(args.checkpoint_dir))
-    probe, out = Probe(), {"texts": len(texts), "threads": args.threads, "schemas": {}}
-    for name, config in SCHEMAS.items():
-        schema, ref_schema = reference_schema(config)
-        ours, our_results = time_ours(args.checkpoint_dir, config, texts, args.repeats, probe)
-        ref_seconds, ref_results = time_reference(reference, ref_schema, schema.threshold, texts,
-                                                  args.repeats)
-        checks = [compare(mine, to_our_shape(theirs, schema, text))
-                  for mine, theirs, text in zip(our_results, ref_results, texts)]
-        out["schemas"][name] = {
-            "ours_texts_per_s": len(texts) / ours["seconds"],
-            "reference_texts_per_s": len(texts) / ref_seconds,
-            "identical_decisions": sum(same for same, _ in checks) / len(checks),
-            "max_confidence_diff": max(diff for _, diff in checks),
-            "ours": {k: v for k, v in ours.items() if k != "batches"},
-            "encoder_flops": encoder_flops(ours["batches"], reference.encoder.config),
-            "encoder_flops_unpadded": encoder_flops(ours["batches"], reference.encoder.config, False)}
-
+    seconds, status = timed(build_checkpoint, args.checkpoint_dir, args.seed, short[:8] + news[:8])
+    print(f"checkpoint {args.checkpoint_dir}: {status} ({seconds:.0f} s)")
+    out = {"texts": len(texts), "threads": args.threads, "repeats": args.repeats,
+           "schemas": measure_schemas(args.checkpoint_dir, texts, args.repeats)}
     print(f"\n{len(texts)} texts, batch_size 8, {args.threads} torch threads, best of {args.repeats}")
-    print(f"{'schema':<12} {'ours texts/s':>13} {'reference texts/s':>18} {'ratio':>6}"
-          f" {'identical':>10} {'max conf diff':>14}")
+    print(f"{'schema':<12} {'ours texts/s':>13} {'reference texts/s':>18} {'ratio':>6} "
+          f"{'identical':>10} {'max conf diff':>14}")
     for name, s in out["schemas"].items():
         print(f"{name:<12} {s['ours_texts_per_s']:>13.2f} {s['reference_texts_per_s']:>18.2f} "
               f"{s['ours_texts_per_s'] / s['reference_texts_per_s']:>6.2f} "
               f"{s['identical_decisions']:>10.1%} {s['max_confidence_diff']:>14.2e}")
 
-    print("\nours, past the encoder (whole nlp.pipe minus GLiNER2Model.encode), per input token:")
-    for name in ("entities-5", "entities-50"):
-        o = out["schemas"][name]["ours"]
-        o["rest_s_per_token"] = (o["seconds"] - o["encoder_seconds"]) / o["tokens"]
-        print(f"  {name}: {o['tokens']} tokens, encoder {o['encoder_seconds']:.2f} s, rest "
-              f"{o['seconds'] - o['encoder_seconds']:.2f} s = {o['rest_s_per_token'] * 1e6:.1f} us/token")
-    out["rest_per_token_ratio_50_vs_5"] = (out["schemas"]["entities-50"]["ours"]["rest_s_per_token"]
-                                           / out["schemas"]["entities-5"]["ours"]["rest_s_per_token"])
-    print(f"  ratio 50 / 5 labels: {out['rest_per_token_ratio_50_vs_5']:.2f}")
+    print("\nours past the encoder (nlp.pipe time minus GLiNER2Model.encode time), per input token:")
+    for name, s in out["schemas"].items():
+        print(f"  {name:<12} {s['tokens']:>6} tokens, encoder {s['encoder_seconds']:6.2f} s, rest "
+              f"{s['rest_seconds']:5.2f} s = {s['rest_s_per_token'] * 1e6:6.1f} us/token")
+    five, fifty = out["schemas"]["entities-5"], out["schemas"]["entities-50"]
+    out["rest_per_token_ratio_50_vs_5"] = fifty["rest_s_per_token"] / five["rest_s_per_token"]
+    print(f"  50 labels / 5 labels: {out['rest_per_token_ratio_50_vs_5']:.2f}")
 
-    s5 = out["schemas"]["entities-5"]
     out["matmul_peak_gflops"] = matmul_peak()
-    out["encoder_gflops"] = s5["encoder_flops"] / s5["ours"]["encoder_seconds"] / 1e9
-    out["encoder_gflops_unpadded"] = s5["encoder_flops_unpadded"] / s5["ours"]["encoder_seconds"] / 1e9
-    print(f"\nencoder at 5 labels: {out['encoder_gflops']:.0f} GFLOP/s as run (padded), "
-          f"{out['encoder_gflops_unpadded']:.0f} GFLOP/s on real tokens; fp32 matmul peak "
-          f"{out['matmul_peak_gflops']:.0f} GFLOP/s -> {out['encoder_gflops'] / out['matmul_peak_gflops']:.0%}")
+    out["encoder_share_of_peak"] = five["encoder_gflops"] / out["matmul_peak_gflops"]
+    print(f"\nencoder at 5 labels: {five['encoder_gflops']:.0f} GFLOP/s as run (padded), "
+          f"{five['encoder_gflops_real_tokens']:.0f} on real tokens; fp32 matmul peak "
+          f"{out['matmul_peak_gflops']:.0f} GFLOP/s: {out['encoder_share_of_peak']:.0%} of peak")
 
     print("\nlong documents through our nlp (5 labels), each in a fresh process:")
-    out["long_documents"] = [run_probe(args.checkpoint_dir, n, args.threads)
-                             for n in (1000, 4000 if args.quick else 20000)]
-    for doc in out["long_documents"]:
+    docs = [run_probe(args.checkpoint_dir, n, args.threads) for n in (1000, 4000 if args.quick else 20000)]
+    for doc in docs:
         print(f"  {doc['words']:>6} words: {doc['seconds']:7.2f} s, peak +{doc['peak_extra_mb']:.0f} MB "
-              f"(RSS before {doc['rss_before_mb']:.0f} MB), {doc['entities']} entities")
-    small, big = out["long_documents"]
-    out["long_document_ratios"] = {"words": big["words"] / small["words"],
-                                   "seconds": big["seconds"] / small["seconds"],
-                                   "peak_extra_mb": big["peak_extra_mb"] / small["peak_extra_mb"]}
-    print("  ratios (long / short): " + ", ".join(f"{k} {v:.1f}" for k, v in out["long_document_ratios"].items()))
+              f"over {doc['rss_before_mb']:.0f} MB, {doc['entities']} entities")
+    ratios = {k: docs[1][k] / docs[0][k] for k in ("words", "seconds", "peak_extra_mb")}
+    print("  long / short: " + ", ".join(f"{k} {v:.1f}" for k, v in ratios.items()))
+    out.update(long_documents=docs, long_document_ratios=ratios)
     if args.out:
         args.out.write_text(json.dumps(out, indent=2))
         print(f"\nwrote {args.out}")

@@ -10,7 +10,7 @@ import torch
 
 from .decoding import Probs, Result, decode, merge_windows
 from .encoding import EncodedText, Encoder, make_batch
-from .model.checkpoint import HubOptions, load_model, resolve, save_model
+from .model.checkpoint import CheckpointError, HubOptions, is_plain_encoder, load_model, new_model, resolve, save_model
 from .model.extractor import GLiNER2Model
 from .schema import Schema, SchemaError
 from .text import DEFAULT_WINDOW_OVERLAP, DEFAULT_WINDOW_WORDS, Word, make_windows, normalized_words
@@ -50,10 +50,20 @@ class Extractor:
         self.pad_id = 0
 
     @classmethod
-    def load(cls, name_or_path: str, hub: Optional[HubOptions] = None) -> "Extractor":
-        """Load a local checkpoint folder or a Hugging Face Hub id."""
-        model, tokenizer, config = load_model(resolve(name_or_path, hub))
-        return cls(model, tokenizer, config)
+    def load(cls, name_or_path: str, hub: Optional[HubOptions] = None, allow_new: bool = False) -> "Extractor":
+        """Load a GLiNER2 checkpoint (local folder or Hub id).
+
+        With ``allow_new`` (training), a plain pretrained encoder gets fresh heads.
+        """
+        folder = resolve(name_or_path, hub)
+        if is_plain_encoder(folder):
+            if not allow_new:
+                raise CheckpointError(
+                    f"{name_or_path!r} is a plain {folder.name} encoder, not a GLiNER2 checkpoint: its heads "
+                    "are untrained. Train it first (spacy train, which starts new heads) or use a GLiNER2 checkpoint."
+                )
+            return cls(*new_model(folder))
+        return cls(*load_model(folder))
 
     def save(self, folder: Path) -> None:
         save_model(self.model, self.tokenizer, self.config, folder)

@@ -2,9 +2,11 @@
 
 Thin glue: Docs -> words -> :class:`~.inference.Extractor` -> :func:`~.annotate.annotate`.
 """
+import contextlib
 import json
 import logging
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
@@ -12,15 +14,19 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Unio
 import srsly
 import torch
 from spacy.language import Language
-from spacy.pipeline import Pipe
+from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc
+from spacy.training import Example, validate_examples
 from spacy.util import minibatch
+from thinc.api import PyTorchWrapper_v2
 
-from .annotate import ALIGNMENT_MODES, ENTS_POLICIES, annotate, register_extension
+from .annotate import ALIGNMENT_MODES, ENTS_POLICIES, EXTENSION, annotate, register_extension
 from .inference import Extractor
 from .model.checkpoint import HubOptions, checkpoint_files
 from .schema import SCHEMA_KEYS, Schema, SchemaError
-from .text import Word, split_words, words_from_tokens
+from .scoring import score as score_examples
+from .text import Word, normalized_words, split_words, words_from_tokens
+from .training import Gold, TrainingSettings, make_optimizer, sample_schema, training_loss
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -50,6 +56,16 @@ OVERRIDE_KEYS = SCHEMA_KEYS + ("threshold",)
         "revision": None,
         "cache_dir": None,
         "local_files_only": False,
+        "training": {},
+    },
+    default_score_weights={
+        "ents_f": 1.0,
+        "ents_p": 0.0,
+        "ents_r": 0.0,
+        "ents_per_type": None,
+        "cats_score": 1.0,
+        "structures_f": 1.0,
+        "relations_f": 1.0,
     },
 )
 def make_gliner2(
@@ -72,6 +88,7 @@ def make_gliner2(
     revision: Optional[str],
     cache_dir: Optional[str],
     local_files_only: bool,
+    training: Dict[str, Any],
 ) -> "GLiNER2Component":
     """Build the component; the checkpoint is loaded on first use (or by from_disk)."""
     return GLiNER2Component(
@@ -94,6 +111,7 @@ def make_gliner2(
         window_overlap=window_overlap,
         device=device,
         hub={"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only},
+        training=training,
     )
 
 
@@ -102,7 +120,7 @@ def _check_choice(value: Any, allowed: Iterable[Any], key: str) -> None:
         raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}.")
 
 
-class GLiNER2Component(Pipe):
+class GLiNER2Component(TrainablePipe):
     """Zero-shot entities, classes, structures and relations from a GLiNER2 checkpoint."""
 
     def __init__(
@@ -121,6 +139,7 @@ class GLiNER2Component(Pipe):
         window_overlap: int = 64,
         device: Optional[str] = None,
         hub: Optional[Dict[str, Any]] = None,
+        training: Optional[Dict[str, Any]] = None,
     ):
         _check_choice(ents_policy, ENTS_POLICIES, "ents_policy")
         _check_choice(alignment_mode, ALIGNMENT_MODES, "alignment_mode")
@@ -145,8 +164,13 @@ class GLiNER2Component(Pipe):
             "window_overlap": window_overlap,
             "device": device,
             "hub": dict(hub or {}),
+            "training": dict(training or {}),
+            "entity_labels": [],  # every entity label seen in training (negatives are sampled from it)
         }
+        self.training = TrainingSettings.from_config(self.cfg["training"])
+        self.model = None  # a thinc wrapper of the torch model, once loaded
         self._extractor: Optional[Extractor] = None
+        self._optimizer: Any = None
         self._overrides: Dict[str, Schema] = {}
         self._pid = os.getpid()
         register_extension()
@@ -168,10 +192,37 @@ class GLiNER2Component(Pipe):
             device = "cuda" if type(get_current_ops()).__name__ == "CupyOps" else "cpu"
         extractor.model.to(torch.device(device))
         self._extractor = extractor
+        self.model = PyTorchWrapper_v2(extractor.model)
+        self._optimizer = None
 
     def initialize(self, get_examples: Optional[Callable] = None, *, nlp: Optional[Language] = None) -> None:
-        """Load the checkpoint now (downloading it if it is a Hub id)."""
-        self.extractor  # noqa: B018 - loads
+        """Load the checkpoint (or start new heads on a plain encoder) and read the labels.
+
+        With training examples, every entity label of the data becomes a possible
+        negative, and schema sections left empty in the config are filled from the
+        data (entity labels, one classification task ``"category"`` over the cats).
+        """
+        if self._extractor is None:
+            self._set_extractor(Extractor.load(self.cfg["model"], HubOptions(**self.cfg["hub"]), allow_new=True))
+        if get_examples is None:
+            return
+        examples = list(get_examples())
+        validate_examples(examples, "GLiNER2Component.initialize")
+        entity_labels, cat_labels, multi = set(), set(), False
+        for eg in examples:
+            gold = self._gold(eg.reference)
+            entity_labels.update(label for label, _, _ in gold.entities)
+            cat_labels.update(gold.cats)
+            multi = multi or sum(v >= 0.5 for v in gold.cats.values()) > 1
+        self.cfg["entity_labels"] = sorted(entity_labels | {e.name for e in self.schema.entities})
+        schema = dict(self.cfg["schema"])
+        if not schema.get("entities") and entity_labels:
+            schema["entities"] = sorted(entity_labels)
+        if not schema.get("classifications") and cat_labels:
+            schema["classifications"] = {"category": {"labels": sorted(cat_labels), "multi_label": multi}}
+        self.schema = Schema.from_config(**schema)
+        self.cfg["schema"] = schema
+        self._overrides = {}
 
     # -- prediction --------------------------------------------------------
 
@@ -247,6 +298,116 @@ class GLiNER2Component(Pipe):
             self.set_annotations(docs, self.predict(docs, schema), schema)
             yield from docs
 
+    # -- training ------------------------------------------------------------
+
+    def _gold(self, doc: Doc) -> Gold:
+        """What a reference Doc teaches (entities, cats, structures, relations)."""
+        key = self.training.gold_spans_key
+        spans = doc.spans[key] if key else doc.ents
+        data = doc._.get(EXTENSION) or {}
+        return Gold(
+            entities=[(s.label_, s.start_char, s.end_char) for s in spans],
+            cats={k: float(v) for k, v in doc.cats.items()},
+            structures={k: list(v) for k, v in (data.get("structures") or {}).items()},
+            relations={k: list(v) for k, v in (data.get("relations") or {}).items()},
+        )
+
+    def _training_items(self, examples: Iterable[Example], rng: random.Random) -> List[Any]:
+        items = []
+        for eg in examples:
+            doc = eg.reference
+            gold = self._gold(doc)
+            schema = sample_schema(gold, self.schema, self.cfg["entity_labels"], self.training, rng)
+            if not schema.is_empty:
+                items.append((schema, normalized_words(doc.text, self._words(doc)), gold))
+        return items
+
+    def _loss(self, examples: Iterable[Example], rng: random.Random, generator: torch.Generator):
+        items = self._training_items(examples, rng)
+        if not items:
+            return None, {}
+        loss, parts, lost = training_loss(self.extractor.model, self.extractor.encoder, items, self.training, generator)
+        if lost:
+            logger.warning(
+                "%d gold span(s) are longer than the model's %d-word spans and cannot be learned.",
+                lost,
+                self.extractor.model.settings.max_width,
+            )
+        return loss, parts
+
+    def update(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd: Any = None,
+        losses: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, float]:
+        """Accumulate gradients of the GLiNER2 losses; step when ``sgd`` is given.
+
+        The component steps its own AdamW (``training`` settings: encoder and head
+        learning rates, warm-up, clipping); spaCy's optimizer only triggers the step.
+        """
+        losses = {} if losses is None else losses
+        losses.setdefault(self.name, 0.0)
+        examples = list(examples)
+        validate_examples(examples, "GLiNER2Component.update")
+        state = self._training_state()
+        model = self.extractor.model
+        model.train()
+        try:
+            loss, _ = self._loss(examples, state["rng"], state["generator"])
+            if loss is not None:
+                loss.backward()
+                losses[self.name] += float(loss.detach())
+        finally:
+            model.eval()
+        if sgd not in (None, False):
+            self.finish_update(sgd)
+        return losses
+
+    def get_loss(self, examples: Iterable[Example], scores: Any = None) -> Dict[str, float]:
+        """The losses of ``examples`` (total and parts) without updating anything."""
+        examples = list(examples)
+        validate_examples(examples, "GLiNER2Component.get_loss")
+        rng, generator = random.Random(self.training.seed), torch.Generator().manual_seed(self.training.seed)
+        with torch.no_grad():
+            loss, parts = self._loss(examples, rng, generator)
+        return {"total": float(loss) if loss is not None else 0.0, **parts}
+
+    def _training_state(self) -> Dict[str, Any]:
+        if self._optimizer is None:
+            optimizer, scheduler = make_optimizer(self.extractor.model, self.training)
+            self._optimizer = {
+                "optimizer": optimizer,
+                "scheduler": scheduler,
+                "rng": random.Random(self.training.seed),
+                "generator": torch.Generator().manual_seed(self.training.seed),
+            }
+        return self._optimizer
+
+    def finish_update(self, sgd: Any = None) -> None:
+        """Clip, step the optimizer and the learning-rate schedule, clear gradients."""
+        state = self._training_state()
+        if self.training.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.extractor.model.parameters(), self.training.grad_clip)
+        state["optimizer"].step()
+        state["scheduler"].step()
+        state["optimizer"].zero_grad(set_to_none=True)
+
+    @contextlib.contextmanager
+    def use_params(self, params: Dict) -> Iterator[None]:
+        """No parameter averaging: the torch optimizer holds the weights."""
+        yield
+
+    def score(self, examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
+        """Entity P/R/F (per type), categories per task, structure and relation F1."""
+        validate_examples(examples, "GLiNER2Component.score")
+        return score_examples(examples, self.schema, **kwargs)
+
+    def add_label(self, label: str) -> int:
+        raise NotImplementedError("Labels are set by the schema (config or per call), not add_label.")
+
     # -- serialization -----------------------------------------------------
 
     def _cfg_bytes(self) -> bytes:
@@ -256,6 +417,7 @@ class GLiNER2Component(Pipe):
         cfg = srsly.json_loads(data)
         self.cfg.update(cfg)
         self.schema = Schema.from_config(**cfg["schema"])
+        self.training = TrainingSettings.from_config(self.cfg["training"])
         self._overrides = {}
 
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:

@@ -334,3 +334,18 @@ def _demo() -> None:
 
 if __name__ == "__main__":
     _demo()
+
+
+def build_plain_encoder(path: Union[str, Path], *, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2) -> Path:
+    """A tiny pretrained-style BERT folder (config, safetensors weights, tokenizer), no GLiNER2 heads."""
+    from transformers import BertConfig, BertModel
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _bert_tokenizer(path)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+                        num_attention_heads=num_heads, intermediate_size=2 * hidden_size, max_position_embeddings=512)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path

@@ -37,3 +37,10 @@ def property_nlp(bert_checkpoint):
     nlp = spacy.blank("en")
     nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint)})
     return nlp
+
+
+@pytest.fixture(scope="session")
+def plain_encoder(tmp_path_factory) -> Path:
+    from checkpoints import build_plain_encoder
+
+    return build_plain_encoder(tmp_path_factory.mktemp("plain-encoder"))

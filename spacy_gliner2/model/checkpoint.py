@@ -238,3 +238,40 @@ def checkpoint_files(folder: Path) -> Dict[str, bytes]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+def is_plain_encoder(folder: Path) -> bool:
+    """A Hugging Face encoder folder (no GLiNER2 heads yet)."""
+    if (folder / ENCODER_CONFIG).is_file():
+        return False
+    config = _read_json(folder / CONFIG)
+    return config.get("model_type") not in (None, "extractor")
+
+
+def new_model(folder: Path, counting_layer: str = "count_lstm", max_width: int = 8) -> Tuple[GLiNER2Model, Any, Dict[str, Any]]:
+    """A new GLiNER2 model on a pretrained encoder: special tokens added, fresh heads."""
+    from transformers import AutoModel
+
+    from ..schema import SPECIAL_TOKENS
+
+    config = _read_json(folder / CONFIG)
+    try:
+        encoder = AutoModel.from_pretrained(str(folder), trust_remote_code=False, use_safetensors=None).float()
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"The encoder in {folder} cannot be loaded: {err}") from err
+    tokenizer = load_tokenizer(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    settings = ModelSettings(max_width, counting_layer)
+    model = GLiNER2Model(encoder, settings)
+    raw = {
+        "model_type": "extractor",
+        "model_name": config.get("_name_or_path") or folder.name,
+        "architecture": "span",
+        "max_width": max_width,
+        "counting_layer": counting_layer,
+        "token_pooling": "first",
+        "span_head": {"max_width": max_width, "span_mode": "markerV0", "dropout": 0.1},
+    }
+    logger.info("new GLiNER2 heads on the encoder in %s", folder)
+    return model.eval(), tokenizer, raw

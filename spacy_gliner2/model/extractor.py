@@ -34,6 +34,7 @@ class TaskScores:
 
     count: int
     logits: Optional[torch.Tensor]
+    count_logits: Optional[torch.Tensor] = None  # (MAX_COUNT,) for span tasks
 
 
 class GLiNER2Model(nn.Module):
@@ -58,8 +59,12 @@ class GLiNER2Model(nn.Module):
         out = self.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         return out.last_hidden_state
 
-    def forward(self, batch: Batch) -> List[List[TaskScores]]:
-        """Scores for every task of every record: ``result[b][t]``."""
+    def forward(self, batch: Batch, counts: Optional[List[List[int]]] = None) -> List[List[TaskScores]]:
+        """Scores for every task of every record: ``result[b][t]``.
+
+        ``counts`` (training) gives each span task's gold instance count instead of
+        the predicted one; span logits are then left unmasked (finite everywhere).
+        """
         tokens = self.encode(batch)
         B, _, D = tokens.shape
         device = tokens.device
@@ -85,13 +90,17 @@ class GLiNER2Model(nn.Module):
             return results
 
         rows = torch.tensor(prompts, device=device)
-        counts = self.count_pred(tokens[rows[:, 0], rows[:, 1]]).argmax(-1).tolist()
+        count_logits = self.count_pred(tokens[rows[:, 0], rows[:, 1]])
+        if counts is None:
+            chosen = count_logits.argmax(-1).tolist()
+        else:
+            chosen = [min(counts[b][t], MAX_COUNT - 1) for b, t in span_refs]
         queries: Dict[int, List[torch.Tensor]] = {}
-        layout = []  # (b, t, count, K', M, query offset)
-        for (b, t), count in zip(span_refs, counts):
+        layout = []  # (b, t, count, K', M, query offset, span task row)
+        for row, ((b, t), count) in enumerate(zip(span_refs, chosen)):
             slots = batch.records[b].tasks[t]
             if count <= 0:
-                results[b][t] = TaskScores(0, None)
+                results[b][t] = TaskScores(0, None, count_logits[row])
                 continue
             fields = tokens[b, slots.marker_pos]
             q = self.count_embed(fields, count)
@@ -99,7 +108,7 @@ class GLiNER2Model(nn.Module):
                 q = q[:1]  # entities use the first instance only
             offset = sum(x.shape[0] for x in queries.get(b, []))
             queries.setdefault(b, []).append(q.reshape(-1, D))
-            layout.append((b, t, count, q.shape[0], q.shape[1], offset))
+            layout.append((b, t, count, q.shape[0], q.shape[1], offset, row))
         if not layout:
             return results
 
@@ -109,8 +118,9 @@ class GLiNER2Model(nn.Module):
             flat = torch.cat(qs)
             padded[b, : flat.shape[0]] = flat
         n_words = torch.tensor(batch.n_words, device=device)
-        logits = self.span_rep.span_rep_layer.score(words, padded, n_words)  # (B, Q, L, W)
-        for b, t, count, k, m, offset in layout:
+        logits = self.span_rep.span_rep_layer.score(words, padded, n_words, mask=counts is None)
+        for b, t, count, k, m, offset, row in layout:
             task_logits = logits[b, offset : offset + k * m, : batch.n_words[b]]
-            results[b][t] = TaskScores(count, task_logits.reshape(k, m, *task_logits.shape[1:]))
+            task_logits = task_logits.reshape(k, m, *task_logits.shape[1:])
+            results[b][t] = TaskScores(count, task_logits, count_logits[row])
         return results

@@ -3,8 +3,6 @@
 Parameter names follow the reference checkpoint format so its state dicts load
 unchanged. Nothing here knows about spaCy, tokenizers or schemas.
 """
-from typing import List
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,10 +38,12 @@ class SpanMarker(nn.Module):
         self.project_end = projection(hidden, hidden, dropout)
         self.out_project = projection(2 * hidden, hidden, dropout)
 
-    def score(self, words: torch.Tensor, queries: torch.Tensor, n_words: torch.Tensor) -> torch.Tensor:
+    def score(
+        self, words: torch.Tensor, queries: torch.Tensor, n_words: torch.Tensor, mask: bool = True
+    ) -> torch.Tensor:
         """Span logits ``(B, Q, L, W)`` for words ``(B, L, D)`` and queries ``(B, Q, D)``.
 
-        Spans running past a record's ``n_words`` get ``-inf``.
+        With ``mask``, spans running past a record's ``n_words`` get ``-inf``.
         """
         B, L, D = words.shape
         W = self.max_width
@@ -57,6 +57,8 @@ class SpanMarker(nn.Module):
         folded = queries @ last.weight  # (B, Q, 4D)
         logits = torch.baddbmm((queries @ last.bias)[:, None, :], hidden, folded.transpose(1, 2))
         logits = logits.transpose(1, 2).reshape(B, queries.shape[1], L, W)
+        if not mask:
+            return logits
         ends = torch.arange(L, device=words.device)[:, None] + torch.arange(W, device=words.device)
         valid = ends[None] < n_words.to(words.device)[:, None, None]  # (B, L, W)
         return logits.masked_fill(~valid[:, None], float("-inf"))
@@ -166,8 +168,3 @@ def count_layer(name: str, hidden: int) -> nn.Module:
             f"supported: {sorted(COUNT_LAYERS)}."
         )
     return COUNT_LAYERS[name](hidden)
-
-
-def concat_or_empty(parts: List[torch.Tensor], width: int, like: torch.Tensor) -> torch.Tensor:
-    """``torch.cat`` that also works for an empty list."""
-    return torch.cat(parts) if parts else like.new_zeros((0, width))

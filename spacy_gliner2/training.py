@@ -1,0 +1,262 @@
+"""Training: gold Docs -> per-example prompts and targets -> the GLiNER2 losses.
+
+Gold uses the plain-data result shape of :mod:`.decoding` (entities as
+``(label, start_char, end_char)``, classes as probabilities, structures and
+relations as result dicts). Pure Python/torch: the component calls
+:func:`training_loss` and steps its own optimizer.
+"""
+import bisect
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .encoding import CLASSIFICATION, ENTITIES, RELATION, STRUCTURE, EncodedText, Encoder, make_batch
+from .model.extractor import MAX_COUNT, GLiNER2Model, TaskScores
+from .schema import ClassificationTask, EntityType, Schema
+from .text import Word, normalized_words
+
+logger = logging.getLogger(__name__)
+
+CharSpan = Tuple[int, int]
+
+
+@dataclass
+class TrainingSettings:
+    """Optimiser and sampling settings (the component's ``training`` config block)."""
+
+    encoder_lr: float = 1e-5
+    head_lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    total_steps: Optional[int] = None  # linear decay to 0 after warm-up, when set
+    grad_clip: float = 1.0
+    negatives: int = 5  # negative entity labels sampled per example
+    label_dropout: float = 0.1  # chance to leave a label out of an example's prompt
+    negative_span_mask: float = 0.5  # share of negative spans left out of the loss
+    shuffle_labels: bool = True  # shuffle entity and class labels in each example's prompt
+    gold_spans_key: Optional[str] = None  # None: gold entities from doc.ents
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, config: Optional[Dict[str, Any]]) -> "TrainingSettings":
+        config = dict(config or {})
+        unknown = sorted(set(config) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"Unknown training setting(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}.")
+        return cls(**config)
+
+
+@dataclass
+class Gold:
+    """What one Doc teaches, as character offsets into its text."""
+
+    entities: List[Tuple[str, int, int]] = field(default_factory=list)
+    cats: Dict[str, float] = field(default_factory=dict)
+    structures: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
+    relations: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
+
+
+def sample_schema(gold: Gold, base: Schema, entity_labels: Sequence[str], settings: TrainingSettings, rng: random.Random) -> Schema:
+    """An example's prompt: gold labels plus sampled negatives, shuffled, some dropped.
+
+    Descriptions and thresholds of labels known to ``base`` are kept.
+    """
+    known = {e.name: e for e in base.entities}
+    gold_labels = list(dict.fromkeys(label for label, _, _ in gold.entities))
+    pool = [label for label in entity_labels if label not in gold_labels]
+    negatives = rng.sample(pool, min(settings.negatives, len(pool)))
+    labels = [lab for lab in gold_labels + negatives if rng.random() >= settings.label_dropout]
+    if not labels and (gold_labels or negatives):
+        labels = [rng.choice(gold_labels or negatives)]
+    if settings.shuffle_labels:
+        rng.shuffle(labels)
+    else:
+        labels.sort(key=lambda label: entity_labels.index(label) if label in entity_labels else -1)
+    tasks = []
+    for task in base.classifications:
+        order = list(task.labels)
+        if settings.shuffle_labels:
+            rng.shuffle(order)
+        descriptions = tuple(d for d in task.descriptions if d[0] in order)
+        tasks.append(ClassificationTask(task.name, tuple(order), descriptions, task.multi_label, task.threshold, task.prompt))
+    return Schema(
+        entities=tuple(known.get(label, EntityType(label)) for label in labels),
+        classifications=tuple(tasks),
+        structures=tuple(s for s in base.structures if s.name in gold.structures),
+        relations=tuple(r for r in base.relations if r.name in gold.relations),
+        threshold=base.threshold,
+    )
+
+
+class _WordIndex:
+    """Character spans -> word spans over a record's text words."""
+
+    def __init__(self, words: Sequence[Word], n_prefix: int, max_width: int):
+        self.starts = [w[1] for w in words]
+        self.ends = [w[2] for w in words]
+        self.n_prefix = n_prefix
+        self.max_width = max_width
+        self.unlearnable = 0
+
+    def span(self, start: int, end: int) -> Optional[Tuple[int, int]]:
+        """``(position, width)`` of the words covering ``[start, end)``, or None."""
+        first = bisect.bisect_right(self.ends, start)
+        last = bisect.bisect_left(self.starts, end) - 1
+        if first > last or first >= len(self.starts):
+            return None
+        if last - first >= self.max_width:
+            self.unlearnable += 1
+            return None
+        return self.n_prefix + first, last - first
+
+
+def _positions(value: Any, index: _WordIndex, prefix: Sequence[str]) -> List[Tuple[int, int]]:
+    """Word positions of a gold field value (span dict, list of them, or a choice)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for v in values:
+        if not v:
+            continue
+        if "start" in v:
+            pos = index.span(v["start"], v["end"])
+        else:  # a choice: the first prefix word naming it
+            lowered = [p.lower() for p in prefix]
+            text = str(v.get("text", "")).lower()
+            pos = (lowered.index(text), 0) if text in lowered else None
+        if pos is not None:
+            out.append(pos)
+    return out
+
+
+@dataclass
+class Targets:
+    """Per task of one record: gold count and positive ``(k, m, start, width)`` cells."""
+
+    counts: List[int]
+    positives: List[List[Tuple[int, int, int, int]]]
+    classes: List[Optional[List[float]]]
+
+
+def make_targets(schema: Schema, record: EncodedText, words: Sequence[Word], gold: Gold, max_width: int) -> Tuple[Targets, int]:
+    """Targets for one encoded record, and how many gold spans could not be learned."""
+    index = _WordIndex(words, record.n_prefix, max_width)
+    counts, positives, classes = [], [], []
+    for slots in record.tasks:
+        seg = slots.segment
+        cells: List[Tuple[int, int, int, int]] = []
+        target = None
+        count = 0
+        if seg.kind == ENTITIES:
+            count = 1
+            for label, start, end in gold.entities:
+                if label in seg.names:
+                    pos = index.span(start, end)
+                    if pos is not None:
+                        cells.append((0, seg.names.index(label), *pos))
+        elif seg.kind in (STRUCTURE, RELATION):
+            source = gold.structures if seg.kind == STRUCTURE else gold.relations
+            name = (schema.structures if seg.kind == STRUCTURE else schema.relations)[seg.index].name
+            instances = source.get(name, [])[: MAX_COUNT - 1]
+            count = len(instances)
+            for k, instance in enumerate(instances):
+                for m, slot in enumerate(seg.names):
+                    for pos in _positions(instance.get(slot), index, record.prefix):
+                        cells.append((k, m, *pos))
+        else:
+            task = schema.classifications[seg.index]
+            key = (lambda label: f"{task.name}:{label}") if len(schema.classifications) > 1 else (lambda label: label)
+            values = [gold.cats.get(key(label)) for label in task.labels]
+            target = None if all(v is None for v in values) else [float(v or 0.0) for v in values]
+        counts.append(count)
+        positives.append(cells)
+        classes.append(target)
+    return Targets(counts, positives, classes), index.unlearnable
+
+
+def _span_loss(scores: TaskScores, cells: Sequence[Tuple[int, int, int, int]], n_words: int, mask_rate: float, generator: torch.Generator) -> torch.Tensor:
+    logits = scores.logits
+    target = torch.zeros_like(logits)
+    for k, m, i, w in cells:
+        target[k, m, i, w] = 1.0
+    L, W = logits.shape[2], logits.shape[3]
+    valid = (torch.arange(L, device=logits.device)[:, None] + torch.arange(W, device=logits.device)) < n_words
+    keep = valid.expand_as(logits)
+    if mask_rate > 0:
+        dropped = torch.rand(logits.shape, generator=generator).to(logits.device) < mask_rate
+        keep = keep & ~(dropped & (target == 0))
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (bce * keep).sum()
+
+
+def training_loss(
+    model: GLiNER2Model,
+    encoder: Encoder,
+    items: Sequence[Tuple[Schema, List[Word], Gold]],
+    settings: TrainingSettings,
+    generator: torch.Generator,
+) -> Tuple[torch.Tensor, Dict[str, float], int]:
+    """The summed GLiNER2 losses of a batch: spans (BCE), counts (CE), classes.
+
+    ``items`` are (per-example schema, normalised words, gold). Returns the loss,
+    its parts, and the number of gold spans that could not be learned.
+    """
+    records, targets, unlearnable = [], [], 0
+    for schema, words, gold in items:
+        record = encoder.encode(schema, words)
+        target, lost = make_targets(schema, record, words, gold, model.settings.max_width)
+        records.append(record)
+        targets.append(target)
+        unlearnable += lost
+    device = next(model.parameters()).device
+    batch = make_batch(records).to(device)
+    scores = model(batch, counts=[t.counts for t in targets])
+    parts = {"spans": torch.zeros((), device=device), "count": torch.zeros((), device=device), "classes": torch.zeros((), device=device)}
+    for b, (record, target) in enumerate(zip(records, targets)):
+        for t, slots in enumerate(record.tasks):
+            task_scores = scores[b][t]
+            if slots.segment.kind == CLASSIFICATION:
+                gold_classes = target.classes[t]
+                if gold_classes is None:
+                    continue
+                task = items[b][0].classifications[slots.segment.index]
+                gold_t = torch.tensor(gold_classes, device=device)
+                if task.multi_label:
+                    parts["classes"] = parts["classes"] + F.binary_cross_entropy_with_logits(task_scores.logits, (gold_t >= 0.5).float(), reduction="sum")
+                elif gold_t.max() >= 0.5:
+                    parts["classes"] = parts["classes"] + F.cross_entropy(task_scores.logits[None], gold_t.argmax()[None], reduction="sum")
+                continue
+            count = min(target.counts[t], MAX_COUNT - 1)
+            parts["count"] = parts["count"] + F.cross_entropy(task_scores.count_logits[None], torch.tensor([count], device=device), reduction="sum")
+            if task_scores.logits is not None:
+                parts["spans"] = parts["spans"] + _span_loss(task_scores, target.positives[t], batch.n_words[b], settings.negative_span_mask, generator)
+    total = parts["spans"] + parts["count"] + parts["classes"]
+    return total, {k: float(v.detach()) for k, v in parts.items()}, unlearnable
+
+
+def example_words(text: str, words: Sequence[Word]) -> List[Word]:
+    """Training reads a Doc as inference does (with the appended period)."""
+    return normalized_words(text, words)
+
+
+def make_optimizer(model: GLiNER2Model, settings: TrainingSettings) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with one learning rate for the encoder and one for the heads, warm-up and decay."""
+    encoder = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
+    heads = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    optimizer = torch.optim.AdamW(
+        [{"params": encoder, "lr": settings.encoder_lr}, {"params": heads, "lr": settings.head_lr}],
+        weight_decay=settings.weight_decay,
+    )
+
+    def factor(step: int) -> float:
+        if settings.warmup_steps and step < settings.warmup_steps:
+            return (step + 1) / settings.warmup_steps
+        if settings.total_steps:
+            left = settings.total_steps - step
+            return max(0.0, left / max(1, settings.total_steps - settings.warmup_steps))
+        return 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
