@@ -277,8 +277,8 @@ def long_document_probe(folder: Path, n_words: int) -> dict:
     """(Runs in a fresh process.) Time one ``n_words``-word document through our nlp; its peak RSS.
 
     The text repeats the AG News items. After loading and warming up the model, the peak RSS
-    (VmHWM) is reset via /proc/self/clear_refs; the peak over the call minus the RSS before it is
-    the memory the document needed.
+    (VmHWM) is reset via /proc/self/clear_refs; the peak over the first call minus the RSS before
+    it is the memory the document needed. Time: the faster of two calls.
     """
     _, news = load_texts(0, 32)
     words = " ".join(news).split()
@@ -289,6 +289,7 @@ def long_document_probe(folder: Path, n_words: int) -> dict:
     before = _status_kb("VmRSS")
     seconds, doc = timed(nlp, text)
     peak = _status_kb("VmHWM")
+    seconds = min(seconds, timed(nlp, text)[0])
     return {"words": n_words, "chars": len(text), "seconds": seconds,
             "peak_extra_mb": (peak - before) / 1024, "rss_before_mb": before / 1024,
             "entities": sum(len(v) for v in doc._.gliner2["entities"].values())}
@@ -320,6 +321,7 @@ def measure_schemas(folder: Path, texts, repeats: int) -> dict:
             ours_texts_per_s=len(texts) / seconds, reference_texts_per_s=len(texts) / ref_seconds,
             identical_decisions=sum(same for same, _ in checks) / len(checks),
             max_confidence_diff=max(diff for _, diff in checks), ours_seconds=seconds,
+            entity_spans=sum(len(v) for r in our_results for v in r["entities"].values()),
             rest_seconds=seconds - ours["encoder_seconds"],
             rest_s_per_token=(seconds - ours["encoder_seconds"]) / ours["tokens"], **ours,
             encoder_gflops=encoder_flops(batches, encoder) / ours["encoder_seconds"] / 1e9,

@@ -76,3 +76,121 @@ def test_overfitting_IO(plain_encoder, tmp_path):
     for key in ("ents_p", "ents_r", "ents_f", "ents_per_type", "cats_score", "structures_f"):
         assert key in scores
     assert scores["ents_f"] == 1.0 and scores["cats_score"] == 1.0 and scores["structures_f"] == 1.0
+
+
+TRAIN_CFG = """
+[paths]
+train = null
+dev = null
+
+[system]
+seed = 0
+gpu_allocator = null
+
+[nlp]
+lang = "en"
+pipeline = ["gliner2"]
+batch_size = 16
+
+[components]
+
+[components.gliner2]
+factory = "gliner2"
+model = "{model}"
+
+[components.gliner2.training]
+encoder_lr = 0.001
+head_lr = 0.001
+warmup_steps = 2
+negatives = 1
+
+[corpora]
+
+[corpora.train]
+@readers = "spacy.Corpus.v1"
+path = ${{paths.train}}
+
+[corpora.dev]
+@readers = "spacy.Corpus.v1"
+path = ${{paths.dev}}
+
+[training]
+max_steps = 12
+eval_frequency = 6
+dropout = 0.1
+patience = 0
+max_epochs = 0
+
+[training.batcher]
+@batchers = "spacy.batch_by_words.v1"
+size = 200
+tolerance = 0.2
+
+[training.optimizer]
+@optimizers = "Adam.v1"
+learn_rate = 0.001
+
+[initialize]
+"""
+
+
+def write_gliner_json(path):
+    import json
+
+    items = []
+    for text, ents, *_ in TRAIN * 2:
+        items.append({"sentence": text, "entities": [{"name": t, "type": label, "pos": [text.index(t), text.index(t) + len(t)]} for t, label in ents]})
+    path.write_text(json.dumps(items))
+    return path
+
+
+def run_module(*args, cwd=None):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=900, cwd=cwd)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize("start", ["plain_encoder", "bert_checkpoint"])
+def test_spacy_train_evaluate_export(start, request, tmp_path):
+    """`spacy train` from a config: new heads on an encoder, or fine-tuning a GLiNER2 checkpoint."""
+    import json
+
+    model = request.getfixturevalue(start)
+    data = write_gliner_json(tmp_path / "data.json")
+    run_module("spacy_gliner2", "convert", "gliner", str(data), str(tmp_path / "train.spacy"))
+    (tmp_path / "base.cfg").write_text(TRAIN_CFG.format(model=model))
+    run_module("spacy", "init", "fill-config", str(tmp_path / "base.cfg"), str(tmp_path / "config.cfg"))
+    run_module(
+        "spacy", "train", str(tmp_path / "config.cfg"), "--output", str(tmp_path / "out"),
+        "--paths.train", str(tmp_path / "train.spacy"), "--paths.dev", str(tmp_path / "train.spacy"),
+    )
+    best = tmp_path / "out" / "model-best"
+    assert (best / "gliner2" / "model" / "model.safetensors").exists()
+    run_module("spacy", "evaluate", str(best), str(tmp_path / "train.spacy"), "--output", str(tmp_path / "metrics.json"))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"ents_p", "ents_r", "ents_f", "ents_per_type"} <= set(metrics)
+    trained = spacy.load(best)
+    assert [e.name for e in trained.get_pipe("gliner2").schema.entities] == ["city", "person"]
+    if start == "bert_checkpoint":
+        check_export_matches_reference(trained, tmp_path)
+
+
+def check_export_matches_reference(nlp, tmp_path):
+    """The fine-tuned component, exported, gives the same outputs in the reference library."""
+    gliner2 = pytest.importorskip("gliner2")
+    from test_parity import assert_same, reference_schema, to_our_shape
+
+    (tmp_path / "pipe").mkdir()
+    nlp.to_disk(tmp_path / "pipe")
+    run_module("spacy_gliner2", "export", str(tmp_path / "pipe"), str(tmp_path / "exported"))
+    reference = gliner2.GLiNER2.from_pretrained(str(tmp_path / "exported"))
+    config = {"entities": ["city", "person"], "classifications": {"mood": ["happy", "sad"]}, "relations": ["visited"]}
+    schema, ref_schema = reference_schema(config)
+    texts = [t for t, *_ in TRAIN] + ["Eve and Frank drove from Lisbon to Porto on Friday!"]
+    docs = list(nlp.pipe(texts, component_cfg={"gliner2": config}))
+    for text, doc in zip(texts, docs):
+        ref = reference.extract(text, ref_schema, include_confidence=True, include_spans=True)
+        assert_same(doc._.gliner2, to_our_shape(ref, schema, text), text)
