@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..encoding import CLASSIFICATION, ENTITIES, Batch
+from .deberta import deberta_forward, supports_fast_path
 from .layers import SpanRep, count_layer, mlp
 
 MAX_COUNT = 20
@@ -49,13 +50,16 @@ class GLiNER2Model(nn.Module):
         self.classifier = mlp(hidden, 2 * hidden, 1)
         self.count_pred = mlp(hidden, 2 * hidden, MAX_COUNT)
         self.count_embed = count_layer(settings.counting_layer, hidden)
+        self._fast_encoder = supports_fast_path(encoder)
 
     @property
     def hidden_size(self) -> int:
         return self.encoder.config.hidden_size
 
     def encode(self, batch: Batch) -> torch.Tensor:
-        """Token embeddings ``(B, T, D)`` from the encoder."""
+        """Token embeddings ``(B, T, D)`` from the encoder (DeBERTa inference: the packed fast path)."""
+        if not self.training and self._fast_encoder:
+            return deberta_forward(self.encoder, batch.input_ids, batch.attention_mask)
         out = self.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         return out.last_hidden_state
 

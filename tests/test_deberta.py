@@ -1,0 +1,44 @@
+"""The packed DeBERTa forward equals transformers' own, including log-bucketed long inputs."""
+import pytest
+import torch
+from transformers import DebertaV2Config, DebertaV2Model
+from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
+
+from spacy_gliner2.model.deberta import _buckets, deberta_forward, supports_fast_path
+
+
+@pytest.mark.parametrize("T", [1, 5, 130, 300, 1500])
+def test_buckets_match_transformers(T):
+    q = torch.zeros(1, T, 4)
+    d = torch.arange(T)[:, None] - torch.arange(T)[None, :]
+    assert torch.equal(_buckets(d, 256, 512), build_relative_position(q, q, bucket_size=256, max_position=512)[0])
+
+
+@pytest.mark.parametrize("pos_att_type", [["p2c", "c2p"], ["c2p"]])
+def test_forward_matches_transformers(pos_att_type):
+    torch.manual_seed(0)
+    config = DebertaV2Config(
+        vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        relative_attention=True, position_buckets=64, max_relative_positions=-1, max_position_embeddings=128,
+        pos_att_type=pos_att_type, position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True,
+        type_vocab_size=0,
+    )
+    model = DebertaV2Model(config).eval()
+    assert supports_fast_path(model)
+    lengths = [3, 400, 57, 129]
+    ids = torch.randint(5, 300, (len(lengths), max(lengths)))
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    with torch.inference_mode():
+        expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = deberta_forward(model, ids, mask)
+    for i, n in enumerate(lengths):
+        assert torch.allclose(got[i, :n], expected[i, :n], atol=1e-5), i
+        assert not got[i, n:].any()
+
+
+def test_other_encoders_take_the_standard_path():
+    from transformers import BertConfig, BertModel
+
+    assert not supports_fast_path(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)))
