@@ -2,6 +2,7 @@
 
 Pure Python/torch; the spaCy component is a thin layer over :class:`Extractor`.
 """
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -14,6 +15,9 @@ from .model.checkpoint import CheckpointError, HubOptions, is_plain_encoder, loa
 from .model.extractor import GLiNER2Model
 from .schema import Schema, SchemaError
 from .text import DEFAULT_WINDOW_OVERLAP, DEFAULT_WINDOW_WORDS, Word, make_windows, normalized_words
+
+
+PRECISIONS = ("fp32", "int8", "fp16", "bf16")
 
 
 @dataclass
@@ -43,11 +47,48 @@ class Extractor:
     """A loaded GLiNER2 checkpoint that extracts from texts given as words."""
 
     def __init__(self, model: GLiNER2Model, tokenizer: Any, config: Dict[str, Any]):
-        self.model = model
+        self.model = model  # fp32 weights: trained and saved
         self.tokenizer = tokenizer
         self.config = config
         self.encoder = Encoder(tokenizer)
         self.pad_id = 0
+        self.precision = "fp32"
+        self._runtime: Optional[torch.nn.Module] = None
+
+    def set_precision(self, precision: str) -> None:
+        """Run inference in ``fp32`` (exact), ``int8`` (CPU: dynamic quantization of the
+        linear layers) or ``fp16`` / ``bf16`` (GPU). The fp32 weights stay for saving and training."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}.")
+        if precision == "int8" and self.device.type != "cpu":
+            raise ValueError("precision 'int8' (dynamic quantization) runs on CPU; on GPU use 'fp16' or 'bf16'.")
+        self.precision = precision
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        """Forget the reduced-precision copy (after the fp32 weights changed)."""
+        self._runtime = None
+
+    @property
+    def runtime_model(self) -> torch.nn.Module:
+        """The model inference runs: the fp32 one, or its int8 / half copy."""
+        if self.precision == "fp32":
+            return self.model
+        if self._runtime is None:
+            if self.precision == "int8":
+                from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
+                from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+                # the encoder's linear layers (the bulk of the work); the heads stay fp32
+                self._runtime = quantize_dynamic(
+                    self.model.eval(),
+                    {"encoder": default_dynamic_qconfig},
+                    dtype=torch.qint8,
+                    mapping={torch.nn.Linear: QuantizedLinear},
+                )
+            else:
+                self._runtime = copy.deepcopy(self.model).to(torch.float16 if self.precision == "fp16" else torch.bfloat16)
+        return self._runtime
 
     @classmethod
     def load(cls, name_or_path: str, hub: Optional[HubOptions] = None, allow_new: bool = False) -> "Extractor":
@@ -97,11 +138,12 @@ class Extractor:
         parts: List[Optional[Tuple[Result, Probs]]] = [None] * len(jobs)
         if self.model.training:
             self.model.eval()
+        model = self.runtime_model
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
                 batch = make_batch([encoded[j] for j in chunk], self.pad_id).to(self.device)
-                for j, scores in zip(chunk, self.model(batch)):
+                for j, scores in zip(chunk, model(batch)):
                     parts[j] = decode(schema, encoded[j], scores, jobs[j].words, jobs[j].text)
         per_doc: List[List[Tuple[Result, Probs]]] = [[] for _ in texts]  # in document order
         for job, part in zip(jobs, parts):

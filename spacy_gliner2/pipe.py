@@ -21,7 +21,7 @@ from spacy.util import minibatch
 from thinc.api import PyTorchWrapper_v2
 
 from .annotate import ALIGNMENT_MODES, ENTS_POLICIES, EXTENSION, annotate, register_extension
-from .inference import Extractor
+from .inference import PRECISIONS, Extractor
 from .model.checkpoint import HubOptions, checkpoint_files
 from .schema import SCHEMA_KEYS, Schema, SchemaError
 from .scoring import score as score_examples
@@ -53,6 +53,7 @@ OVERRIDE_KEYS = SCHEMA_KEYS + ("threshold",)
         "window_size": 384,
         "window_overlap": 64,
         "device": None,
+        "precision": "fp32",
         "revision": None,
         "cache_dir": None,
         "local_files_only": False,
@@ -85,6 +86,7 @@ def make_gliner2(
     window_size: int,
     window_overlap: int,
     device: Optional[str],
+    precision: str,
     revision: Optional[str],
     cache_dir: Optional[str],
     local_files_only: bool,
@@ -110,6 +112,7 @@ def make_gliner2(
         window_size=window_size,
         window_overlap=window_overlap,
         device=device,
+        precision=precision,
         hub={"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only},
         training=training,
     )
@@ -138,11 +141,13 @@ class GLiNER2Component(TrainablePipe):
         window_size: int = 384,
         window_overlap: int = 64,
         device: Optional[str] = None,
+        precision: str = "fp32",
         hub: Optional[Dict[str, Any]] = None,
         training: Optional[Dict[str, Any]] = None,
     ):
         _check_choice(ents_policy, ENTS_POLICIES, "ents_policy")
         _check_choice(alignment_mode, ALIGNMENT_MODES, "alignment_mode")
+        _check_choice(precision, PRECISIONS, "precision")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         if not 0 <= window_overlap < window_size:
@@ -163,6 +168,7 @@ class GLiNER2Component(TrainablePipe):
             "window_size": window_size,
             "window_overlap": window_overlap,
             "device": device,
+            "precision": precision,
             "hub": dict(hub or {}),
             "training": dict(training or {}),
             "entity_labels": [],  # every entity label seen in training (negatives are sampled from it)
@@ -191,6 +197,7 @@ class GLiNER2Component(TrainablePipe):
 
             device = "cuda" if type(get_current_ops()).__name__ == "CupyOps" else "cpu"
         extractor.model.to(torch.device(device))
+        extractor.set_precision(self.cfg["precision"])
         self._extractor = extractor
         self.model = PyTorchWrapper_v2(extractor.model)
         self._optimizer = None
@@ -394,6 +401,7 @@ class GLiNER2Component(TrainablePipe):
         state["optimizer"].step()
         state["scheduler"].step()
         state["optimizer"].zero_grad(set_to_none=True)
+        self.extractor.invalidate()
 
     @contextlib.contextmanager
     def use_params(self, params: Dict) -> Iterator[None]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import spacy
+import torch
 from spacy.tokens import DocBin
 
 from spacy_gliner2.schema import SchemaError
@@ -281,3 +282,18 @@ def test_threads_give_the_same_results(nlp):
     with ThreadPoolExecutor(4) as pool:
         got = outputs(pool.map(nlp, TEXTS * 3))
     assert _close(got, expected)
+
+
+def test_int8_precision_runs_and_saves_fp32(bert_checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
+    nlp = make_nlp(bert_checkpoint, precision="int8")
+    doc = nlp(TEXTS[0])
+    assert doc._.gliner2["entities"].keys() == {"location", "organization", "person"}
+    pipe = nlp.get_pipe("gliner2")
+    assert pipe.extractor.runtime_model is not pipe.extractor.model
+    nlp.to_disk(tmp_path / "p")
+    saved = load_file(tmp_path / "p" / "gliner2" / "model" / "model.safetensors")
+    original = load_file(bert_checkpoint / "model.safetensors")
+    assert all(torch.equal(saved[k], original[k]) for k in original)
+    assert spacy.load(tmp_path / "p").get_pipe("gliner2").cfg["precision"] == "int8"
