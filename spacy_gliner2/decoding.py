@@ -46,11 +46,14 @@ class _SpanTask:
         """Greedy by confidence, skipping spans overlapping a kept one."""
         ranked = sorted(self.groups.get((k, m), ()), key=lambda c: -c[0])
         kept: List[Tuple[float, int, int]] = []
+        taken = bytearray(len(words))  # words covered by kept spans
         for cand in ranked:
-            if all(cand[2] < s or e < cand[1] for _, s, e in kept):
+            i, j = cand[1], cand[2] + 1
+            if not any(taken[i:j]):
                 kept.append(cand)
                 if first_only:
                     break
+                taken[i:j] = b"\x01" * (j - i)
         out = []
         for conf, i, j in kept:
             start, end = words[i][1], words[j][2]
