@@ -20,6 +20,19 @@ from .text import DEFAULT_WINDOW_OVERLAP, DEFAULT_WINDOW_WORDS, Word, make_windo
 PRECISIONS = ("fp32", "int8", "fp16", "bf16")
 
 
+def _batches(order: List[int], lengths: List[int], size: int, max_tokens: int) -> List[List[int]]:
+    """Consecutive groups of the (length-sorted) records: at most ``size`` records and, past
+    the first record, at most ``max_tokens`` padded tokens (bounds memory on long documents)."""
+    batches: List[List[int]] = []
+    for j in order:
+        current = batches[-1] if batches else None
+        if current is None or len(current) >= size or (len(current) + 1) * max(lengths[j], lengths[current[-1]]) > max_tokens:
+            batches.append([j])
+        else:
+            current.append(j)
+    return batches
+
+
 @dataclass
 class _Job:
     doc: int
@@ -119,6 +132,7 @@ class Extractor:
         words: Sequence[Sequence[Word]],
         schema: Schema,
         batch_size: int = 8,
+        max_batch_tokens: int = 4096,
         window: int = DEFAULT_WINDOW_WORDS,
         overlap: int = DEFAULT_WINDOW_OVERLAP,
     ) -> List[Tuple[Result, Probs]]:
@@ -140,8 +154,7 @@ class Extractor:
             self.model.eval()
         model = self.runtime_model
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
+            for chunk in _batches(order, [len(r.input_ids) for r in encoded], batch_size, max_batch_tokens):
                 batch = make_batch([encoded[j] for j in chunk], self.pad_id).to(self.device)
                 for j, scores in zip(chunk, model(batch)):
                     parts[j] = decode(schema, encoded[j], scores, jobs[j].words, jobs[j].text)

@@ -11,8 +11,6 @@ beyond float rounding:
   diagonal, and softmax(QK^T + bias)V runs in ``scaled_dot_product_attention``.
 """
 import math
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,13 +86,13 @@ def deberta_forward(encoder: nn.Module, input_ids: torch.Tensor, attention_mask:
     for layer in layers.layer:
         att = layer.attention.self
         q, k, v = padded(att.query_proj(hidden)), padded(att.key_proj(hidden)), padded(att.value_proj(hidden))
-        bias: Optional[torch.Tensor] = key_bias
+        bias = key_bias.expand(B, H, T, T).clone()  # one (B, H, T, T) buffer, filled in place
         if "c2p" in pos_types:
             pos_key = att.key_proj(rel).view(-1, H, dh).transpose(0, 1)  # (H, 2span, dh)
-            bias = bias + _diagonals(q, pos_key, c2p_index, T) / scale
+            bias.add_(_diagonals(q, pos_key, c2p_index, T), alpha=1.0 / scale)
         if "p2c" in pos_types:
             pos_query = att.query_proj(rel).view(-1, H, dh).transpose(0, 1)
-            bias = bias + _diagonals(k, pos_query, p2c_index, T).transpose(-1, -2) / scale
+            bias.add_(_diagonals(k, pos_query, p2c_index, T).transpose(-1, -2), alpha=1.0 / scale)
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0 / scale)
         context = context.transpose(1, 2).reshape(B * T, D).index_select(0, real)
         attended = layer.attention.output(context, hidden)
