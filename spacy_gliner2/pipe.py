@@ -428,10 +428,19 @@ class GLiNER2Component(TrainablePipe):
         return srsly.json_dumps(self.cfg).encode("utf8")
 
     def _load_cfg(self, data: bytes) -> None:
-        cfg = srsly.json_loads(data)
-        self.cfg.update(cfg)
-        self.schema = Schema.from_config(**cfg["schema"])
-        self.training = TrainingSettings.from_config(self.cfg["training"])
+        """Restore what training learned; settings come from the (possibly overridden) config.
+
+        Saved: the corpus' entity labels, and schema sections that ``initialize`` filled
+        from the data (used where the config leaves that section empty).
+        """
+        saved = srsly.json_loads(data)
+        self.cfg["entity_labels"] = saved.get("entity_labels", [])
+        schema = dict(self.cfg["schema"])
+        for key, value in saved.get("schema", {}).items():
+            if key in SCHEMA_KEYS and not schema.get(key) and value:
+                schema[key] = value
+        self.cfg["schema"] = schema
+        self.schema = Schema.from_config(**schema)
         self._overrides = {}
 
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:

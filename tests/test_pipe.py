@@ -297,3 +297,11 @@ def test_int8_precision_runs_and_saves_fp32(bert_checkpoint, tmp_path):
     original = load_file(bert_checkpoint / "model.safetensors")
     assert all(torch.equal(saved[k], original[k]) for k in original)
     assert spacy.load(tmp_path / "p").get_pipe("gliner2").cfg["precision"] == "int8"
+
+
+def test_load_time_config_overrides_win(nlp, tmp_path):
+    nlp.to_disk(tmp_path / "p")
+    loaded = spacy.load(tmp_path / "p", config={"components": {"gliner2": {"threshold": 0.9, "batch_size": 2, "entities": ["x"]}}})
+    pipe = loaded.get_pipe("gliner2")
+    assert pipe.cfg["batch_size"] == 2 and pipe.schema.threshold == 0.9
+    assert [e.name for e in pipe.schema.entities] == ["x"]
