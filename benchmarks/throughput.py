@@ -12,6 +12,7 @@ machine's fp32 matmul peak.
 import argparse
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,23 @@ def timed(fn, *args):
     start = time.perf_counter()
     result = fn(*args)
     return time.perf_counter() - start, result
+
+
+def cpu_seconds():
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process and its children)."""
+    busy = [int(x) for x in Path("/proc/stat").read_text().split()[1:9]]  # the "cpu" line
+    own = os.times()
+    return ((sum(busy) - busy[3] - busy[4]) / os.sysconf("SC_CLK_TCK"),
+            own.user + own.system + own.children_user + own.children_system)
+
+
+def other_load(since, wall: float) -> float:
+    """Cores' worth of CPU that other processes used since ``since`` (a ``cpu_seconds()``).
+
+    This is a 2-core machine: above ~0.2 the timings measure the contention, not the code.
+    """
+    now = cpu_seconds()
+    return ((now[0] - since[0]) - (now[1] - since[1])) / wall
 
 
 def load_texts(n_short: int, n_news: int):
@@ -195,12 +213,9 @@ def our_runner(folder: Path, config: dict, texts):
 
 def reference_runner(model, schema, threshold: float, texts):
     """A warmed-up ``run()`` of the reference's ``batch_extract``: (results, {})."""
-    def extract(batch):
-        return model.batch_extract(batch, schema, batch_size=8, threshold=threshold,
-                                   include_confidence=True, include_spans=True)
-
-    extract(texts[:8])
-    return lambda: (extract(texts), {})
+    options = dict(batch_size=8, threshold=threshold, include_confidence=True, include_spans=True)
+    model.batch_extract(texts[:8], schema, **options)  # warm-up
+    return lambda: (model.batch_extract(texts, schema, **options), {})
 
 
 def best_of(runners, repeats: int):
@@ -221,15 +236,11 @@ def compare(ours, ref):
     """(same decisions, max |confidence difference|): every non-float leaf equal, floats compared."""
     if isinstance(ref, float) and isinstance(ours, float):
         return True, abs(ours - ref)
-    if isinstance(ref, dict):
-        if not isinstance(ours, dict) or set(ours) != set(ref):
-            return False, 0.0
+    if isinstance(ref, dict) and isinstance(ours, dict) and set(ours) == set(ref):
         parts = [compare(ours[key], ref[key]) for key in ref]
-    elif isinstance(ref, (list, tuple)):
-        if not isinstance(ours, (list, tuple)) or len(ours) != len(ref):
-            return False, 0.0
+    elif isinstance(ref, list) and isinstance(ours, list) and len(ours) == len(ref):
         parts = [compare(a, b) for a, b in zip(ours, ref)]
-    else:
+    else:  # leaves, and containers that differ in keys or length
         return ours == ref, 0.0
     return all(same for same, _ in parts), max((diff for _, diff in parts), default=0.0)
 
@@ -310,6 +321,7 @@ def measure_schemas(folder: Path, texts, repeats: int) -> dict:
 
     reference, out = GLiNER2.from_pretrained(str(folder)), {}
     for name, config in SCHEMAS.items():
+        since, start = cpu_seconds(), time.perf_counter()
         schema, ref_schema = reference_schema(config)
         runners = [our_runner(folder, config, texts),
                    reference_runner(reference, ref_schema, schema.threshold, texts)]
@@ -317,20 +329,25 @@ def measure_schemas(folder: Path, texts, repeats: int) -> dict:
         checks = [compare(mine, to_our_shape(theirs, schema, text))
                   for mine, theirs, text in zip(our_results, ref_results, texts)]
         batches, encoder = ours.pop("batches"), reference.encoder.config
+
+        def gflops(padded):
+            return encoder_flops(batches, encoder, padded) / ours["encoder_seconds"] / 1e9
+
         out[name] = dict(
             ours_texts_per_s=len(texts) / seconds, reference_texts_per_s=len(texts) / ref_seconds,
             identical_decisions=sum(same for same, _ in checks) / len(checks),
+            differing_texts=[i for i, (same, _) in enumerate(checks) if not same],
             max_confidence_diff=max(diff for _, diff in checks), ours_seconds=seconds,
             entity_spans=sum(len(v) for r in our_results for v in r["entities"].values()),
             rest_seconds=seconds - ours["encoder_seconds"],
             rest_s_per_token=(seconds - ours["encoder_seconds"]) / ours["tokens"], **ours,
-            encoder_gflops=encoder_flops(batches, encoder) / ours["encoder_seconds"] / 1e9,
-            encoder_gflops_real_tokens=encoder_flops(batches, encoder, False) / ours["encoder_seconds"] / 1e9)
+            encoder_gflops=gflops(True), encoder_gflops_real_tokens=gflops(False),
+            other_load=other_load(since, time.perf_counter() - start))
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 + 8 texts, a 4,000-word long document")
     parser.add_argument("--out", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--checkpoint-dir", type=Path,
@@ -351,13 +368,15 @@ def main() -> None:
     print(f"checkpoint {args.checkpoint_dir}: {status} ({seconds:.0f} s)")
     out = {"texts": len(texts), "threads": args.threads, "repeats": args.repeats,
            "schemas": measure_schemas(args.checkpoint_dir, texts, args.repeats)}
-    print(f"\n{len(texts)} texts, batch_size 8, {args.threads} torch threads, best of {args.repeats}")
+    print(f"\n{len(texts)} texts, batch_size 8, {args.threads} torch threads, best of {args.repeats}; "
+          "other load: cores used by other processes meanwhile (above ~0.2 the timings are unreliable)")
     print(f"{'schema':<12} {'ours texts/s':>13} {'reference texts/s':>18} {'ratio':>6} "
-          f"{'identical':>10} {'max conf diff':>14}")
+          f"{'identical':>10} {'max conf diff':>14} {'other load':>11}")
     for name, s in out["schemas"].items():
         print(f"{name:<12} {s['ours_texts_per_s']:>13.2f} {s['reference_texts_per_s']:>18.2f} "
               f"{s['ours_texts_per_s'] / s['reference_texts_per_s']:>6.2f} "
-              f"{s['identical_decisions']:>10.1%} {s['max_confidence_diff']:>14.2e}")
+              f"{s['identical_decisions']:>10.1%} {s['max_confidence_diff']:>14.2e} "
+              f"{s['other_load']:>11.2f}")
 
     print("\nours past the encoder (nlp.pipe time minus GLiNER2Model.encode time), per input token:")
     for name, s in out["schemas"].items():
@@ -374,13 +393,16 @@ def main() -> None:
           f"{out['matmul_peak_gflops']:.0f} GFLOP/s: {out['encoder_share_of_peak']:.0%} of peak")
 
     print("\nlong documents through our nlp (5 labels), each in a fresh process:")
+    since, start = cpu_seconds(), time.perf_counter()
     docs = [run_probe(args.checkpoint_dir, n, args.threads) for n in (1000, 4000 if args.quick else 20000)]
     for doc in docs:
         print(f"  {doc['words']:>6} words: {doc['seconds']:7.2f} s, peak +{doc['peak_extra_mb']:.0f} MB "
               f"over {doc['rss_before_mb']:.0f} MB, {doc['entities']} entities")
     ratios = {k: docs[1][k] / docs[0][k] for k in ("words", "seconds", "peak_extra_mb")}
-    print("  long / short: " + ", ".join(f"{k} {v:.1f}" for k, v in ratios.items()))
-    out.update(long_documents=docs, long_document_ratios=ratios)
+    load = other_load(since, time.perf_counter() - start)
+    print("  long / short: " + ", ".join(f"{k} {v:.1f}" for k, v in ratios.items())
+          + f"; other load {load:.2f}")
+    out.update(long_documents=docs, long_document_ratios=ratios, long_documents_other_load=load)
     if args.out:
         args.out.write_text(json.dumps(out, indent=2))
         print(f"\nwrote {args.out}")

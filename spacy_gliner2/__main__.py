@@ -1,6 +1,8 @@
 """Command line: ``python -m spacy_gliner2 convert|export ...``.
 
     python -m spacy_gliner2 convert gliner train.json train.spacy
+    python -m spacy_gliner2 convert gliner a.json b.json dev.spacy --shuffle --limit 200          # 200 of each
+    python -m spacy_gliner2 convert gliner a.json b.json train.spacy --shuffle --skip 200 --limit 5000
     python -m spacy_gliner2 convert bio train.conll train.spacy
     python -m spacy_gliner2 convert cls train.csv train.spacy --text-field text --label-field label
     python -m spacy_gliner2 export training/model-best exported/   # a reference-format checkpoint
@@ -17,19 +19,26 @@ from . import convert
 def _convert(args: argparse.Namespace) -> None:
     nlp = spacy.blank(args.lang)
     report = convert.Report()
-    if args.format == "gliner":
-        docs = convert.gliner_json(nlp, args.input, report, args.spans_key)
-    elif args.format == "bio":
-        docs = convert.bio_conll(nlp, args.input, report, args.spans_key)
-    else:
-        docs = convert.classification(nlp, args.input, report, args.text_field, args.label_field)
-    docs = list(docs)
-    if args.shuffle:
-        random.Random(args.seed).shuffle(docs)
-    if args.limit:
-        docs = docs[: args.limit]
+    docs = []
+    for path in args.input:  # --shuffle, --skip and --limit apply to each input file
+        if args.format == "gliner":
+            part = convert.gliner_json(nlp, path, report, args.spans_key)
+        elif args.format == "bio":
+            part = convert.bio_conll(nlp, path, report, args.spans_key)
+        else:
+            part = convert.classification(nlp, path, report, args.text_field, args.label_field)
+        part = list(part)
+        if args.shuffle:
+            random.Random(args.seed).shuffle(part)
+        part = part[args.skip :]
+        if args.limit:
+            part = part[: args.limit]
+        docs.extend(part)
+    if args.lowercase_labels:
+        docs = convert.map_labels(docs, str.lower, args.spans_key)
     n = convert.write_docbin(docs, args.output)
-    print(f"{args.input} -> {args.output}: {n} docs written; read {report}")
+    inputs = ", ".join(str(p) for p in args.input)
+    print(f"{inputs} -> {args.output}: {n} docs written; read {report}")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -44,14 +53,19 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="convert a data set to a .spacy DocBin")
     conv.add_argument("format", choices=["gliner", "bio", "cls"])
-    conv.add_argument("input", type=Path)
+    conv.add_argument("input", type=Path, nargs="+", help="one or more files of that format")
     conv.add_argument("output", type=Path)
     conv.add_argument("--lang", default="en")
     conv.add_argument("--spans-key", default="gliner2")
     conv.add_argument("--text-field", default="text")
     conv.add_argument("--label-field", default="label")
-    conv.add_argument("--limit", type=int, default=0, help="keep at most this many docs (0: all)")
-    conv.add_argument("--shuffle", action="store_true", help="shuffle before --limit")
+    conv.add_argument("--limit", type=int, default=0, help="keep at most this many docs of each input (0: all)")
+    conv.add_argument("--skip", type=int, default=0,
+                      help="leave out the first N docs of each input (after --shuffle, before --limit): "
+                           "with the same --seed, '--limit N' and '--skip N' give disjoint splits")
+    conv.add_argument("--shuffle", action="store_true", help="shuffle each input before --skip and --limit")
+    conv.add_argument("--lowercase-labels", action="store_true",
+                      help="lower-case entity and class labels (e.g. to merge 'Location' and 'location')")
     conv.add_argument("--seed", type=int, default=0)
     conv.set_defaults(run=_convert)
     exp = sub.add_parser("export", help="write a pipeline's component as a reference GLiNER2 checkpoint")

@@ -9,7 +9,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin, Span
@@ -126,6 +126,23 @@ def _text_labels(row, text_field: str, label_field: str, path: Path) -> Tuple[st
     if isinstance(labels, str):
         labels = [x.strip() for x in labels.split("|") if x.strip()]
     return str(text), list(labels)
+
+
+def map_labels(docs: Iterable[Doc], fn: Callable[[str], str], spans_key: str = "gliner2") -> Iterator[Doc]:
+    """Rename the labels of ``doc.ents``, ``doc.spans[spans_key]`` and ``doc.cats`` with ``fn``.
+
+    Labels that become equal are merged (cats: the highest value is kept).
+    """
+    for doc in docs:
+        doc.ents = [Span(doc, e.start, e.end, label=fn(e.label_)) for e in doc.ents]
+        if spans_key in doc.spans:
+            doc.spans[spans_key] = [Span(doc, s.start, s.end, label=fn(s.label_)) for s in doc.spans[spans_key]]
+        if doc.cats:
+            cats: Dict[str, float] = {}
+            for label, value in doc.cats.items():
+                cats[fn(label)] = max(value, cats.get(fn(label), 0.0))
+            doc.cats = cats
+        yield doc
 
 
 def write_docbin(docs: Iterable[Doc], output: Path) -> int:
