@@ -28,8 +28,7 @@ from .scoring import score as score_examples
 from .text import Word, normalized_words, split_words, words_from_tokens
 from .training import Gold, TrainingSettings, make_optimizer, sample_schema, training_loss
 
-logger = logging.getLogger(__name__)
-logger.addHandler(logging.NullHandler())
+logger = logging.getLogger(__name__)  # warnings reach stderr unless logging is configured
 
 DEFAULT_MODEL = "fastino/gliner2-base-v1"
 OVERRIDE_KEYS = SCHEMA_KEYS + ("threshold",)

@@ -199,7 +199,7 @@ def training_loss(
     settings: TrainingSettings,
     generator: torch.Generator,
 ) -> Tuple[torch.Tensor, Dict[str, float], int]:
-    """The summed GLiNER2 losses of a batch: spans (BCE), counts (CE), classes.
+    """The GLiNER2 losses of a batch, per document: spans (BCE), counts (CE), classes.
 
     ``items`` are (per-example schema, normalised words, gold). Returns the loss,
     its parts, and the number of gold spans that could not be learned.
@@ -233,6 +233,7 @@ def training_loss(
             parts["count"] = parts["count"] + F.cross_entropy(task_scores.count_logits[None], torch.tensor([count], device=device), reduction="sum")
             if task_scores.logits is not None:
                 parts["spans"] = parts["spans"] + _span_loss(task_scores, target.positives[t], batch.n_words[b], settings.negative_span_mask, generator)
+    parts = {k: v / len(items) for k, v in parts.items()}  # per document: rates and clipping independent of batch size
     total = parts["spans"] + parts["count"] + parts["classes"]
     return total, {k: float(v.detach()) for k, v in parts.items()}, unlearnable
 
