@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .encoding import CLASSIFICATION, ENTITIES, RELATION, STRUCTURE, EncodedText, Encoder, make_batch
 from .model.extractor import MAX_COUNT, GLiNER2Model, TaskScores
 from .schema import ClassificationTask, EntityType, Schema
-from .text import Word, normalized_words
+from .text import Word
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,29 @@ class Gold:
     cats: Dict[str, float] = field(default_factory=dict)
     structures: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     relations: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
+
+
+def _inside(value: Any, start: int, end: int) -> bool:
+    """Every span of a gold value lies in ``[start, end)`` (choices always do)."""
+    if isinstance(value, (list, tuple)):
+        return all(_inside(v, start, end) for v in value)
+    if isinstance(value, dict):
+        if "start" in value:
+            return start <= value["start"] and value["end"] <= end
+        return all(_inside(v, start, end) for v in value.values())
+    return True
+
+
+def window_gold(gold: Gold, start: int, end: int) -> Gold:
+    """The gold of one window: entities, structure instances and relations inside it."""
+    if start == 0 and end >= max((e for _, _, e in gold.entities), default=0) and not (gold.structures or gold.relations):
+        return gold
+    return Gold(
+        entities=[e for e in gold.entities if start <= e[1] and e[2] <= end],
+        cats=gold.cats,
+        structures={k: [i for i in v if _inside(i, start, end)] for k, v in gold.structures.items()},
+        relations={k: [r for r in v if _inside(r, start, end)] for k, v in gold.relations.items()},
+    )
 
 
 def sample_schema(gold: Gold, base: Schema, entity_labels: Sequence[str], settings: TrainingSettings, rng: random.Random) -> Schema:
@@ -236,11 +259,6 @@ def training_loss(
     parts = {k: v / len(items) for k, v in parts.items()}  # per document: rates and clipping independent of batch size
     total = parts["spans"] + parts["count"] + parts["classes"]
     return total, {k: float(v.detach()) for k, v in parts.items()}, unlearnable
-
-
-def example_words(text: str, words: Sequence[Word]) -> List[Word]:
-    """Training reads a Doc as inference does (with the appended period)."""
-    return normalized_words(text, words)
 
 
 def make_optimizer(model: GLiNER2Model, settings: TrainingSettings) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:

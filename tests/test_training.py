@@ -194,3 +194,20 @@ def check_export_matches_reference(nlp, tmp_path):
     for text, doc in zip(texts, docs):
         ref = reference.extract(text, ref_schema, include_confidence=True, include_spans=True)
         assert_same(doc._.gliner2, to_our_shape(ref, schema, text), text)
+
+
+def test_long_training_docs_are_windowed(plain_encoder):
+    """A Doc longer than the encoder can read trains in windows (no crash, no truncation)."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(plain_encoder), **CONFIG})
+    text = " ".join(t for t, *_ in TRAIN) * 60  # about 1,500 words; the encoder reads 512 positions
+    ref = nlp.make_doc(text)
+    last = text.rindex("Madrid")
+    ref.ents = [ref.char_span(last, last + len("Madrid"), label="city")]
+    examples = [Example(nlp.make_doc(text), ref)]
+    nlp.initialize(lambda: examples)
+    pipe = nlp.get_pipe("gliner2")
+    items = pipe._training_items(examples, __import__("random").Random(0))
+    assert len(items) > 3 and sum(len(gold.entities) for _, _, gold in items) >= 1
+    losses = nlp.update(examples)
+    assert losses["gliner2"] > 0
