@@ -5,7 +5,8 @@ One run: builds (or reuses) a full-size random-weight GLiNER2-base checkpoint wi
 package, then for three schemas times our spaCy component against ``GLiNER2.batch_extract``,
 checks that both give the same results, splits our time into encoder and the rest, runs a long
 document in a fresh process for time and peak memory, and relates the encoder's speed to this
-machine's fp32 matmul peak.
+machine's fp32 matmul peak. Each timing reports the CPU that other processes used meanwhile
+("other load", in cores): on a shared 2-core machine, figures taken above ~0.2 are unreliable.
 
     python benchmarks/throughput.py [--quick] [--out results.json] [--checkpoint-dir DIR]
 """
@@ -166,15 +167,16 @@ def _calibrate_spans(model, texts, schema) -> None:
 
 
 def make_nlp(folder: Path, config: dict):
-    """A blank English pipeline with our component on ``folder`` (exact mode if there is a choice)."""
+    """A blank English pipeline with our component on ``folder``, in exact (fp32) precision."""
     import spacy
     from spacy.language import Language
 
     import spacy_gliner2.pipe  # noqa: F401 - registers the factory
 
-    mode = {"mode": "exact"} if "mode" in Language.get_factory_meta("gliner2").default_config else {}
+    settings = Language.get_factory_meta("gliner2").default_config
+    exact = {"precision": "fp32"} if "precision" in settings else {}
     nlp = spacy.blank("en")
-    nlp.add_pipe("gliner2", config={"model": str(folder), **config, "batch_size": 8, **mode})
+    nlp.add_pipe("gliner2", config={"model": str(folder), **config, "batch_size": 8, **exact})
     return nlp
 
 
@@ -195,14 +197,14 @@ def our_runner(folder: Path, config: dict, texts):
         figures["tokens"] += len(record.input_ids)
         return record
 
-    def timed(batch):
+    def timed_encode(batch):
         start = time.perf_counter()
         hidden = encode_batch(batch)
         figures["encoder_seconds"] += time.perf_counter() - start
         figures["batches"].append((batch.input_ids.shape[1], batch.attention_mask.sum(1).tolist()))
         return hidden
 
-    extractor.encoder.encode, extractor.model.encode = counted, timed
+    extractor.encoder.encode, extractor.model.encode = counted, timed_encode
 
     def run():
         figures.update(tokens=0, encoder_seconds=0.0, batches=[])
@@ -245,30 +247,32 @@ def compare(ours, ref):
     return all(same for same, _ in parts), max((diff for _, diff in parts), default=0.0)
 
 
-def encoder_flops(batches, config, padded: bool = True) -> float:
-    """FLOPs (2 per multiply-add) of our DeBERTa-v3 encoder forwards over the recorded batches.
+def encoder_flops(batches, config, padded: bool = False) -> float:
+    """FLOPs (2 per multiply-add) of DeBERTa-v3 encoder forwards over the recorded batches.
 
-    Per layer and sequence of T tokens (D hidden, F intermediate, S = position_buckets, i.e. 2S
-    relative-position embeddings; DeBERTa always uses all 2S of them):
+    Per layer and sequence of T tokens (D hidden, F intermediate, R relative positions used):
         query, key, value and output projections   4 * 2*T*D*D
         feed-forward (two linears)                 2 * 2*T*D*F
         content scores Q K^T and probs @ V         2 * 2*T*T*D
-        c2p (Q vs 2S position keys), p2c (K vs 2S position queries)   2 * 2*T*(2S)*D
-    plus, per layer and batch, the 2S relative embeddings through the shared Q and K projections:
-        2 * 2*(2S)*D*D.
-    Element-wise work (softmax, LayerNorm, GELU, the c2p/p2c gathers) is not counted. ``padded``:
-    T is the batch's padded length for every row (what runs); else each row's real length.
+        c2p (Q vs R position keys), p2c (K vs R position queries)   2 * 2*T*R*D
+    plus, per layer and batch, the 2S relative embeddings (S = position_buckets) through the
+    shared Q and K projections: 2 * 2*(2S)*D*D. Element-wise work (softmax, LayerNorm, GELU,
+    gathers) is not counted.
+    ``padded=False``: the model's own work, each row at its real length T, R = min(2S, 2T - 1)
+    (the distances a length-T text has). ``padded=True``: what transformers' forward runs, every
+    row at the batch's padded length, R = 2S always.
     """
-    d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    rel = 2 * config.position_buckets
+    d, f, layers, two_s = (config.hidden_size, config.intermediate_size,
+                           config.num_hidden_layers, 2 * config.position_buckets)
 
     def sequence(t):
-        return 8 * t * d * d + 4 * t * d * f + 4 * t * t * d + 4 * t * rel * d
+        r = two_s if padded else min(two_s, 2 * t - 1)
+        return 8 * t * d * d + 4 * t * d * f + 4 * t * t * d + 4 * t * r * d
 
     total = 0.0
     for padded_len, lengths in batches:
         rows = [padded_len] * len(lengths) if padded else lengths
-        total += sum(sequence(t) for t in rows) + 4 * rel * d * d
+        total += sum(sequence(t) for t in rows) + 4 * two_s * d * d
     return layers * total
 
 
@@ -341,7 +345,7 @@ def measure_schemas(folder: Path, texts, repeats: int) -> dict:
             entity_spans=sum(len(v) for r in our_results for v in r["entities"].values()),
             rest_seconds=seconds - ours["encoder_seconds"],
             rest_s_per_token=(seconds - ours["encoder_seconds"]) / ours["tokens"], **ours,
-            encoder_gflops=gflops(True), encoder_gflops_real_tokens=gflops(False),
+            encoder_gflops=gflops(False), encoder_gflops_padded_equivalent=gflops(True),
             other_load=other_load(since, time.perf_counter() - start))
     return out
 
@@ -366,7 +370,10 @@ def main() -> None:
     texts = short + news
     seconds, status = timed(build_checkpoint, args.checkpoint_dir, args.seed, short[:8] + news[:8])
     print(f"checkpoint {args.checkpoint_dir}: {status} ({seconds:.0f} s)")
-    out = {"texts": len(texts), "threads": args.threads, "repeats": args.repeats,
+    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True).stdout.strip()
+    print(f"spacy-gliner2 at {commit or 'unknown commit'}")
+    out = {"commit": commit, "texts": len(texts), "threads": args.threads, "repeats": args.repeats,
            "schemas": measure_schemas(args.checkpoint_dir, texts, args.repeats)}
     print(f"\n{len(texts)} texts, batch_size 8, {args.threads} torch threads, best of {args.repeats}; "
           "other load: cores used by other processes meanwhile (above ~0.2 the timings are unreliable)")
@@ -388,13 +395,14 @@ def main() -> None:
 
     out["matmul_peak_gflops"] = matmul_peak()
     out["encoder_share_of_peak"] = five["encoder_gflops"] / out["matmul_peak_gflops"]
-    print(f"\nencoder at 5 labels: {five['encoder_gflops']:.0f} GFLOP/s as run (padded), "
-          f"{five['encoder_gflops_real_tokens']:.0f} on real tokens; fp32 matmul peak "
-          f"{out['matmul_peak_gflops']:.0f} GFLOP/s: {out['encoder_share_of_peak']:.0%} of peak")
+    print(f"\nencoder at 5 labels: {five['encoder_gflops']:.0f} GFLOP/s of model FLOPs (real tokens; "
+          f"{five['encoder_gflops_padded_equivalent']:.0f} counting transformers' padded work); fp32 "
+          f"matmul peak {out['matmul_peak_gflops']:.0f} GFLOP/s: {out['encoder_share_of_peak']:.0%} of peak")
 
     print("\nlong documents through our nlp (5 labels), each in a fresh process:")
     since, start = cpu_seconds(), time.perf_counter()
-    docs = [run_probe(args.checkpoint_dir, n, args.threads) for n in (1000, 4000 if args.quick else 20000)]
+    sizes = (1000, 4000 if args.quick else 20000)
+    docs = [run_probe(args.checkpoint_dir, n, args.threads) for n in sizes]
     for doc in docs:
         print(f"  {doc['words']:>6} words: {doc['seconds']:7.2f} s, peak +{doc['peak_extra_mb']:.0f} MB "
               f"over {doc['rss_before_mb']:.0f} MB, {doc['entities']} entities")
