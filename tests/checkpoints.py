@@ -336,7 +336,7 @@ if __name__ == "__main__":
     _demo()
 
 
-def build_plain_encoder(path: Union[str, Path], *, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2) -> Path:
+def build_plain_encoder(path: "str | Path", *, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2) -> Path:
     """A tiny pretrained-style BERT folder (config, safetensors weights, tokenizer), no GLiNER2 heads."""
     from transformers import BertConfig, BertModel
 

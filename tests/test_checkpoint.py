@@ -29,7 +29,7 @@ def test_hub_id_offline_is_a_clear_error(tmp_path):
     code = (
         "from spacy_gliner2.model.checkpoint import resolve, CheckpointError\n"
         "try:\n"
-        f"    resolve('some-org/not-cached-model', None)\n"
+        "    resolve('some-org/not-cached-model', None)\n"
         "except CheckpointError as e:\n"
         "    print('ERR', e)\n"
     )
