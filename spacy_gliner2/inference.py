@@ -44,6 +44,10 @@ class _Job:
     def words(self) -> List[Word]:
         return normalized_words(self.text[: self.end], self.raw)
 
+    @property
+    def start(self) -> int:
+        return self.raw[0][1] if self.raw else 0
+
     def halves(self, overlap: int) -> List["_Job"]:
         """Two overlapping windows covering this one's words."""
         n = len(self.raw)
@@ -146,12 +150,7 @@ class Extractor:
                 "The schema is empty: configure at least one of entities, classifications, "
                 "structures or relations (in the component config or per call)."
             )
-        queue: List[_Job] = []
-        for i, (text, text_words) in enumerate(zip(texts, words)):
-            for win in make_windows(text_words, window, overlap):
-                end = win.end_char if win.end_word < len(text_words) else len(text)
-                queue.append(_Job(i, list(text_words[win.start_word : win.end_word]), end, text))
-        jobs, encoded = self._encode_within_limit(schema, queue, overlap)
+        jobs, encoded = self.windows(texts, words, schema, window, overlap)
         order = sorted(range(len(jobs)), key=lambda j: len(encoded[j].input_ids))
         parts: List[Optional[Tuple[Result, Probs]]] = [None] * len(jobs)
         if self.model.training:
@@ -178,10 +177,21 @@ class Extractor:
             limit -= 2  # positions start after the padding index
         return limit
 
-    def _encode_within_limit(
-        self, schema: Schema, queue: List[_Job], overlap: int
-    ) -> Tuple[List[_Job], List[EncodedText]]:
-        """Encode every job, halving windows that outgrow the encoder (never truncating)."""
+    def windows(
+        self,
+        texts: Sequence[str],
+        words: Sequence[Sequence[Word]],
+        schema: Schema,
+        window: int = DEFAULT_WINDOW_WORDS,
+        overlap: int = DEFAULT_WINDOW_OVERLAP,
+    ) -> Tuple[List["_Job"], List[EncodedText]]:
+        """Cut texts into word windows and encode them, halving windows that outgrow
+        the encoder (never truncating). Serves inference and training alike."""
+        queue: List[_Job] = []
+        for i, (text, text_words) in enumerate(zip(texts, words)):
+            for win in make_windows(text_words, window, overlap):
+                end = win.end_char if win.end_word < len(text_words) else len(text)
+                queue.append(_Job(i, list(text_words[win.start_word : win.end_word]), end, text))
         limit = self.max_tokens
         jobs, encoded = [], []
         queue = queue[::-1]

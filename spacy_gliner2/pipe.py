@@ -25,7 +25,7 @@ from .inference import PRECISIONS, Extractor
 from .model.checkpoint import HubOptions, checkpoint_files
 from .schema import SCHEMA_KEYS, Schema, SchemaError
 from .scoring import score as score_examples
-from .text import Word, make_windows, normalized_words, split_words, words_from_tokens
+from .text import Word, split_words, words_from_tokens
 from .training import Gold, TrainingSettings, make_optimizer, sample_schema, training_loss, window_gold
 
 logger = logging.getLogger(__name__)  # warnings reach stderr unless logging is configured
@@ -325,38 +325,27 @@ class GLiNER2Component(TrainablePipe):
         )
 
     def _training_items(self, examples: Iterable[Example], rng: random.Random) -> List[Any]:
-        """(prompt schema, words, gold) per training window: long Docs are read in windows
-        (halved until the encoder can read them), each with the gold that lies inside it."""
+        """(prompt schema, encoded window, words, gold) per training window: long Docs are
+        read in the windows inference uses, each with the gold that lies inside it."""
         items = []
-        limit = self.extractor.max_tokens
         for eg in examples:
             doc = eg.reference
             gold_doc = self._gold(doc)
-            words = self._words(doc)
-            queue = [(words, len(doc.text))]
-            while queue:
-                part, text_end = queue.pop(0)
-                for win in make_windows(part, self.cfg["window_size"], self.cfg["window_overlap"]):
-                    end = win.end_char if win.end_word < len(part) else text_end
-                    gold = window_gold(gold_doc, win.start_char, end)
-                    schema = sample_schema(gold, self.schema, self.cfg["entity_labels"], self.training, rng)
-                    window = normalized_words(doc.text[:end], part[win.start_word : win.end_word])
-                    if schema.is_empty:
-                        continue
-                    n = win.end_word - win.start_word
-                    if limit and n > 1 and len(self.extractor.encoder.encode(schema, window).input_ids) > limit:
-                        span, overlap = part[win.start_word : win.end_word], min(8, n // 4)
-                        first = span[: n // 2 + overlap]
-                        queue += [(first, first[-1][2]), (span[n // 2 - overlap :], end)]
-                        continue
-                    items.append((schema, window, gold))
+            schema = sample_schema(gold_doc, self.schema, self.cfg["entity_labels"], self.training, rng)
+            if schema.is_empty:
+                continue
+            jobs, records = self.extractor.windows(
+                [doc.text], [self._words(doc)], schema, self.cfg["window_size"], self.cfg["window_overlap"]
+            )
+            for job, record in zip(jobs, records):
+                items.append((schema, record, job.words, window_gold(gold_doc, job.start, job.end)))
         return items
 
     def _loss(self, examples: Iterable[Example], rng: random.Random, generator: torch.Generator):
         items = self._training_items(examples, rng)
         if not items:
             return None, {}
-        loss, parts, lost = training_loss(self.extractor.model, self.extractor.encoder, items, self.training, generator)
+        loss, parts, lost = training_loss(self.extractor.model, items, self.training, generator)
         if lost:
             logger.warning(
                 "%d gold span(s) are longer than the model's %d-word spans and cannot be learned.",

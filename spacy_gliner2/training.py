@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .encoding import CLASSIFICATION, ENTITIES, RELATION, STRUCTURE, EncodedText, Encoder, make_batch
+from .encoding import CLASSIFICATION, ENTITIES, RELATION, STRUCTURE, EncodedText, make_batch
 from .model.extractor import MAX_COUNT, GLiNER2Model, TaskScores
 from .schema import ClassificationTask, EntityType, Schema
 from .text import Word
@@ -217,19 +217,17 @@ def _span_loss(scores: TaskScores, cells: Sequence[Tuple[int, int, int, int]], n
 
 def training_loss(
     model: GLiNER2Model,
-    encoder: Encoder,
-    items: Sequence[Tuple[Schema, List[Word], Gold]],
+    items: Sequence[Tuple[Schema, EncodedText, List[Word], Gold]],
     settings: TrainingSettings,
     generator: torch.Generator,
 ) -> Tuple[torch.Tensor, Dict[str, float], int]:
     """The GLiNER2 losses of a batch, per document: spans (BCE), counts (CE), classes.
 
-    ``items`` are (per-example schema, normalised words, gold). Returns the loss,
-    its parts, and the number of gold spans that could not be learned.
+    ``items`` are (per-example schema, encoded window, its normalised words, gold).
+    Returns the loss, its parts, and the number of gold spans that could not be learned.
     """
     records, targets, unlearnable = [], [], 0
-    for schema, words, gold in items:
-        record = encoder.encode(schema, words)
+    for schema, record, words, gold in items:
         target, lost = make_targets(schema, record, words, gold, model.settings.max_width)
         records.append(record)
         targets.append(target)
