@@ -5,7 +5,7 @@ segment per task (structures, entities, relations, classifications, in that
 order); every element is sub-tokenised on its own and each word is represented
 by its first sub-token. Knows nothing of spaCy; returns plain lists and tensors.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
@@ -46,6 +46,7 @@ class EncodedText:
     n_prefix: int  # how many leading words are the choices prefix
     prefix: Tuple[str, ...]
     tasks: List[TaskSlots]
+    blank_words: List[int] = field(default_factory=list)  # words (as word_pos indices) without sub-tokens
 
 
 @dataclass
@@ -170,14 +171,16 @@ class Encoder:
         """Encode one text given as (already normalised) words."""
         schema_ids, tasks, prefix, prefix_ids = self._schema_part(schema)
         input_ids = list(schema_ids)
-        word_pos = []
-        for word_ids in prefix_ids + [self.ids(w[0]) for w in words]:
+        word_pos, blank = [], []
+        for i, word_ids in enumerate(prefix_ids + [self.ids(w[0]) for w in words]):
             word_pos.append(len(input_ids))
             input_ids += word_ids
+            if not word_ids:
+                blank.append(i)
         # a word with no sub-tokens keeps a row (pointing at the next sub-token)
         last = len(input_ids) - 1
         word_pos = [min(p, last) for p in word_pos]
-        return EncodedText(input_ids, word_pos, len(prefix), prefix, tasks)
+        return EncodedText(input_ids, word_pos, len(prefix), prefix, tasks, blank)
 
 
 def make_batch(records: Sequence[EncodedText], pad_id: int = 0) -> Batch:

@@ -112,3 +112,18 @@ def test_interrupted_pipe_leaves_the_component_usable(nlp):
     next(stream)
     stream.close()
     assert nlp("after")._.gliner2 is not None
+
+
+def test_words_without_sub_tokens_never_bound_a_span(nlp, bert_checkpoint):
+    """A control character is a word the encoder cannot see (no sub-tokens): spans never start or
+    end on it (they would tie exactly with their neighbour), but it can sit inside one."""
+    text = "Tim \x1b Cook \x1b in \x1b Paris \x1b ."
+    encoder = Encoder(nlp.get_pipe("gliner2").extractor.encoder.tokenizer)
+    record = encoder.encode(Schema.from_config(entities=["thing"]), normalized_words(text, split_words(text)))
+    assert record.blank_words == [1, 3, 5, 7]  # the control characters (no choices prefix here)
+    doc = nlp(text)
+    found = doc._.gliner2["entities"]["thing"]
+    assert found, "threshold 0.0 keeps every non-overlapping span"
+    for span in found:
+        assert span["text"][0] != "\x1b" and span["text"][-1] != "\x1b", span
+    assert any("\x1b" in span["text"] for span in found)  # inside a span is fine

@@ -4,7 +4,7 @@ import torch
 from transformers import DebertaV2Config, DebertaV2Model
 from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
 
-from spacy_gliner2.model.deberta import _buckets, deberta_forward, supports_fast_path
+from spacy_gliner2.model.deberta import PackedDeberta, _buckets, supports_fast_path
 
 
 @pytest.mark.parametrize("T", [1, 5, 130, 300, 1500])
@@ -14,7 +14,7 @@ def test_buckets_match_transformers(T):
     assert torch.equal(_buckets(d, 256, 512), build_relative_position(q, q, bucket_size=256, max_position=512)[0])
 
 
-@pytest.mark.parametrize("pos_att_type", [["p2c", "c2p"], ["c2p"]])
+@pytest.mark.parametrize("pos_att_type", [["p2c", "c2p"], ["c2p"], ["p2c"], []])
 def test_forward_matches_transformers(pos_att_type):
     torch.manual_seed(0)
     config = DebertaV2Config(
@@ -25,14 +25,14 @@ def test_forward_matches_transformers(pos_att_type):
     )
     model = DebertaV2Model(config).eval()
     assert supports_fast_path(model)
-    lengths = [3, 400, 57, 129]
+    lengths = [3, 400, 1, 57, 129]
     ids = torch.randint(5, 300, (len(lengths), max(lengths)))
     mask = torch.zeros_like(ids)
     for i, n in enumerate(lengths):
         mask[i, :n] = 1
     with torch.inference_mode():
         expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        got = deberta_forward(model, ids, mask)
+        got = PackedDeberta(model)(ids, mask)
     for i, n in enumerate(lengths):
         assert torch.allclose(got[i, :n], expected[i, :n], atol=1e-5), i
         assert not got[i, n:].any()
@@ -42,3 +42,36 @@ def test_other_encoders_take_the_standard_path():
     from transformers import BertConfig, BertModel
 
     assert not supports_fast_path(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)))
+
+
+def test_cached_position_projections_follow_weight_changes():
+    torch.manual_seed(0)
+    config = DebertaV2Config(
+        vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        relative_attention=True, position_buckets=64, max_relative_positions=-1, max_position_embeddings=128,
+        pos_att_type=["p2c", "c2p"], position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True,
+        type_vocab_size=0,
+    )
+    model = DebertaV2Model(config).eval()
+    fast = PackedDeberta(model)
+    ids, mask = torch.randint(5, 300, (1, 20)), torch.ones(1, 20, dtype=torch.long)
+    with torch.inference_mode():
+        before = fast(ids, mask)
+    with torch.no_grad():  # an optimizer step or load_state_dict changes weights in place
+        model.encoder.layer[1].attention.self.query_proj.weight.normal_(0.0, 1.0)
+        model.encoder.rel_embeddings.weight.normal_(0.0, 1.0)
+    with torch.inference_mode():
+        after, expected = fast(ids, mask), model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert not torch.allclose(before, after, atol=1e-3)
+    assert torch.allclose(after, expected, atol=1e-5)
+
+
+def test_left_padded_batches_are_refused():
+    config = DebertaV2Config(
+        vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        relative_attention=True, position_buckets=64, max_relative_positions=-1, pos_att_type=["p2c", "c2p"],
+        position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True, type_vocab_size=0,
+    )
+    ids, mask = torch.randint(5, 300, (1, 4)), torch.tensor([[0, 1, 1, 1]])
+    with pytest.raises(ValueError, match="right-padded"):
+        PackedDeberta(DebertaV2Model(config).eval())(ids, mask)

@@ -9,6 +9,7 @@ import sys
 import pytest
 import spacy
 import torch
+from equality import close
 from spacy.tokens import DocBin
 
 from spacy_gliner2.schema import SchemaError
@@ -94,21 +95,10 @@ def test_annotations(nlp):
             assert doc.text[span["start"] : span["end"]] == span["text"]
 
 
-def _close(a, b):
-    """Equal, up to float noise from padding in batched forward passes."""
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
-    if isinstance(a, float):
-        return abs(a - b) < 1e-5
-    return a == b
-
-
 def test_pipe_equals_call(nlp):
     piped = outputs(nlp.pipe(TEXTS, batch_size=3))
     single = outputs(nlp(t) for t in TEXTS)
-    assert _close(piped, single)
+    assert close(piped, single)
 
 
 def test_component_cfg_overrides_schema(nlp):
@@ -128,7 +118,7 @@ def test_config_round_trip(nlp):
     nlp2 = spacy.util.load_model_from_config(config, auto_fill=True)
     assert nlp2.pipe_names == ["gliner2"]
     assert nlp2.get_pipe("gliner2").cfg == nlp.get_pipe("gliner2").cfg
-    assert _close(outputs([nlp2(t) for t in TEXTS]), outputs([nlp(t) for t in TEXTS]))
+    assert close(outputs([nlp2(t) for t in TEXTS]), outputs([nlp(t) for t in TEXTS]))
     reparsed = spacy.util.load_model_from_config(spacy.util.load_config_from_str(config.to_str()))
     assert reparsed.get_pipe("gliner2").schema == nlp.get_pipe("gliner2").schema
 
@@ -158,7 +148,7 @@ def test_to_bytes_from_bytes(nlp):
     data = nlp.to_bytes()
     nlp2 = spacy.blank("en").from_config(nlp.config)
     nlp2.from_bytes(data)
-    assert _close(outputs([nlp2(t) for t in TEXTS]), outputs([nlp(t) for t in TEXTS]))
+    assert close(outputs([nlp2(t) for t in TEXTS]), outputs([nlp(t) for t in TEXTS]))
 
 
 def test_existing_ents_policies(bert_checkpoint):
@@ -197,7 +187,7 @@ def test_n_process(nlp):
     nlp(TEXTS[0])  # torch has run in the parent before forking
     expected = outputs(nlp.pipe(TEXTS))
     got = outputs(nlp.pipe(TEXTS * 2, n_process=2, batch_size=2))
-    assert _close(got, expected * 2)
+    assert close(got, expected * 2)
 
 
 def test_long_text_gets_entities_near_its_end(bert_checkpoint):
@@ -280,7 +270,7 @@ def test_threads_give_the_same_results(nlp):
     expected = outputs(nlp(t) for t in TEXTS * 3)
     with ThreadPoolExecutor(4) as pool:
         got = outputs(pool.map(nlp, TEXTS * 3))
-    assert _close(got, expected)
+    assert close(got, expected)
 
 
 def test_int8_precision_runs_and_saves_fp32(bert_checkpoint, tmp_path):

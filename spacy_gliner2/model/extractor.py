@@ -4,13 +4,13 @@
 and returns raw scores per task; decoding happens elsewhere.
 """
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..encoding import CLASSIFICATION, ENTITIES, Batch
-from .deberta import deberta_forward, supports_fast_path
+from .deberta import PackedDeberta, supports_fast_path
 from .layers import SpanRep, count_layer, mlp
 
 MAX_COUNT = 20
@@ -50,7 +50,7 @@ class GLiNER2Model(nn.Module):
         self.classifier = mlp(hidden, 2 * hidden, 1)
         self.count_pred = mlp(hidden, 2 * hidden, MAX_COUNT)
         self.count_embed = count_layer(settings.counting_layer, hidden)
-        self._fast_encoder = supports_fast_path(encoder)
+        self._fast_encoder = PackedDeberta(encoder) if supports_fast_path(encoder) else None
 
     @property
     def hidden_size(self) -> int:
@@ -58,8 +58,8 @@ class GLiNER2Model(nn.Module):
 
     def encode(self, batch: Batch) -> torch.Tensor:
         """Token embeddings ``(B, T, D)`` from the encoder (DeBERTa inference: the packed fast path)."""
-        if not self.training and self._fast_encoder:
-            return deberta_forward(self.encoder, batch.input_ids, batch.attention_mask)
+        if not self.training and self._fast_encoder is not None:
+            return self._fast_encoder(batch.input_ids, batch.attention_mask)
         out = self.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         return out.last_hidden_state
 
@@ -99,20 +99,28 @@ class GLiNER2Model(nn.Module):
             chosen = count_logits.argmax(-1).tolist()
         else:
             chosen = [min(counts[b][t], MAX_COUNT - 1) for b, t in span_refs]
-        queries: Dict[int, List[torch.Tensor]] = {}
-        layout = []  # (b, t, count, K', M, query offset, span task row)
+        # one count_embed call per (instances, fields) group; entities use the first instance
+        # only, which does not depend on later ones
+        groups: Dict[Tuple[int, int], List[int]] = {}
         for row, ((b, t), count) in enumerate(zip(span_refs, chosen)):
             slots = batch.records[b].tasks[t]
             if count <= 0:
                 results[b][t] = TaskScores(0, None, count_logits[row])
                 continue
-            fields = tokens[b, slots.marker_pos]
-            q = self.count_embed(fields, count)
-            if slots.segment.kind == ENTITIES:
-                q = q[:1]  # entities use the first instance only
+            instances = 1 if slots.segment.kind == ENTITIES else count
+            groups.setdefault((instances, len(slots.marker_pos)), []).append(row)
+        task_queries: Dict[int, torch.Tensor] = {}
+        for (instances, _), group in groups.items():
+            fields = torch.stack([tokens[b, batch.records[b].tasks[t].marker_pos] for b, t in (span_refs[r] for r in group)])
+            embedded = self.count_embed(fields, instances)  # (K', G, M, D)
+            task_queries.update((r, embedded[:, i]) for i, r in enumerate(group))
+        queries: Dict[int, List[torch.Tensor]] = {}
+        layout = []  # (b, t, count, K', M, query offset, span task row)
+        for row in sorted(task_queries):
+            (b, t), q = span_refs[row], task_queries[row]
             offset = sum(x.shape[0] for x in queries.get(b, []))
             queries.setdefault(b, []).append(q.reshape(-1, D))
-            layout.append((b, t, count, q.shape[0], q.shape[1], offset, row))
+            layout.append((b, t, chosen[row], q.shape[0], q.shape[1], offset, row))
         if not layout:
             return results
 
@@ -121,10 +129,27 @@ class GLiNER2Model(nn.Module):
         for b, qs in queries.items():
             flat = torch.cat(qs)
             padded[b, : flat.shape[0]] = flat
-        n_words = torch.tensor(batch.n_words, device=device)
-        logits = self.span_rep.span_rep_layer.score(words, padded, n_words, mask=counts is None)
+        logits = self.span_rep.span_rep_layer.score(words, padded, batch.n_words, mask=counts is None)
+        if counts is None:
+            _skip_blank_boundaries(logits, batch)
         for b, t, count, k, m, offset, row in layout:
             task_logits = logits[b, offset : offset + k * m, : batch.n_words[b]]
             task_logits = task_logits.reshape(k, m, *task_logits.shape[1:])
             results[b][t] = TaskScores(count, task_logits, count_logits[row])
         return results
+
+
+def _skip_blank_boundaries(logits: torch.Tensor, batch: Batch) -> None:
+    """Give ``-inf`` to spans ``(B, Q, L, W)`` that start or end on a word without sub-tokens.
+
+    The encoder never sees such a word (a control character, say): a span starting or
+    ending on it has exactly the representation of a neighbouring span, and which of the
+    two wins would depend on float noise. It can still sit inside a span.
+    """
+    L, W = logits.shape[-2:]
+    ends = torch.arange(L)[:, None] + torch.arange(W)  # (L, W)
+    for b, record in enumerate(batch.records):
+        if record.blank_words:
+            blank = torch.zeros(L + W, dtype=torch.bool)
+            blank[record.blank_words] = True
+            logits[b, :, (blank[:L, None] | blank[ends]).to(logits.device)] = float("-inf")

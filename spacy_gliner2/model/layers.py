@@ -3,6 +3,8 @@
 Parameter names follow the reference checkpoint format so its state dicts load
 unchanged. Nothing here knows about spaCy, tokenizers or schemas.
 """
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,8 +29,8 @@ class SpanMarker(nn.Module):
 
     ``rep[i, w] = out(ReLU(cat(start(h_i), end(h_{i+w}))))`` and a span's score for
     query ``q`` is ``<rep[i, w], q>``. The first ``out`` layer is split into its
-    start and end halves and the last one folded into the queries, so no
-    ``(L, W, D)`` span tensor is ever built.
+    start and end halves and the last one folded into the queries, so no ``(L, W, D)``
+    span tensor is built: each record and width is one cache-sized ``(L, 4D)`` step.
     """
 
     def __init__(self, hidden: int, max_width: int, dropout: float = 0.1):
@@ -39,29 +41,28 @@ class SpanMarker(nn.Module):
         self.out_project = projection(2 * hidden, hidden, dropout)
 
     def score(
-        self, words: torch.Tensor, queries: torch.Tensor, n_words: torch.Tensor, mask: bool = True
+        self, words: torch.Tensor, queries: torch.Tensor, n_words: Sequence[int], mask: bool = True
     ) -> torch.Tensor:
         """Span logits ``(B, Q, L, W)`` for words ``(B, L, D)`` and queries ``(B, Q, D)``.
 
-        With ``mask``, spans running past a record's ``n_words`` get ``-inf``.
+        Only spans inside a record's ``n_words`` are scored; the others get ``-inf``
+        with ``mask``, else 0 (training, where the loss leaves them out).
         """
         B, L, D = words.shape
         W = self.max_width
         first, drop, last = self.out_project[0], self.out_project[2], self.out_project[3]
-        start = F.linear(self.project_start(words).relu(), first.weight[:, :D])
-        end = F.linear(self.project_end(words).relu(), first.weight[:, D:])
-        # end windows: end[b, i + w] for w < W, as a strided view (zeros past L)
-        end_windows = F.pad(end, (0, 0, 0, W - 1)).unfold(1, W, 1)  # (B, L, 4D, W)
-        hidden = (start.unsqueeze(-1) + end_windows + first.bias[:, None]).relu()
-        hidden = drop(hidden.transpose(2, 3).reshape(B, L * W, -1))  # (B, L*W, 4D)
-        folded = queries @ last.weight  # (B, Q, 4D)
-        logits = torch.baddbmm((queries @ last.bias)[:, None, :], hidden, folded.transpose(1, 2))
-        logits = logits.transpose(1, 2).reshape(B, queries.shape[1], L, W)
-        if not mask:
-            return logits
-        ends = torch.arange(L, device=words.device)[:, None] + torch.arange(W, device=words.device)
-        valid = ends[None] < n_words.to(words.device)[:, None, None]  # (B, L, W)
-        return logits.masked_fill(~valid[:, None], float("-inf"))
+        lengths = [min(int(n), L) for n in n_words]
+        real = words[torch.arange(L, device=words.device) < torch.tensor(lengths, device=words.device)[:, None]]
+        starts = F.linear(self.project_start(real).relu(), first.weight[:, :D], first.bias).split(lengths)
+        ends = F.linear(self.project_end(real).relu(), first.weight[:, D:]).split(lengths)
+        folded = (queries @ last.weight).transpose(1, 2)  # (B, 4D, Q)
+        query_bias = queries @ last.bias  # (B, Q)
+        logits = words.new_full((B, L, W, queries.shape[1]), float("-inf") if mask else 0.0)
+        for b, (start, end, n) in enumerate(zip(starts, ends, lengths)):
+            for w in range(min(W, n)):
+                hidden = drop(torch.add(start[: n - w], end[w:]).relu_())  # spans (i, i + w)
+                logits[b, : n - w, w] = torch.addmm(query_bias[b], hidden, folded[b])
+        return logits.permute(0, 3, 1, 2)
 
 
 class SpanRep(nn.Module):
@@ -81,11 +82,12 @@ class _CountBase(nn.Module):
         self.gru = nn.GRU(hidden, hidden)
 
     def unroll(self, fields: torch.Tensor, count: int) -> torch.Tensor:
-        """``(M, D)`` field embeddings -> ``(count, M, D)`` GRU states."""
+        """``(G, M, D)`` field embeddings (G groups of M) -> ``(count, G, M, D)`` GRU states."""
         count = min(count, MAX_COUNT)
-        pos = self.pos_embedding.weight[:count, None, :].expand(-1, fields.shape[0], -1)
-        out, _ = self.gru(pos.contiguous(), fields[None].contiguous())
-        return out
+        G, M, D = fields.shape
+        pos = self.pos_embedding.weight[:count, None, :].expand(-1, G * M, -1)
+        out, _ = self.gru(pos.contiguous(), fields.reshape(1, G * M, D).contiguous())
+        return out.view(count, G, M, D)
 
 
 class CountLSTM(_CountBase):
@@ -128,8 +130,8 @@ class CountLSTMv2(_CountBase):
         self.transformer = FieldTransformer(hidden)
 
     def forward(self, fields: torch.Tensor, count: int) -> torch.Tensor:
-        out = self.unroll(fields, count)
-        return self.transformer(out + fields[None])
+        out = self.unroll(fields, count) + fields[None]  # the transformer runs across each instance's M fields
+        return self.transformer(out.flatten(0, 1)).view(out.shape)
 
 
 class CountLSTMoE(_CountBase):
@@ -150,11 +152,11 @@ class CountLSTMoE(_CountBase):
         )
 
     def forward(self, fields: torch.Tensor, count: int) -> torch.Tensor:
-        h = self.unroll(fields, count)  # (K, M, D)
-        gates = self.router(h)  # (K, M, E)
-        x = self.dropout(F.gelu(torch.einsum("kmd,edh->kmeh", h, self.w1) + self.b1))
-        x = torch.einsum("kmeh,ehd->kmed", x, self.w2) + self.b2
-        return (gates.unsqueeze(-1) * x).sum(dim=2)
+        h = self.unroll(fields, count)  # (K, G, M, D)
+        gates = self.router(h)  # (K, G, M, E)
+        x = self.dropout(F.gelu(torch.einsum("...d,edh->...eh", h, self.w1) + self.b1))
+        x = torch.einsum("...eh,ehd->...ed", x, self.w2) + self.b2
+        return (gates.unsqueeze(-1) * x).sum(dim=-2)
 
 
 COUNT_LAYERS = {"count_lstm": CountLSTM, "count_lstm_v2": CountLSTMv2, "count_lstm_moe": CountLSTMoE}
