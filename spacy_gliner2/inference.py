@@ -3,9 +3,11 @@
 Pure Python/torch; the spaCy component is a thin layer over :class:`Extractor`.
 """
 import copy
+import ctypes
+import ctypes.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -161,6 +163,7 @@ class Extractor:
                 batch = make_batch([encoded[j] for j in chunk], self.pad_id).to(self.device)
                 for j, scores in zip(chunk, model(batch)):
                     parts[j] = decode(schema, encoded[j], scores, jobs[j].words, jobs[j].text)
+                _return_freed_memory()
         per_doc: List[List[Tuple[Result, Probs]]] = [[] for _ in texts]  # in document order
         for job, part in zip(jobs, parts):
             per_doc[job.doc].append(part)
@@ -218,3 +221,23 @@ class Extractor:
                 )
             queue.extend(job.halves(overlap)[::-1])
         return jobs, encoded
+
+
+def _load_malloc_trim() -> Optional[Callable[[int], int]]:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _return_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc's ``malloc_trim``; elsewhere nothing).
+
+    Batches of ever different shapes fragment the heap: without this, a long document's
+    windows grow the process batch after batch although nothing is kept.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)

@@ -75,3 +75,26 @@ def test_left_padded_batches_are_refused():
     ids, mask = torch.randint(5, 300, (1, 4)), torch.tensor([[0, 1, 1, 1]])
     with pytest.raises(ValueError, match="right-padded"):
         PackedDeberta(DebertaV2Model(config).eval())(ids, mask)
+
+
+def test_kept_rows_equal_the_full_forward():
+    torch.manual_seed(0)
+    config = DebertaV2Config(
+        vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        relative_attention=True, position_buckets=64, max_relative_positions=-1, max_position_embeddings=128,
+        pos_att_type=["p2c", "c2p"], position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True,
+        type_vocab_size=0,
+    )
+    model = DebertaV2Model(config).eval()
+    lengths = [7, 150, 1]
+    ids = torch.randint(5, 300, (3, 150))
+    mask = (torch.arange(150) < torch.tensor(lengths)[:, None]).long()
+    keep = mask.bool() & (torch.rand(3, 150) < 0.4)
+    keep[2, 0] = True
+    fast = PackedDeberta(model)
+    with torch.inference_mode():
+        full, kept = fast(ids, mask), fast(ids, mask, keep=keep)
+    assert torch.allclose(kept[keep], full[keep], atol=1e-5)
+    assert not kept[~keep].any()
+    with pytest.raises(ValueError, match="padding"):
+        fast(ids, mask, keep=torch.ones_like(keep))

@@ -9,8 +9,8 @@ beyond float rounding:
 - The disentangled attention bias is read with a strided "skew" view instead of
   gathering through ``(H, n, n)`` int64 index tensors: the relative bucket of
   ``(i, j)`` depends on ``i - j`` only, so a block of R query rows needs one
-  ``(R, n + R - 1)`` table that holds all its diagonals, and softmax(QK^T + bias)V
-  runs in ``scaled_dot_product_attention``.
+  ``(R, n + R - 1)`` table that holds all its diagonals; softmax(QK^T / s + bias)V
+  then runs on the bias buffer in place.
 - The relative position embeddings' key and query projections depend on the
   weights only: they are computed once and reused until a weight changes.
 """
@@ -18,7 +18,6 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -104,8 +103,13 @@ class PackedDeberta:
             self._cache_key = key
         return self._projected
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden states ``(B, T, D)`` of a right-padded batch (zeros at padding)."""
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Last hidden states ``(B, T, D)`` of a right-padded batch (zeros at padding).
+
+        ``keep`` (``(B, T)`` bool, within the real tokens): the only rows the caller reads.
+        The last layer then runs attention queries, output and feed-forward on those rows
+        only (keys and values still come from every token); the other rows are zeros.
+        """
         encoder, config = self.encoder, self.encoder.config
         B, T = input_ids.shape
         H = config.num_attention_heads
@@ -113,6 +117,8 @@ class PackedDeberta:
         real = torch.arange(T, device=input_ids.device) < lengths[:, None]
         if not torch.equal(real, attention_mask.bool()):
             raise ValueError("PackedDeberta reads right-padded batches: each attention_mask row is 1s, then 0s.")
+        if keep is not None and (keep & ~real).any():
+            raise ValueError("keep selects padding positions; it must select real tokens only.")
         emb = encoder.embeddings(input_ids=input_ids, mask=attention_mask)
         D = emb.shape[-1]
         hidden = emb[real]  # (N, D): the real tokens, sequence after sequence
@@ -131,11 +137,14 @@ class PackedDeberta:
             buckets = _buckets(torch.arange(n - 1, -n, -1, device=input_ids.device), layers.position_buckets, layers.max_relative_positions)
             indices[n] = (torch.clamp(buckets + span, 0, 2 * span - 1), torch.clamp(-buckets + span, 0, 2 * span - 1))
 
-        for layer, (pos_key, pos_query) in zip(layers.layer, projected):
+        for depth, (layer, (pos_key, pos_query)) in enumerate(zip(layers.layer, projected)):
+            # per sequence, the query rows this layer must output (None: all)
+            rows = [keep[b, :n].nonzero().squeeze(1) for b, n in enumerate(lengths)] \
+                if keep is not None and depth == len(layers.layer) - 1 else [None] * B
             att = layer.attention.self
             q, k, v = att.query_proj(hidden), att.key_proj(hidden), att.value_proj(hidden)
-            context = torch.empty_like(q)
-            for start, n in zip(starts, lengths):
+            contexts = []
+            for start, n, selected in zip(starts, lengths, rows):
                 qb, kb, vb = (x[start : start + n].view(n, H, -1).transpose(0, 1) for x in (q, k, v))
                 c2p_index, p2c_index = indices[n]
                 bias = _relative_bias(
@@ -143,11 +152,17 @@ class PackedDeberta:
                     pos_key.index_select(1, c2p_index) if "c2p" in pos_types else None,
                     pos_query.index_select(1, p2c_index) if "p2c" in pos_types else None,
                 ) if pos_types else None
-                out = F.scaled_dot_product_attention(qb[None], kb[None], vb[None], attn_mask=None if bias is None else bias[None], scale=1.0 / scale)
-                context[start : start + n].view(n, H, -1).copy_(out[0].transpose(0, 1))
+                if selected is not None:
+                    qb = qb[:, selected]
+                    bias = None if bias is None else bias[:, selected]
+                scores = torch.bmm(qb, kb.transpose(1, 2)).div_(scale) if bias is None else bias.baddbmm_(qb, kb.transpose(1, 2), alpha=1.0 / scale)
+                contexts.append(torch.bmm(scores.softmax(-1), vb).transpose(0, 1).reshape(-1, D))
+            context = torch.cat(contexts)
+            if rows[0] is not None:
+                hidden = hidden[keep[real]]
             attended = layer.attention.output(context, hidden)
             hidden = layer.output(layer.intermediate(attended), attended)
 
         out = hidden.new_zeros((B, T, D))
-        out[real] = hidden
+        out[real if keep is None else keep] = hidden
         return out

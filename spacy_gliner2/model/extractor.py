@@ -57,9 +57,10 @@ class GLiNER2Model(nn.Module):
         return self.encoder.config.hidden_size
 
     def encode(self, batch: Batch) -> torch.Tensor:
-        """Token embeddings ``(B, T, D)`` from the encoder (DeBERTa inference: the packed fast path)."""
+        """Token embeddings ``(B, T, D)`` from the encoder (DeBERTa inference: the packed fast path,
+        whose last layer computes only the rows the heads read; the others are zeros)."""
         if not self.training and self._fast_encoder is not None:
-            return self._fast_encoder(batch.input_ids, batch.attention_mask)
+            return self._fast_encoder(batch.input_ids, batch.attention_mask, keep=batch.read_mask())
         out = self.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         return out.last_hidden_state
 
