@@ -234,14 +234,25 @@ def best_of(runners, repeats: int):
     return best
 
 
+def _span_order(found):
+    """Spans by position: their listed order (by confidence) is presentation, not a decision."""
+    if all(isinstance(s, dict) and "start" in s for s in found):
+        return sorted(found, key=lambda s: (s["start"], s["end"], s.get("text", "")))
+    return found
+
+
 def compare(ours, ref):
-    """(same decisions, max |confidence difference|): every non-float leaf equal, floats compared."""
+    """(same decisions, max |confidence difference|): every non-float leaf equal, floats compared.
+
+    Found spans compare as sets: two spans whose confidences differ by float noise may be
+    listed in either order, which decides nothing (overlapping spans are resolved before).
+    """
     if isinstance(ref, float) and isinstance(ours, float):
         return True, abs(ours - ref)
     if isinstance(ref, dict) and isinstance(ours, dict) and set(ours) == set(ref):
         parts = [compare(ours[key], ref[key]) for key in ref]
     elif isinstance(ref, list) and isinstance(ours, list) and len(ours) == len(ref):
-        parts = [compare(a, b) for a, b in zip(ours, ref)]
+        parts = [compare(a, b) for a, b in zip(_span_order(ours), _span_order(ref))]
     else:  # leaves, and containers that differ in keys or length
         return ours == ref, 0.0
     return all(same for same, _ in parts), max((diff for _, diff in parts), default=0.0)
@@ -255,12 +266,12 @@ def encoder_flops(batches, config, padded: bool = False) -> float:
         feed-forward (two linears)                 2 * 2*T*D*F
         content scores Q K^T and probs @ V         2 * 2*T*T*D
         c2p (Q vs R position keys), p2c (K vs R position queries)   2 * 2*T*R*D
-    plus, per layer and batch, the 2S relative embeddings (S = position_buckets) through the
-    shared Q and K projections: 2 * 2*(2S)*D*D. Element-wise work (softmax, LayerNorm, GELU,
-    gathers) is not counted.
+    Element-wise work (softmax, LayerNorm, GELU, gathers) is not counted.
     ``padded=False``: the model's own work, each row at its real length T, R = min(2S, 2T - 1)
-    (the distances a length-T text has). ``padded=True``: what transformers' forward runs, every
-    row at the batch's padded length, R = 2S always.
+    (S = position_buckets; the distances a length-T text has). ``padded=True``: what transformers'
+    forward runs, every row at the batch's padded length, R = 2S always, plus, per layer and
+    batch, the 2S relative embeddings through the shared Q and K projections: 2 * 2*(2S)*D*D
+    (our forward computes those once per weight change, not per batch).
     """
     d, f, layers, two_s = (config.hidden_size, config.intermediate_size,
                            config.num_hidden_layers, 2 * config.position_buckets)
@@ -272,7 +283,7 @@ def encoder_flops(batches, config, padded: bool = False) -> float:
     total = 0.0
     for padded_len, lengths in batches:
         rows = [padded_len] * len(lengths) if padded else lengths
-        total += sum(sequence(t) for t in rows) + 4 * two_s * d * d
+        total += sum(sequence(t) for t in rows) + (4 * two_s * d * d if padded else 0)
     return layers * total
 
 
