@@ -132,10 +132,11 @@ class PackedDeberta:
         pos_types = set(config.pos_att_type or [])
         scale = math.sqrt((D // H) * (1 + len(pos_types)))
         projected = self._relative_projections(scale)
-        indices = {}
-        for n in set(lengths):  # rows of the position tables per distance n-1 .. -(n-1)
-            buckets = _buckets(torch.arange(n - 1, -n, -1, device=input_ids.device), layers.position_buckets, layers.max_relative_positions)
-            indices[n] = (torch.clamp(buckets + span, 0, 2 * span - 1), torch.clamp(-buckets + span, 0, 2 * span - 1))
+        # rows of the position tables per distance longest-1 .. -(longest-1); a sequence of n
+        # tokens reads the middle 2n - 1 of them (distance -> bucket does not depend on n)
+        longest = max(lengths)
+        buckets = _buckets(torch.arange(longest - 1, -longest, -1, device=input_ids.device), layers.position_buckets, layers.max_relative_positions)
+        c2p_index, p2c_index = torch.clamp(buckets + span, 0, 2 * span - 1), torch.clamp(-buckets + span, 0, 2 * span - 1)
 
         for depth, (layer, (pos_key, pos_query)) in enumerate(zip(layers.layer, projected)):
             # per sequence, the query rows this layer must output (None: all)
@@ -143,14 +144,14 @@ class PackedDeberta:
                 if keep is not None and depth == len(layers.layer) - 1 else [None] * B
             att = layer.attention.self
             q, k, v = att.query_proj(hidden), att.key_proj(hidden), att.value_proj(hidden)
+            c2p = pos_key.index_select(1, c2p_index) if "c2p" in pos_types else None
+            p2c = pos_query.index_select(1, p2c_index) if "p2c" in pos_types else None
             contexts = []
             for start, n, selected in zip(starts, lengths, rows):
                 qb, kb, vb = (x[start : start + n].view(n, H, -1).transpose(0, 1) for x in (q, k, v))
-                c2p_index, p2c_index = indices[n]
+                middle = slice(longest - n, longest + n - 1)
                 bias = _relative_bias(
-                    qb, kb,
-                    pos_key.index_select(1, c2p_index) if "c2p" in pos_types else None,
-                    pos_query.index_select(1, p2c_index) if "p2c" in pos_types else None,
+                    qb, kb, None if c2p is None else c2p[:, middle], None if p2c is None else p2c[:, middle]
                 ) if pos_types else None
                 if selected is not None:
                     qb = qb[:, selected]
