@@ -7,6 +7,17 @@ from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_po
 from spacy_gliner2.model.deberta import PackedDeberta, _buckets, supports_fast_path
 
 
+def tiny_model(pos_att_type=("p2c", "c2p"), layers: int = 2) -> DebertaV2Model:
+    """A random DeBERTa-v3-style encoder (log-bucketed relative positions from distance 32)."""
+    config = DebertaV2Config(
+        vocab_size=300, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64,
+        relative_attention=True, position_buckets=64, max_relative_positions=-1, max_position_embeddings=128,
+        pos_att_type=list(pos_att_type), position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True,
+        type_vocab_size=0,
+    )
+    return DebertaV2Model(config).eval()
+
+
 @pytest.mark.parametrize("T", [1, 5, 130, 300, 1500])
 def test_buckets_match_transformers(T):
     q = torch.zeros(1, T, 4)
@@ -17,13 +28,7 @@ def test_buckets_match_transformers(T):
 @pytest.mark.parametrize("pos_att_type", [["p2c", "c2p"], ["c2p"], ["p2c"], []])
 def test_forward_matches_transformers(pos_att_type):
     torch.manual_seed(0)
-    config = DebertaV2Config(
-        vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        relative_attention=True, position_buckets=64, max_relative_positions=-1, max_position_embeddings=128,
-        pos_att_type=pos_att_type, position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True,
-        type_vocab_size=0,
-    )
-    model = DebertaV2Model(config).eval()
+    model = tiny_model(pos_att_type)
     assert supports_fast_path(model)
     lengths = [3, 400, 1, 57, 129]
     ids = torch.randint(5, 300, (len(lengths), max(lengths)))
@@ -46,13 +51,7 @@ def test_other_encoders_take_the_standard_path():
 
 def test_cached_position_projections_follow_weight_changes():
     torch.manual_seed(0)
-    config = DebertaV2Config(
-        vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        relative_attention=True, position_buckets=64, max_relative_positions=-1, max_position_embeddings=128,
-        pos_att_type=["p2c", "c2p"], position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True,
-        type_vocab_size=0,
-    )
-    model = DebertaV2Model(config).eval()
+    model = tiny_model()
     fast = PackedDeberta(model)
     ids, mask = torch.randint(5, 300, (1, 20)), torch.ones(1, 20, dtype=torch.long)
     with torch.inference_mode():
@@ -67,25 +66,14 @@ def test_cached_position_projections_follow_weight_changes():
 
 
 def test_left_padded_batches_are_refused():
-    config = DebertaV2Config(
-        vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-        relative_attention=True, position_buckets=64, max_relative_positions=-1, pos_att_type=["p2c", "c2p"],
-        position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True, type_vocab_size=0,
-    )
     ids, mask = torch.randint(5, 300, (1, 4)), torch.tensor([[0, 1, 1, 1]])
     with pytest.raises(ValueError, match="right-padded"):
-        PackedDeberta(DebertaV2Model(config).eval())(ids, mask)
+        PackedDeberta(tiny_model(layers=1))(ids, mask)
 
 
 def test_kept_rows_equal_the_full_forward():
     torch.manual_seed(0)
-    config = DebertaV2Config(
-        vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        relative_attention=True, position_buckets=64, max_relative_positions=-1, max_position_embeddings=128,
-        pos_att_type=["p2c", "c2p"], position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True,
-        type_vocab_size=0,
-    )
-    model = DebertaV2Model(config).eval()
+    model = tiny_model()
     lengths = [7, 150, 1]
     ids = torch.randint(5, 300, (3, 150))
     mask = (torch.arange(150) < torch.tensor(lengths)[:, None]).long()
