@@ -29,13 +29,14 @@ def bert_checkpoint(checkpoint_factory) -> Path:
     return checkpoint_factory("bert", "count_lstm")
 
 
-@pytest.fixture(scope="session")
-def property_nlp(bert_checkpoint):
-    """A pipeline whose schema every property test sets per call."""
+@pytest.fixture(scope="session", params=["bert", "deberta"])
+def property_nlp(request, checkpoint_factory):
+    """A pipeline whose schema every property test sets per call: on BERT (the standard
+    transformers forward) and on DeBERTa-v3 (our packed fast path, what released checkpoints run)."""
     import spacy
 
     nlp = spacy.blank("en")
-    nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint)})
+    nlp.add_pipe("gliner2", config={"model": str(checkpoint_factory(request.param, "count_lstm"))})
     return nlp
 
 
