@@ -31,11 +31,9 @@ class _SpanTask:
     def __init__(self, logits: torch.Tensor, n_prefix: int, thresholds: Sequence[float]):
         text = logits[:, :, n_prefix:, :]
         probs = torch.sigmoid(text)
-        n, width = text.shape[2], text.shape[3]
-        valid = (torch.arange(n)[:, None] + torch.arange(width)) < n
         thr = torch.tensor(thresholds, dtype=probs.dtype, device=probs.device)
         # -inf marks spans the model rules out (past the text, bounded by a word it cannot see)
-        mask = (probs >= thr[None, :, None, None]) & valid.to(probs.device) & (text > float("-inf"))
+        mask = (probs >= thr[None, :, None, None]) & (text > float("-inf"))
         idx = mask.nonzero().tolist()  # row-major: instance, field, start, width
         conf = probs[mask].tolist()
         self.groups: Dict[Tuple[int, int], List[Tuple[float, int, int]]] = {}

@@ -59,15 +59,6 @@ class Batch:
     n_words: List[int]
     records: List[EncodedText]
 
-    def read_mask(self) -> torch.Tensor:
-        """``(B, T)`` bool: the token positions the heads read (words' first sub-tokens, ``[P]``, markers)."""
-        mask = torch.zeros(self.input_ids.shape, dtype=torch.bool)
-        for b, record in enumerate(self.records):
-            mask[b, record.word_pos] = True
-            for slots in record.tasks:
-                mask[b, [slots.prompt_pos] + slots.marker_pos] = True
-        return mask.to(self.input_ids.device)
-
     def to(self, device: torch.device) -> "Batch":
         return Batch(
             self.input_ids.to(device),

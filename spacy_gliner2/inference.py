@@ -3,16 +3,15 @@
 Pure Python/torch; the spaCy component is a thin layer over :class:`Extractor`.
 """
 import copy
-import ctypes
-import ctypes.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from .decoding import Probs, Result, decode, merge_windows
 from .encoding import EncodedText, Encoder, make_batch
+from .memory import return_freed_memory
 from .model.checkpoint import CheckpointError, HubOptions, is_plain_encoder, load_model, new_model, resolve, save_model
 from .model.extractor import GLiNER2Model
 from .schema import Schema, SchemaError
@@ -85,8 +84,9 @@ class Extractor:
         self.invalidate()
 
     def invalidate(self) -> None:
-        """Forget the reduced-precision copy (after the fp32 weights changed)."""
+        """Forget the reduced-precision copy and weight-derived caches (after the fp32 weights changed)."""
         self._runtime = None
+        self.model.invalidate_caches()
 
     @property
     def runtime_model(self) -> torch.nn.Module:
@@ -164,8 +164,8 @@ class Extractor:
                 batch = make_batch([encoded[j] for j in chunk], self.pad_id).to(self.device)
                 for j, scores in zip(chunk, model(batch)):
                     parts[j] = decode(schema, encoded[j], scores, jobs[j].words, jobs[j].text)
-                if len(chunks) > 1:  # a long document: keep its batches from growing the heap
-                    _return_freed_memory()
+                if len(chunks) > 1:  # several batches (a long document, many texts): keep them from growing the heap
+                    return_freed_memory()
         per_doc: List[List[Tuple[Result, Probs]]] = [[] for _ in texts]  # in document order
         for job, part in zip(jobs, parts):
             per_doc[job.doc].append(part)
@@ -224,25 +224,3 @@ class Extractor:
             queue.extend(job.halves(overlap)[::-1])
         return jobs, encoded
 
-
-def _load_malloc_trim() -> Optional[Callable[[int], int]]:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
-
-def _return_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc's ``malloc_trim``; elsewhere nothing).
-
-    Batches of ever different shapes fragment the heap: without this, a long document's
-    windows grow the process batch after batch although nothing is kept (20,000 words:
-    +555 MB instead of +326). Calls of one batch skip it: the pages it would return are
-    faulted back in by the next batch (4 % of the time), and a stream of such calls
-    levels off by itself.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)

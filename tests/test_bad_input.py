@@ -114,7 +114,7 @@ def test_interrupted_pipe_leaves_the_component_usable(nlp):
     assert nlp("after")._.gliner2 is not None
 
 
-def test_words_without_sub_tokens_never_bound_a_span(nlp, bert_checkpoint):
+def test_words_without_sub_tokens_never_bound_a_span(nlp):
     """A control character is a word the encoder cannot see (no sub-tokens): spans never start or
     end on it (they would tie exactly with their neighbour), but it can sit inside one."""
     text = "Tim \x1b Cook \x1b in \x1b Paris \x1b ."
@@ -127,3 +127,18 @@ def test_words_without_sub_tokens_never_bound_a_span(nlp, bert_checkpoint):
     for span in found:
         assert span["text"][0] != "\x1b" and span["text"][-1] != "\x1b", span
     assert any("\x1b" in span["text"] for span in found)  # inside a span is fine
+
+
+def test_blank_word_boundaries_get_minus_infinity():
+    import torch
+
+    from spacy_gliner2.encoding import Batch, EncodedText
+    from spacy_gliner2.model.extractor import _skip_blank_boundaries
+
+    record = EncodedText(input_ids=[1, 2, 3, 4], word_pos=[0, 1, 1, 2, 3], n_prefix=0, prefix=(), tasks=[], blank_words=[1])
+    batch = Batch(torch.ones(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.long), torch.tensor([[0, 1, 1, 2, 3]]), [5], [record])
+    logits = torch.zeros(1, 2, 5, 3)  # (B, Q, L, W)
+    _skip_blank_boundaries(logits, batch)
+    ruled_out = {(i, w) for i in range(5) for w in range(3) if logits[0, 0, i, w] == float("-inf")}
+    assert ruled_out == {(1, 0), (1, 1), (1, 2), (0, 1)}  # starts on word 1, or ends on it (0 + 1)
+    assert torch.equal(logits[0, 0], logits[0, 1])  # every query alike

@@ -74,15 +74,33 @@ def test_left_padded_batches_are_refused():
 def test_kept_rows_equal_the_full_forward():
     torch.manual_seed(0)
     model = tiny_model()
-    lengths = [7, 150, 1]
-    ids = torch.randint(5, 300, (3, 150))
+    lengths = [7, 150, 1, 0]
+    ids = torch.randint(5, 300, (4, 150))
     mask = (torch.arange(150) < torch.tensor(lengths)[:, None]).long()
-    keep = mask.bool() & (torch.rand(3, 150) < 0.4)
+    keep = mask.bool() & (torch.rand(4, 150) < 0.4)
+    keep[0] = False  # a sequence none of whose rows is read
     keep[2, 0] = True
     fast = PackedDeberta(model)
     with torch.inference_mode():
         full, kept = fast(ids, mask), fast(ids, mask, keep=keep)
     assert torch.allclose(kept[keep], full[keep], atol=1e-5)
-    assert not kept[~keep].any()
+    assert not kept[~keep].any() and not full[3].any()
     with pytest.raises(ValueError, match="padding"):
         fast(ids, mask, keep=torch.ones_like(keep))
+    with pytest.raises(ValueError, match="bool"):
+        fast(ids, mask, keep=keep.long())
+
+
+def test_position_cache_works_for_weights_made_in_inference_mode_and_is_not_copied():
+    import copy
+
+    with torch.inference_mode():  # parameters without version counters
+        torch.manual_seed(0)
+        model = tiny_model()
+        fast = PackedDeberta(model)
+        ids, mask = torch.randint(5, 300, (1, 20)), torch.ones(1, 20, dtype=torch.long)
+        expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert torch.allclose(fast(ids, mask), expected, atol=1e-5)
+    with torch.no_grad():
+        fast(ids, mask)
+    assert fast._projected and not copy.deepcopy(fast)._projected

@@ -1,7 +1,7 @@
 """Property tests: random texts x random schemas never break the component's promises."""
 import pytest
-from hypothesis import HealthCheck, given, settings
 from equality import close
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 WORDS = ["[E]", "[SEP_TEXT]", "Tim", "Cook", "Apple", "Paris", "visited", "in", "the", "2023", "e-mail", "a@b.co", "https://x.io/a",

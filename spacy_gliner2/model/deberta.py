@@ -48,6 +48,11 @@ def _buckets(distance: torch.Tensor, bucket_size: int, max_position: int) -> tor
     return torch.where(magnitude <= mid, distance.to(torch.float32), log_pos * sign).long()
 
 
+def _position_span(layers: nn.Module) -> int:
+    """Half the number of rows in the relative-position embedding table."""
+    return layers.position_buckets if layers.position_buckets > 0 else layers.max_relative_positions
+
+
 BLOCK_ROWS = 64  # query rows per relative-position block: work n * (n + 63) instead of n * (2n - 1)
 
 
@@ -57,9 +62,10 @@ def _diagonal_block(x: torch.Tensor, positions: torch.Tensor, r0: int, r1: int) 
     ``x`` is ``(H, n, dh)``, ``positions`` ``(H, 2n - 1, dh)`` (one row per distance, from ``n - 1`` down).
     """
     H, n, _ = x.shape
-    R, width = r1 - r0, n + r1 - r0 - 1
-    table = x[:, r0:r1] @ positions[:, n - r1 : 2 * n - 1 - r0].transpose(-1, -2)  # (H, R, width)
-    return table.as_strided((H, R, n), (R * width, width - 1, 1), table.storage_offset() + R - 1)
+    R = r1 - r0
+    table = x[:, r0:r1] @ positions[:, n - r1 : 2 * n - 1 - r0].transpose(-1, -2)  # (H, R, n + R - 1)
+    head, row, col = table.stride()  # row r, column c reads table[r, c - r + R - 1]
+    return table.as_strided((H, R, n), (head, row - col, col), table.storage_offset() + (R - 1) * col)
 
 
 def _relative_bias(q: torch.Tensor, k: torch.Tensor, pos_key: Optional[torch.Tensor], pos_query: Optional[torch.Tensor]) -> torch.Tensor:
@@ -78,28 +84,50 @@ def _relative_bias(q: torch.Tensor, k: torch.Tensor, pos_key: Optional[torch.Ten
 
 
 class PackedDeberta:
-    """The inference forward of one DeBERTa-v2 encoder (not a module: it holds no weights of its own)."""
+    """The inference forward of one DeBERTa-v2 encoder (not a module: it holds no weights of its own).
+
+    Run it without gradients (``torch.no_grad`` / ``inference_mode``); training uses the
+    encoder's own forward.
+    """
 
     def __init__(self, encoder: nn.Module):
         self.encoder = encoder
-        self._cache_key: tuple = ()
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        """Forget the cached position projections (they are rebuilt on the next call)."""
+        self._cache_key: Optional[tuple] = None
         self._projected: list = []
 
+    def __getstate__(self) -> dict:  # copies and pickles rebuild the cache instead of carrying it
+        return {"encoder": self.encoder}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["encoder"])
+
     def _relative_projections(self, scale: float) -> list:
-        """Per layer, (position keys, position queries) ``(H, 2S, dh)``, divided by ``scale``; cached."""
+        """Per layer, (position keys, position queries) ``(H, 2S, dh)``, divided by ``scale``.
+
+        Cached while the weights they come from keep their storage and version counter
+        (optimizer steps and ``load_state_dict`` bump it). Weights created under
+        ``inference_mode`` have no version counter: then nothing is cached.
+        """
         layers, H = self.encoder.encoder, self.encoder.config.num_attention_heads
         tensors = [t for module in [layers.rel_embeddings, getattr(layers, "LayerNorm", None)] + [
             m for layer in layers.layer for m in (layer.attention.self.key_proj, layer.attention.self.query_proj)
         ] if module is not None for t in module.parameters()]
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors) + (scale,)
-        if key != self._cache_key:
-            span = layers.position_buckets if layers.position_buckets > 0 else layers.max_relative_positions
-            rel = layers.get_rel_embedding()[: 2 * span]
-            self._projected = [
-                tuple(proj(rel).div(scale).view(rel.shape[0], H, -1).transpose(0, 1).contiguous()
-                      for proj in (layer.attention.self.key_proj, layer.attention.self.query_proj))
-                for layer in layers.layer
-            ]
+        try:
+            key: Optional[tuple] = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors) + (scale,)
+        except RuntimeError:  # inference tensors do not track versions
+            key = None
+        if key is None or key != self._cache_key:
+            rel = layers.get_rel_embedding()[: 2 * _position_span(layers)]
+            with torch.no_grad():
+                self._projected = [
+                    tuple(proj(rel).div(scale).view(rel.shape[0], H, -1).transpose(0, 1).contiguous()
+                          for proj in (layer.attention.self.key_proj, layer.attention.self.query_proj))
+                    for layer in layers.layer
+                ]
             self._cache_key = key
         return self._projected
 
@@ -117,8 +145,8 @@ class PackedDeberta:
         real = torch.arange(T, device=input_ids.device) < lengths[:, None]
         if not torch.equal(real, attention_mask.bool()):
             raise ValueError("PackedDeberta reads right-padded batches: each attention_mask row is 1s, then 0s.")
-        if keep is not None and (keep & ~real).any():
-            raise ValueError("keep selects padding positions; it must select real tokens only.")
+        if keep is not None and (keep.dtype != torch.bool or (keep & ~real).any()):
+            raise ValueError("keep must be a bool mask of real tokens (it selects padding, or is not bool).")
         emb = encoder.embeddings(input_ids=input_ids, mask=attention_mask)
         D = emb.shape[-1]
         hidden = emb[real]  # (N, D): the real tokens, sequence after sequence
@@ -128,13 +156,15 @@ class PackedDeberta:
             starts.append(starts[-1] + n)
 
         layers = encoder.encoder
-        span = layers.position_buckets if layers.position_buckets > 0 else layers.max_relative_positions
+        span = _position_span(layers)
         pos_types = set(config.pos_att_type or [])
         scale = math.sqrt((D // H) * (1 + len(pos_types)))
         projected = self._relative_projections(scale)
         # rows of the position tables per distance longest-1 .. -(longest-1); a sequence of n
         # tokens reads the middle 2n - 1 of them (distance -> bucket does not depend on n)
-        longest = max(lengths)
+        longest = max(lengths, default=0)
+        if longest == 0:
+            return emb.new_zeros((B, T, D))
         buckets = _buckets(torch.arange(longest - 1, -longest, -1, device=input_ids.device), layers.position_buckets, layers.max_relative_positions)
         c2p_index, p2c_index = torch.clamp(buckets + span, 0, 2 * span - 1), torch.clamp(-buckets + span, 0, 2 * span - 1)
 
@@ -148,6 +178,8 @@ class PackedDeberta:
             p2c = pos_query.index_select(1, p2c_index) if "p2c" in pos_types else None
             contexts = []
             for start, n, selected in zip(starts, lengths, rows):
+                if n == 0:
+                    continue
                 qb, kb, vb = (x[start : start + n].view(n, H, -1).transpose(0, 1) for x in (q, k, v))
                 middle = slice(longest - n, longest + n - 1)
                 bias = _relative_bias(

@@ -29,8 +29,9 @@ class TaskScores:
     """Raw scores of one task in one record.
 
     Span tasks: ``count`` (predicted instances) and ``logits`` ``(K', M, L, W)``
-    (``K'`` is 1 for entities, else ``count``; ``-inf`` past the text). None when
-    the count is 0. Classification: ``logits`` ``(n_labels,)``.
+    (``K'`` is 1 for entities, else ``count``; ``-inf`` for spans past the text or bounded by
+    a word without sub-tokens; at inference). None when the count is 0. Classification:
+    ``logits`` ``(n_labels,)``.
     """
 
     count: int
@@ -52,15 +53,21 @@ class GLiNER2Model(nn.Module):
         self.count_embed = count_layer(settings.counting_layer, hidden)
         self._fast_encoder = PackedDeberta(encoder) if supports_fast_path(encoder) else None
 
+    def invalidate_caches(self) -> None:
+        """Drop what is cached from the weights (the fast path's position projections)."""
+        if self._fast_encoder is not None:
+            self._fast_encoder.invalidate()
+
     @property
     def hidden_size(self) -> int:
         return self.encoder.config.hidden_size
 
     def encode(self, batch: Batch) -> torch.Tensor:
-        """Token embeddings ``(B, T, D)`` from the encoder (DeBERTa inference: the packed fast path,
-        whose last layer computes only the rows the heads read; the others are zeros)."""
-        if not self.training and self._fast_encoder is not None:
-            return self._fast_encoder(batch.input_ids, batch.attention_mask, keep=batch.read_mask())
+        """Token embeddings ``(B, T, D)`` from the encoder. DeBERTa inference without gradients
+        takes the packed fast path, whose last layer computes only the rows the heads read
+        (:func:`_read_rows`); the others are zeros."""
+        if not self.training and not torch.is_grad_enabled() and self._fast_encoder is not None:
+            return self._fast_encoder(batch.input_ids, batch.attention_mask, keep=_read_rows(batch))
         out = self.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         return out.last_hidden_state
 
@@ -138,6 +145,16 @@ class GLiNER2Model(nn.Module):
             task_logits = task_logits.reshape(k, m, *task_logits.shape[1:])
             results[b][t] = TaskScores(count, task_logits, count_logits[row])
         return results
+
+
+def _read_rows(batch: Batch) -> torch.Tensor:
+    """``(B, T)`` bool: the token rows ``forward`` reads (words' first sub-tokens, ``[P]``, markers)."""
+    rows = torch.zeros(batch.input_ids.shape, dtype=torch.bool)
+    for b, record in enumerate(batch.records):
+        rows[b, record.word_pos] = True
+        for slots in record.tasks:
+            rows[b, [slots.prompt_pos] + slots.marker_pos] = True
+    return rows.to(batch.input_ids.device)
 
 
 def _skip_blank_boundaries(logits: torch.Tensor, batch: Batch) -> None:
