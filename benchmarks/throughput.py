@@ -166,18 +166,36 @@ def _calibrate_spans(model, texts, schema) -> None:
     final.bias.sub_(shift * mean_query / mean_query.dot(mean_query))
 
 
-def make_nlp(folder: Path, config: dict):
-    """A blank English pipeline with our component on ``folder``, in exact (fp32) precision."""
+def make_nlp(folder: Path, config: dict, precision: str = "fp32"):
+    """A blank English pipeline with our component on ``folder`` (exact fp32 unless told)."""
     import spacy
     from spacy.language import Language
 
     import spacy_gliner2.pipe  # noqa: F401 - registers the factory
 
     settings = Language.get_factory_meta("gliner2").default_config
-    exact = {"precision": "fp32"} if "precision" in settings else {}
+    mode = {"precision": precision} if "precision" in settings else {}
     nlp = spacy.blank("en")
-    nlp.add_pipe("gliner2", config={"model": str(folder), **config, "batch_size": 8, **exact})
+    nlp.add_pipe("gliner2", config={"model": str(folder), **config, "batch_size": 8, **mode})
     return nlp
+
+
+def fast_runner(folder: Path, config: dict, texts, precision: str = "int8"):
+    """A warmed-up ``run()`` of our pipeline in a fast ``precision``: (results, {})."""
+    nlp = make_nlp(folder, config, precision)
+    list(nlp.pipe(texts[:8]))  # warm-up; builds the quantized copy
+    return lambda: ([doc._.gliner2 for doc in nlp.pipe(texts)], {})
+
+
+def decisions(results) -> set:
+    """Entity decisions (text, label, start, end) and class decisions (text, task, label) of results."""
+    found = {(i, label, s["start"], s["end"]) for i, r in enumerate(results)
+             for label, spans in r["entities"].items() for s in spans}
+    for i, r in enumerate(results):
+        for task, chosen in r["classifications"].items():
+            labels = chosen if isinstance(chosen, list) else [chosen]
+            found |= {(i, task, c["label"]) for c in labels}
+    return found
 
 
 def our_runner(folder: Path, config: dict, texts):
@@ -339,8 +357,11 @@ def measure_schemas(folder: Path, texts, repeats: int) -> dict:
         since, start = cpu_seconds(), time.perf_counter()
         schema, ref_schema = reference_schema(config)
         runners = [our_runner(folder, config, texts),
-                   reference_runner(reference, ref_schema, schema.threshold, texts)]
-        (seconds, our_results, ours), (ref_seconds, ref_results, _) = best_of(runners, repeats)
+                   reference_runner(reference, ref_schema, schema.threshold, texts),
+                   fast_runner(folder, config, texts)]
+        (seconds, our_results, ours), (ref_seconds, ref_results, _), (fast_seconds, fast_results, _) = \
+            best_of(runners, repeats)
+        exact_set, fast_set = decisions(our_results), decisions(fast_results)
         checks = [compare(mine, to_our_shape(theirs, schema, text))
                   for mine, theirs, text in zip(our_results, ref_results, texts)]
         batches, encoder = ours.pop("batches"), reference.encoder.config
@@ -357,6 +378,8 @@ def measure_schemas(folder: Path, texts, repeats: int) -> dict:
             rest_seconds=seconds - ours["encoder_seconds"],
             rest_s_per_token=(seconds - ours["encoder_seconds"]) / ours["tokens"], **ours,
             encoder_gflops=gflops(False), encoder_gflops_padded_equivalent=gflops(True),
+            int8_texts_per_s=len(texts) / fast_seconds,
+            int8_identical_decisions=len(exact_set & fast_set) / max(1, len(exact_set | fast_set)),
             other_load=other_load(since, time.perf_counter() - start))
     return out
 
@@ -395,6 +418,12 @@ def main() -> None:
               f"{s['ours_texts_per_s'] / s['reference_texts_per_s']:>6.2f} "
               f"{s['identical_decisions']:>10.1%} {s['max_confidence_diff']:>14.2e} "
               f"{s['other_load']:>11.2f}")
+
+    print("\nfast mode (precision int8) on the same texts; decisions compared with our exact mode:")
+    for name, s in out["schemas"].items():
+        print(f"  {name:<12} {s['int8_texts_per_s']:6.2f} texts/s = "
+              f"{s['int8_texts_per_s'] / s['reference_texts_per_s']:.2f}x the reference; "
+              f"{s['int8_identical_decisions']:.1%} of decisions identical (random weights: a hard case)")
 
     print("\nours past the encoder (nlp.pipe time minus GLiNER2Model.encode time), per input token:")
     for name, s in out["schemas"].items():
