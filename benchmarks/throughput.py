@@ -187,15 +187,15 @@ def fast_runner(folder: Path, config: dict, texts, precision: str = "int8"):
     return lambda: ([doc._.gliner2 for doc in nlp.pipe(texts)], {})
 
 
-def decisions(results) -> set:
-    """Entity decisions (text, label, start, end) and class decisions (text, task, label) of results."""
-    found = {(i, label, s["start"], s["end"]) for i, r in enumerate(results)
-             for label, spans in r["entities"].items() for s in spans}
+def decisions(results):
+    """(entity decisions {(text, label, start, end)}, class decisions {(text, task, label)}) of results."""
+    entities = {(i, label, s["start"], s["end"]) for i, r in enumerate(results)
+                for label, spans in r["entities"].items() for s in spans}
+    classes = set()
     for i, r in enumerate(results):
         for task, chosen in r["classifications"].items():
-            labels = chosen if isinstance(chosen, list) else [chosen]
-            found |= {(i, task, c["label"]) for c in labels}
-    return found
+            classes |= {(i, task, c["label"]) for c in (chosen if isinstance(chosen, list) else [chosen])}
+    return entities, classes
 
 
 def our_runner(folder: Path, config: dict, texts):
@@ -361,7 +361,7 @@ def measure_schemas(folder: Path, texts, repeats: int) -> dict:
                    fast_runner(folder, config, texts)]
         (seconds, our_results, ours), (ref_seconds, ref_results, _), (fast_seconds, fast_results, _) = \
             best_of(runners, repeats)
-        exact_set, fast_set = decisions(our_results), decisions(fast_results)
+        exact_set, fast_set = (set().union(*decisions(r)) for r in (our_results, fast_results))
         checks = [compare(mine, to_our_shape(theirs, schema, text))
                   for mine, theirs, text in zip(our_results, ref_results, texts)]
         batches, encoder = ours.pop("batches"), reference.encoder.config

@@ -223,4 +223,3 @@ class Extractor:
                 )
             queue.extend(job.halves(overlap)[::-1])
         return jobs, encoded
-

@@ -164,6 +164,8 @@ def _skip_blank_boundaries(logits: torch.Tensor, batch: Batch) -> None:
     ending on it has exactly the representation of a neighbouring span, and which of the
     two wins would depend on float noise. It can still sit inside a span.
     """
+    if not any(record.blank_words for record in batch.records):
+        return
     L, W = logits.shape[-2:]
     ends = torch.arange(L)[:, None] + torch.arange(W)  # (L, W)
     for b, record in enumerate(batch.records):
