@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Agreement of a fast precision mode with exact (fp32) mode on a trained pipeline.
 
-    python benchmarks/agreement.py training/ner/model-best [--precision int8] [--n 200]
+    python benchmarks/agreement.py training/ner/model-best [--precision bf16] [--n 200]
 
 Runs the pipeline twice over texts from ../shared/data/eval (CrossNER politics sentences
 with their labels, AG News with a topic task) and reports the share of identical entity
@@ -41,7 +41,7 @@ def run(path: Path, precision: str, batch, schema):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pipeline", type=Path)
-    parser.add_argument("--precision", default="int8")
+    parser.add_argument("--precision", default="bf16")
     parser.add_argument("--n", type=int, default=200, help="texts per data set")
     args = parser.parse_args()
     batch, labels = texts(args.n)

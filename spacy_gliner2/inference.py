@@ -74,8 +74,10 @@ class Extractor:
         self._runtime: Optional[torch.nn.Module] = None
 
     def set_precision(self, precision: str) -> None:
-        """Run inference in ``fp32`` (exact), ``int8`` (CPU: dynamic quantization of the
-        linear layers) or ``fp16`` / ``bf16`` (GPU). The fp32 weights stay for saving and training."""
+        """Run inference in ``fp32`` (exact), ``bf16`` (CPU: the encoder's linear layers in
+        bf16, fast with AMX or AVX512-BF16; GPU: the whole model), ``fp16`` (GPU) or ``int8``
+        (CPU: dynamic quantization of the encoder's feed-forward layers). The fp32 weights
+        stay for saving and training."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}.")
         if precision == "int8" and self.device.type != "cpu":
@@ -90,7 +92,7 @@ class Extractor:
 
     @property
     def runtime_model(self) -> torch.nn.Module:
-        """The model inference runs: the fp32 one, or its int8 / half copy."""
+        """The model inference runs: the fp32 one, or its reduced-precision copy."""
         if self.precision == "fp32":
             return self.model
         if self._runtime is None:
@@ -109,6 +111,9 @@ class Extractor:
                 self._runtime = quantize_dynamic(
                     self.model.eval(), ffn, dtype=torch.qint8, mapping={torch.nn.Linear: QuantizedLinear}
                 )
+            elif self.precision == "bf16" and self.device.type == "cpu":
+                self._runtime = copy.deepcopy(self.model).eval()
+                self._runtime.use_bf16_matmuls()
             else:
                 self._runtime = copy.deepcopy(self.model).to(torch.float16 if self.precision == "fp16" else torch.bfloat16)
         return self._runtime

@@ -12,6 +12,7 @@ from torch import nn
 from ..encoding import CLASSIFICATION, ENTITIES, Batch
 from .deberta import PackedDeberta, supports_fast_path
 from .layers import SpanRep, count_layer, mlp
+from .precision import use_bf16_linears
 
 MAX_COUNT = 20
 
@@ -52,6 +53,13 @@ class GLiNER2Model(nn.Module):
         self.count_pred = mlp(hidden, 2 * hidden, MAX_COUNT)
         self.count_embed = count_layer(settings.counting_layer, hidden)
         self._fast_encoder = PackedDeberta(encoder) if supports_fast_path(encoder) else None
+
+    def use_bf16_matmuls(self) -> None:
+        """Fast mode (inference only): the encoder's transformer layers multiply in bf16
+        (:mod:`.precision`); embeddings, attention, layer norms and the heads stay fp32.
+        Call it on a copy: it converts weights."""
+        use_bf16_linears(self.encoder.encoder)
+        self.invalidate_caches()
 
     def invalidate_caches(self) -> None:
         """Drop what is cached from the weights (the fast path's position projections)."""

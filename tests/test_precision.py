@@ -1,0 +1,79 @@
+"""Fast mode ``precision = "bf16"`` on CPU: bf16 linear layers in the encoder, fp32 elsewhere."""
+import copy
+
+import pytest
+import spacy
+import torch
+from test_deberta import tiny_model
+
+from spacy_gliner2.model.deberta import PackedDeberta
+from spacy_gliner2.model.precision import BF16Linear, use_bf16_linears
+
+TEXT = "Tim Cook visited Paris on Monday and met Emmanuel Macron."
+SCHEMA = {"entities": ["person", "location", "date"], "classifications": {"topic": ["politics", "sports", "business"]}}
+
+
+def test_bf16_linear_multiplies_bf16_values_and_keeps_the_input_dtype():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    fast = BF16Linear.from_linear(linear)
+    assert fast.weight.dtype == torch.bfloat16 and not fast.weight.requires_grad
+    x = torch.randn(3, 5, 64)
+    out = fast(x)
+    assert out.dtype == torch.float32 and out.shape == (3, 5, 48)
+    assert fast(x.bfloat16()).dtype == torch.bfloat16
+    # the product of the bf16-rounded operands, rounded once more to bf16 on output
+    rounded = torch.nn.functional.linear(x.bfloat16().double(), fast.weight.double(), fast.bias.bfloat16().double())
+    assert torch.allclose(out.double(), rounded, rtol=2**-7, atol=1e-3)
+    exact = linear(x)
+    assert not torch.equal(out, exact) and torch.allclose(out, exact, atol=0.05)
+
+
+def test_use_bf16_linears_keeps_parameter_names():
+    model = tiny_model()
+    names = set(model.state_dict())
+    use_bf16_linears(model.encoder)
+    assert set(model.state_dict()) == names
+    linears = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m) is BF16Linear for m in linears)
+    assert model.embeddings.word_embeddings.weight.dtype == torch.float32
+
+
+def test_packed_deberta_in_bf16_stays_close_to_fp32():
+    torch.manual_seed(0)
+    model = tiny_model(layers=3)
+    fast = copy.deepcopy(model)
+    use_bf16_linears(fast.encoder)
+    lengths = [7, 90, 1]
+    ids = torch.randint(5, 300, (len(lengths), max(lengths)))
+    mask = (torch.arange(max(lengths)) < torch.tensor(lengths)[:, None]).long()
+    with torch.inference_mode():
+        exact = PackedDeberta(model)(ids, mask)
+        packed = PackedDeberta(fast)(ids, mask)
+        standard = fast(input_ids=ids, attention_mask=mask).last_hidden_state  # transformers' forward
+    assert packed.dtype == torch.float32
+    real = mask.bool()
+    assert not torch.equal(packed[real], exact[real])
+    assert torch.allclose(packed[real], exact[real], atol=0.05)
+    assert torch.allclose(packed[real], standard[real], atol=0.05)
+    assert not packed[~real].any()
+
+
+@pytest.mark.parametrize("encoder", ["bert", "deberta"])
+def test_bf16_pipeline_is_close_to_exact_and_saves_fp32(checkpoint_factory, encoder, tmp_path):
+    from safetensors.torch import load_file
+
+    path = checkpoint_factory(encoder, "count_lstm")
+    exact, fast = (spacy.blank("en") for _ in range(2))
+    exact.add_pipe("gliner2", config={"model": str(path), **SCHEMA})
+    fast.add_pipe("gliner2", config={"model": str(path), **SCHEMA, "precision": "bf16"})
+    expected, got = exact(TEXT), fast(TEXT)
+    pipe = fast.get_pipe("gliner2")
+    assert any(type(m) is BF16Linear for m in pipe.extractor.runtime_model.modules())
+    assert all(p.dtype == torch.float32 for p in pipe.extractor.model.parameters())
+    assert got.cats.keys() == expected.cats.keys()
+    assert all(abs(got.cats[k] - expected.cats[k]) < 0.05 for k in expected.cats)
+    fast.to_disk(tmp_path / "p")
+    saved = load_file(tmp_path / "p" / "gliner2" / "model" / "model.safetensors")
+    original = load_file(path / "model.safetensors")
+    assert all(torch.equal(saved[k], original[k]) for k in original)
