@@ -3,6 +3,7 @@
 Pure Python/torch; the spaCy component is a thin layer over :class:`Extractor`.
 """
 import copy
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -14,6 +15,7 @@ from .encoding import EncodedText, Encoder, make_batch
 from .memory import return_freed_memory
 from .model.checkpoint import CheckpointError, HubOptions, is_plain_encoder, load_model, new_model, resolve, save_model
 from .model.extractor import GLiNER2Model
+from .model.precision import cpu_has_bf16_units
 from .schema import Schema, SchemaError
 from .text import DEFAULT_WINDOW_OVERLAP, DEFAULT_WINDOW_WORDS, Word, make_windows, normalized_words
 
@@ -82,6 +84,10 @@ class Extractor:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}.")
         if precision == "int8" and self.device.type != "cpu":
             raise ValueError("precision 'int8' (dynamic quantization) runs on CPU; on GPU use 'fp16' or 'bf16'.")
+        if precision == "bf16" and self.device.type == "cpu" and cpu_has_bf16_units() is False:
+            warnings.warn(
+                "precision 'bf16': this CPU has no bf16 units (AMX or AVX512-BF16); bf16 products are "
+                "emulated and may run slower than 'fp32'. Measure before you keep it.", stacklevel=2)
         self.precision = precision
         self.invalidate()
 

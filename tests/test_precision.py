@@ -77,3 +77,24 @@ def test_bf16_pipeline_is_close_to_exact_and_saves_fp32(checkpoint_factory, enco
     saved = load_file(tmp_path / "p" / "gliner2" / "model" / "model.safetensors")
     original = load_file(path / "model.safetensors")
     assert all(torch.equal(saved[k], original[k]) for k in original)
+
+
+def test_cpu_bf16_detection_reads_the_flags(tmp_path):
+    from spacy_gliner2.model.precision import cpu_has_bf16_units
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
+    assert cpu_has_bf16_units(info) is True
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2\n")
+    assert cpu_has_bf16_units(info) is False
+    assert cpu_has_bf16_units(tmp_path / "missing") is None
+
+
+def test_bf16_without_bf16_units_warns(bert_checkpoint, monkeypatch):
+    from spacy_gliner2 import inference
+
+    monkeypatch.setattr(inference, "cpu_has_bf16_units", lambda: False)
+    nlp = spacy.blank("en")
+    with pytest.warns(UserWarning, match="no bf16 units"):
+        nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), **SCHEMA, "precision": "bf16"})
+        nlp(TEXT)

@@ -1,9 +1,12 @@
 """Fast mode on CPU: the encoder's linear layers in bfloat16 (AMX / AVX512-BF16).
 
 Weights are stored in bf16; each product multiplies bf16-rounded inputs by them with fp32
-accumulation (oneDNN). Everything else (attention, layer norms, the residual stream, the
-heads) stays fp32, so results move by about one part in 500 of each product, not more.
+accumulation (oneDNN); products come out rounded to bf16 (8 significant bits) and go on in
+fp32. Everything else (attention, layer norms, the residual stream, the heads) stays fp32.
 """
+from pathlib import Path
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,3 +35,12 @@ def use_bf16_linears(module: nn.Module) -> None:
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
                 setattr(parent, name, BF16Linear.from_linear(child))
+
+
+def cpu_has_bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[bool]:
+    """Whether this x86 CPU multiplies bf16 natively (AMX or AVX512-BF16); None when unknown."""
+    try:
+        flags = next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return None
+    return "amx_bf16" in flags or "avx512_bf16" in flags
