@@ -84,6 +84,8 @@ class Extractor:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}.")
         if precision == "int8" and self.device.type != "cpu":
             raise ValueError("precision 'int8' (dynamic quantization) runs on CPU; on GPU use 'fp16' or 'bf16'.")
+        if precision == "fp16" and self.device.type == "cpu":
+            raise ValueError("precision 'fp16' runs on GPU; on CPU use 'bf16' (or 'int8').")
         if precision == "bf16" and self.device.type == "cpu" and cpu_has_bf16_units() is False:
             warnings.warn(
                 "precision 'bf16': this CPU has no bf16 units (AMX or AVX512-BF16); bf16 products are "
@@ -118,8 +120,11 @@ class Extractor:
                     self.model.eval(), ffn, dtype=torch.qint8, mapping={torch.nn.Linear: QuantizedLinear}
                 )
             elif self.precision == "bf16" and self.device.type == "cpu":
-                self._runtime = copy.deepcopy(self.model).eval()
-                self._runtime.use_bf16_matmuls()
+                # a copy of the modules sharing every fp32 tensor; only the encoder's linear
+                # layers get new (bf16) weights
+                shared = {id(t): t for t in (*self.model.parameters(), *self.model.buffers())}
+                self._runtime = copy.deepcopy(self.model.eval(), memo=shared)
+                self._runtime.use_bf16_linears()
             else:
                 self._runtime = copy.deepcopy(self.model).to(torch.float16 if self.precision == "fp16" else torch.bfloat16)
         return self._runtime

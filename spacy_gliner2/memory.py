@@ -1,39 +1,51 @@
 """Handing freed heap memory back to the operating system."""
 import ctypes
-from typing import Optional
+import os
+from typing import Callable, Optional
 
-# freed heap memory kept for the next batch: reusing it costs no page faults
-KEEP_FREED_BYTES = 256 * 2**20
-
-
-class _MallocInfo(ctypes.Structure):
-    """glibc's ``struct mallinfo2``."""
-
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+# growth of the resident set since the last trim that is left alone: batches reuse those
+# pages without faulting them back in
+KEEP_GROWTH_BYTES = 256 * 2**20
 
 
-def _glibc() -> Optional[ctypes.CDLL]:
+def _malloc_trim() -> Optional[Callable[[int], int]]:
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = _MallocInfo
-        libc.malloc_trim.argtypes = [ctypes.c_size_t]
-        return libc
-    except (OSError, AttributeError):  # not glibc, or older than 2.33
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return trim
+
+
+def resident_bytes() -> Optional[int]:
+    """This process's resident set size (Linux; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
         return None
 
 
-_LIBC = _glibc()
+_MALLOC_TRIM = _malloc_trim()
+_after_last_trim: Optional[int] = None  # resident bytes right after the last trim
 
 
-def return_freed_memory(keep: int = KEEP_FREED_BYTES) -> None:
-    """Hand freed heap pages back to the OS once more than ``keep`` bytes of them pile up
-    (glibc's ``malloc_trim``; elsewhere nothing).
+def return_freed_memory(keep: int = KEEP_GROWTH_BYTES) -> None:
+    """Hand freed heap pages back to the OS (glibc's ``malloc_trim``; elsewhere nothing)
+    once the process has grown by more than ``keep`` bytes since the last time.
 
     Batches of ever different shapes fragment the heap: without this, the batches of one
     long call (a long document's windows) grow the process one after another although
-    nothing is kept. Trimming after every batch costs time instead: the next batch faults
-    the pages back in.
+    nothing is kept. Trimming after every batch would cost time instead: the next batch
+    faults the pages back in.
     """
-    if _LIBC is not None and _LIBC.mallinfo2().fordblks > keep:
-        _LIBC.malloc_trim(0)
+    global _after_last_trim
+    if _MALLOC_TRIM is None:
+        return
+    now = resident_bytes()
+    if now is not None and _after_last_trim is not None:
+        if now - _after_last_trim <= keep:
+            _after_last_trim = min(_after_last_trim, now)  # memory freed elsewhere lowers the mark
+            return
+    _MALLOC_TRIM(0)
+    _after_last_trim = resident_bytes()

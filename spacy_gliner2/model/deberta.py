@@ -14,8 +14,8 @@ beyond float rounding:
 - The relative position embeddings' key and query projections depend on the
   weights only: they are computed once and reused until a weight changes.
 
-Layers whose linear weights are bfloat16 (fast mode, :meth:`..extractor.GLiNER2Model.use_bf16_matmuls`)
-get bf16 inputs; attention, layer norms and the residual stream stay fp32.
+Layers whose linear weights are bfloat16 (fast mode, :mod:`.precision`) get bf16 inputs;
+attention, layer norms and the residual stream stay fp32.
 """
 import math
 from typing import Optional
@@ -127,7 +127,7 @@ class PackedDeberta:
             rel = layers.get_rel_embedding()[: 2 * _position_span(layers)]
             with torch.no_grad():
                 self._projected = [
-                    tuple(proj(rel.to(proj.weight.dtype)).float().div(scale).view(rel.shape[0], H, -1).transpose(0, 1).contiguous()
+                    tuple(proj(rel).div(scale).view(rel.shape[0], H, -1).transpose(0, 1).contiguous()
                           for proj in (layer.attention.self.key_proj, layer.attention.self.query_proj))
                     for layer in layers.layer
                 ]
@@ -176,8 +176,9 @@ class PackedDeberta:
             rows = [keep[b, :n].nonzero().squeeze(1) for b, n in enumerate(lengths)] \
                 if keep is not None and depth == len(layers.layer) - 1 else [None] * B
             att = layer.attention.self
-            x = hidden.to(att.query_proj.weight.dtype)  # bf16 layers (fast mode) take bf16 inputs
-            q, k, v = (proj(x).to(hidden.dtype) for proj in (att.query_proj, att.key_proj, att.value_proj))
+            low = att.query_proj.weight.dtype  # bf16 layers (fast mode) take bf16 inputs, cast once
+            layer_in = hidden.to(low)
+            q, k, v = (proj(layer_in).to(hidden.dtype) for proj in (att.query_proj, att.key_proj, att.value_proj))
             c2p = pos_key.index_select(1, c2p_index) if "c2p" in pos_types else None
             p2c = pos_query.index_select(1, p2c_index) if "p2c" in pos_types else None
             contexts = []
@@ -197,8 +198,8 @@ class PackedDeberta:
             context = torch.cat(contexts)
             if rows[0] is not None:
                 hidden = hidden[keep[real]]
-            attended = layer.attention.output(context.to(x.dtype), hidden)  # fp32: the residual stream
-            hidden = layer.output(layer.intermediate(attended.to(x.dtype)), attended)
+            attended = layer.attention.output(context.to(low), hidden)  # the residual stream keeps its dtype
+            hidden = layer.output(layer.intermediate(attended.to(low)), attended)
 
         out = hidden.new_zeros((B, T, D))
         out[real if keep is None else keep] = hidden

@@ -54,11 +54,11 @@ class GLiNER2Model(nn.Module):
         self.count_embed = count_layer(settings.counting_layer, hidden)
         self._fast_encoder = PackedDeberta(encoder) if supports_fast_path(encoder) else None
 
-    def use_bf16_matmuls(self) -> None:
-        """Fast mode (inference only): the encoder's transformer layers multiply in bf16
+    def use_bf16_linears(self) -> None:
+        """Fast mode (inference only): the encoder's linear layers multiply in bf16
         (:mod:`.precision`); embeddings, attention, layer norms and the heads stay fp32.
-        Call it on a copy: it converts weights."""
-        use_bf16_linears(self.encoder.encoder)
+        Call it on a copy: it replaces modules."""
+        use_bf16_linears(self.encoder)
         self.invalidate_caches()
 
     def invalidate_caches(self) -> None:

@@ -17,8 +17,9 @@ class BF16Linear(nn.Linear):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "BF16Linear":
-        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                     device=linear.weight.device, dtype=torch.bfloat16)
+        """A bf16 copy of ``linear`` (no gradients: inference only)."""
+        module = nn.utils.skip_init(cls, linear.in_features, linear.out_features, bias=linear.bias is not None,
+                                    device=linear.weight.device, dtype=torch.bfloat16)
         with torch.no_grad():
             module.weight.copy_(linear.weight)
             if linear.bias is not None:
@@ -26,6 +27,7 @@ class BF16Linear(nn.Linear):
         return module.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W.T + b`` on bf16-rounded ``x``, returned in ``x``'s dtype."""
         return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
 
 
