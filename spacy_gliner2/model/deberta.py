@@ -86,6 +86,18 @@ def _relative_bias(q: torch.Tensor, k: torch.Tensor, pos_key: Optional[torch.Ten
     return bias
 
 
+_GELU_IN_PLACE = getattr(torch._C._nn, "gelu_", None)
+
+
+def _feed_forward_in(intermediate: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``intermediate(x)``; its exact GELU runs in place (no second (N, 4D) buffer: less memory)."""
+    out = intermediate.dense(x)
+    act = intermediate.intermediate_act_fn
+    if _GELU_IN_PLACE is not None and getattr(act, "act", None) is nn.functional.gelu:
+        return _GELU_IN_PLACE(out)
+    return act(out)
+
+
 class PackedDeberta:
     """The inference forward of one DeBERTa-v2 encoder (not a module: it holds no weights of its own).
 
@@ -199,7 +211,7 @@ class PackedDeberta:
             if rows[0] is not None:
                 hidden = hidden[keep[real]]
             attended = layer.attention.output(context.to(low), hidden)  # the residual stream keeps its dtype
-            hidden = layer.output(layer.intermediate(attended.to(low)), attended)
+            hidden = layer.output(_feed_forward_in(layer.intermediate, attended.to(low)), attended)
 
         out = hidden.new_zeros((B, T, D))
         out[real if keep is None else keep] = hidden
