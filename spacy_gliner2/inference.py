@@ -100,10 +100,16 @@ class Extractor:
 
     @property
     def runtime_model(self) -> torch.nn.Module:
-        """The model inference runs: the fp32 one, or its reduced-precision copy."""
-        if self.precision == "fp32":
+        """The model inference runs: on CPU, a copy that shares the fp32 weights, with the
+        linear layers of its precision (fp32 ones through oneDNN); on GPU, the fp32 model or
+        its half-precision copy."""
+        if self.precision == "fp32" and self.device.type != "cpu":
             return self.model
         if self._runtime is None:
+            if self.device.type != "cpu":
+                self._runtime = copy.deepcopy(self.model).to(torch.float16 if self.precision == "fp16" else torch.bfloat16)
+                return self._runtime
+            runtime = self._copy_sharing_tensors()
             if self.precision == "int8":
                 from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
                 from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
@@ -116,15 +122,11 @@ class Extractor:
                     if name.startswith("encoder.") and isinstance(module, torch.nn.Linear)
                     and (name.endswith("intermediate.dense") or (name.endswith("output.dense") and ".attention." not in name))
                 }
-                self._runtime = quantize_dynamic(
-                    self._copy_sharing_tensors(), ffn, dtype=torch.qint8, mapping={torch.nn.Linear: QuantizedLinear},
-                    inplace=True,
-                )
-            elif self.precision == "bf16" and self.device.type == "cpu":
-                self._runtime = self._copy_sharing_tensors()
-                self._runtime.use_bf16_linears()
-            else:
-                self._runtime = copy.deepcopy(self.model).to(torch.float16 if self.precision == "fp16" else torch.bfloat16)
+                quantize_dynamic(runtime, ffn, dtype=torch.qint8, mapping={torch.nn.Linear: QuantizedLinear}, inplace=True)
+            elif self.precision == "bf16":
+                runtime.use_bf16_linears()
+            runtime.use_onednn_linears()
+            self._runtime = runtime
         return self._runtime
 
     def _copy_sharing_tensors(self) -> GLiNER2Model:

@@ -1,4 +1,4 @@
-"""Fast mode ``precision = "bf16"`` on CPU: bf16 linear layers in the encoder, fp32 elsewhere."""
+"""Linear layers at inference on CPU: oneDNN fp32 (exact mode) and bf16 in the encoder (fast mode)."""
 import copy
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 from test_deberta import tiny_model
 
 from spacy_gliner2.model.deberta import PackedDeberta
-from spacy_gliner2.model.precision import BF16Linear, use_bf16_linears
+from spacy_gliner2.model.precision import BF16Linear, OneDNNLinear, use_bf16_linears, use_onednn_linears
 
 TEXT = "Tim Cook visited Paris on Monday and met Emmanuel Macron."
 SCHEMA = {"entities": ["person", "location", "date"], "classifications": {"topic": ["politics", "sports", "business"]}}
@@ -27,6 +27,41 @@ def test_bf16_linear_multiplies_bf16_values_and_keeps_the_input_dtype():
     assert torch.allclose(out.double(), rounded, rtol=2**-7, atol=1e-3)
     exact = linear(x)
     assert not torch.equal(out, exact) and torch.allclose(out, exact, atol=0.05)
+
+
+def test_onednn_linear_computes_the_fp32_product_and_trains_as_nn_linear():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    fast = copy.deepcopy(linear)
+    use_onednn_linears(fast)
+    assert type(fast) is OneDNNLinear
+    x = torch.randn(3, 5, 64)
+    with torch.inference_mode():
+        for inputs in (x, x.transpose(0, 1), x[:, :0]):  # 3-D, strided, empty
+            out = fast(inputs)
+            assert out.shape == inputs.shape[:-1] + (48,) and out.dtype == torch.float32
+            assert torch.allclose(out, linear(inputs), rtol=1e-5, atol=1e-5)
+    # with gradients it is nn.Linear's forward: same values, same gradients
+    out = fast(x)
+    out.sum().backward()
+    linear(x).sum().backward()
+    assert torch.equal(fast.weight.grad, linear.weight.grad)
+
+
+def test_cpu_inference_runs_a_copy_with_onednn_linears_sharing_the_weights(checkpoint_factory):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(checkpoint_factory("deberta", "count_lstm")), **SCHEMA})
+    nlp(TEXT)
+    extractor = nlp.get_pipe("gliner2").extractor
+    runtime, model = extractor.runtime_model, extractor.model
+    assert runtime is not model
+    assert any(type(m) is OneDNNLinear for m in runtime.modules())
+    assert not any(type(m) is torch.nn.Linear for m in runtime.modules())
+    assert not any(type(m) is OneDNNLinear for m in model.modules())  # training and saving see nn.Linear
+    shared = {p.data_ptr() for p in model.parameters()}
+    assert all(p.data_ptr() in shared for p in runtime.parameters())  # no second copy of any weight
+    extractor.invalidate()
+    assert extractor.runtime_model is not runtime  # rebuilt after the weights changed
 
 
 def test_use_bf16_linears_keeps_parameter_names():

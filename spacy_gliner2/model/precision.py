@@ -1,15 +1,52 @@
-"""Fast mode on CPU: the encoder's linear layers in bfloat16 (AMX / AVX512-BF16).
+"""How the linear layers multiply at inference on CPU.
 
-Weights are stored in bf16; each product multiplies bf16-rounded inputs by them with fp32
-accumulation (oneDNN); products come out rounded to bf16 (8 significant bits) and go on in
-fp32. Everything else (attention, layer norms, the residual stream, the heads) stays fp32.
+- :class:`OneDNNLinear` (exact mode): fp32 products through oneDNN's matmul instead of the
+  BLAS library's (MKL). The same arithmetic in another summation order; oneDNN's kernels
+  dispatch on the CPU's instruction sets, not its vendor (AMD EPYC, 1 thread, (1024, 768) x
+  (768, 3072): 94 GFLOP/s against MKL's 68).
+- :class:`BF16Linear` (fast mode, AMX / AVX512-BF16): weights stored in bf16; each product
+  multiplies bf16-rounded inputs by them with fp32 accumulation (oneDNN); products come out
+  rounded to bf16 (8 significant bits) and go on in fp32.
+
+Everything else (attention, layer norms, the residual stream) stays fp32.
 """
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _onednn_linear() -> Optional[Callable[..., torch.Tensor]]:
+    """oneDNN's (fused) linear operator of this torch build, or None."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_ONEDNN_LINEAR = _onednn_linear()
+
+
+class OneDNNLinear(nn.Linear):
+    """``nn.Linear`` whose fp32 CPU inference (no gradients) runs oneDNN's matmul."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (_ONEDNN_LINEAR is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
+                and x.dtype == torch.float32 and self.weight.dtype == torch.float32):
+            return _ONEDNN_LINEAR(x, self.weight, self.bias, "none", [], "")
+        return super().forward(x)
+
+
+def use_onednn_linears(module: nn.Module) -> None:
+    """Make every plain ``nn.Linear`` inside ``module`` a :class:`OneDNNLinear`, in place
+    (same module, same parameters: only the forward changes)."""
+    for child in module.modules():
+        if type(child) is nn.Linear:
+            child.__class__ = OneDNNLinear
 
 
 class BF16Linear(nn.Linear):
