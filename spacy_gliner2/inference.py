@@ -93,6 +93,9 @@ class Extractor:
         self.precision = precision
         self.invalidate()
 
+    def __getstate__(self) -> Dict[str, Any]:  # copies and pickles rebuild the runtime copy on first use
+        return {**self.__dict__, "_runtime": None}
+
     def invalidate(self) -> None:
         """Forget the reduced-precision copy and weight-derived caches (after the fp32 weights changed)."""
         self._runtime = None

@@ -16,8 +16,9 @@ SCHEMA = {"entities": ["person", "location", "date"], "classifications": {"topic
 def test_bf16_linear_multiplies_bf16_values_and_keeps_the_input_dtype():
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48)
-    fast = BF16Linear.from_linear(linear)
-    assert fast.weight.dtype == torch.bfloat16 and not fast.weight.requires_grad
+    fast = BF16Linear(linear)
+    assert fast.weight.dtype == torch.bfloat16 and torch.equal(fast.weight, linear.weight.detach().bfloat16())
+    assert not any(p.requires_grad for p in fast.parameters())
     x = torch.randn(3, 5, 64)
     out = fast(x)
     assert out.dtype == torch.float32 and out.shape == (3, 5, 48)
@@ -64,13 +65,14 @@ def test_cpu_inference_runs_a_copy_with_onednn_linears_sharing_the_weights(check
     assert extractor.runtime_model is not runtime  # rebuilt after the weights changed
 
 
-def test_use_bf16_linears_keeps_parameter_names():
+def test_use_bf16_linears_replaces_every_linear():
     model = tiny_model()
-    names = set(model.state_dict())
+    before = {name: m.weight.detach().clone() for name, m in model.encoder.named_modules() if type(m) is torch.nn.Linear}
     use_bf16_linears(model.encoder)
-    assert set(model.state_dict()) == names
-    linears = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)]
-    assert linears and all(type(m) is BF16Linear for m in linears)
+    after = {name: m for name, m in model.encoder.named_modules() if type(m) is BF16Linear}
+    assert before and after.keys() == before.keys()
+    assert not any(type(m) is torch.nn.Linear for m in model.encoder.modules())
+    assert all(torch.equal(after[name].weight, weight.bfloat16()) for name, weight in before.items())
 
 
 def test_packed_deberta_in_bf16_stays_close_to_fp32():

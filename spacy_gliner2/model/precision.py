@@ -49,31 +49,56 @@ def use_onednn_linears(module: nn.Module) -> None:
             child.__class__ = OneDNNLinear
 
 
-class BF16Linear(nn.Linear):
-    """A linear layer with bf16 weights; its output has the dtype of its input."""
+def _pack_for_onednn(weight: torch.Tensor) -> Optional[torch.Tensor]:
+    """``weight`` in oneDNN's own blocked layout (an opaque tensor), or None without oneDNN."""
+    if _ONEDNN_LINEAR is None or weight.device.type != "cpu":
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight, 1024)  # the layout for ~1,024-row inputs
+    except (AttributeError, RuntimeError):
+        return None
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "BF16Linear":
-        """A bf16 copy of ``linear`` (no gradients: inference only)."""
-        module = nn.utils.skip_init(cls, linear.in_features, linear.out_features, bias=linear.bias is not None,
-                                    device=linear.weight.device, dtype=torch.bfloat16)
-        with torch.no_grad():
-            module.weight.copy_(linear.weight)
-            if linear.bias is not None:
-                module.bias.copy_(linear.bias)
-        return module.requires_grad_(False)
+
+class BF16Linear(nn.Module):
+    """A linear layer with bf16 weights (inference only); its output has the dtype of its input.
+
+    The weight is held once, in oneDNN's blocked layout: reordering a plain bf16 weight on
+    every call cost a sixth of fast mode's time (AMD EPYC, 5 labels: 9.28 vs 7.72 texts/s).
+    Such a module cannot be copied or pickled (nor need it be: runtime copies are rebuilt).
+    """
+
+    compute_dtype = torch.bfloat16
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().to(torch.bfloat16)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(torch.bfloat16), requires_grad=False)
+        self._packed = _pack_for_onednn(weight)
+        self._plain = weight if self._packed is None else None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The bf16 weight ``(out, in)`` in the plain layout (a new tensor when it is packed)."""
+        return self._plain if self._packed is None else self._packed.to_dense()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ W.T + b`` on bf16-rounded ``x``, returned in ``x``'s dtype."""
-        return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
+        low = x.to(torch.bfloat16)
+        if self._packed is None:
+            return F.linear(low, self._plain, self.bias).to(x.dtype)
+        return _ONEDNN_LINEAR(low, self._packed, self.bias, "none", [], "").to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 def use_bf16_linears(module: nn.Module) -> None:
-    """Replace every ``nn.Linear`` inside ``module`` by a :class:`BF16Linear` (same parameter names)."""
+    """Replace every plain ``nn.Linear`` inside ``module`` by a :class:`BF16Linear` (same module names)."""
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                setattr(parent, name, BF16Linear.from_linear(child))
+                setattr(parent, name, BF16Linear(child))
 
 
 def cpu_has_bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[bool]:
