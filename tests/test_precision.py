@@ -49,6 +49,34 @@ def test_onednn_linear_computes_the_fp32_product_and_trains_as_nn_linear():
     assert torch.equal(fast.weight.grad, linear.weight.grad)
 
 
+@pytest.mark.parametrize("kind", ["fp32", "bf16"])
+def test_onednn_sees_few_row_counts(monkeypatch, kind):
+    """oneDNN caches a kernel per input row count: the layers pad rows to ROW_MULTIPLE."""
+    from spacy_gliner2.model import precision
+
+    if precision._ONEDNN_LINEAR is None:
+        pytest.skip("this torch build has no oneDNN")
+    seen = set()
+
+    def recording(x, *args):
+        seen.add(x.shape[0])
+        return real(x, *args)
+
+    real = precision._ONEDNN_LINEAR
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 16)
+    layer = BF16Linear(linear) if kind == "bf16" else copy.deepcopy(linear)
+    use_onednn_linears(layer)
+    monkeypatch.setattr(precision, "_ONEDNN_LINEAR", recording)
+    with torch.inference_mode():
+        for rows in range(1, 200):
+            x = torch.randn(rows, 32)
+            out = layer(x)
+            assert out.shape == (rows, 16) and out.dtype == torch.float32
+            assert torch.allclose(out, linear(x), atol=1e-5 if kind == "fp32" else 0.05)
+    assert seen == {64, 128, 192, 256}
+
+
 def test_cpu_inference_runs_a_copy_with_onednn_linears_sharing_the_weights(checkpoint_factory):
     nlp = spacy.blank("en")
     nlp.add_pipe("gliner2", config={"model": str(checkpoint_factory("deberta", "count_lstm")), **SCHEMA})

@@ -23,6 +23,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .precision import pad_rows
+
 
 def supports_fast_path(encoder: nn.Module) -> bool:
     """True for a DeBERTa-v2/v3 encoder whose features the fast forward covers."""
@@ -164,7 +166,8 @@ class PackedDeberta:
             raise ValueError("keep must be a bool mask of real tokens (it selects padding, or is not bool).")
         emb = encoder.embeddings(input_ids=input_ids, mask=attention_mask)
         D = emb.shape[-1]
-        hidden = emb[real]  # (N, D): the real tokens, sequence after sequence
+        hidden = pad_rows(emb[real])  # (N, D): the real tokens, sequence after sequence, then zero rows (precision.py)
+        n_rows = int(real.sum())
         lengths = lengths.tolist()
         starts = [0]
         for n in lengths[:-1]:
@@ -207,12 +210,13 @@ class PackedDeberta:
                     bias = None if bias is None else bias[:, selected]
                 scores = torch.bmm(qb, kb.transpose(1, 2)).div_(scale) if bias is None else bias.baddbmm_(qb, kb.transpose(1, 2), alpha=1.0 / scale)
                 contexts.append(torch.bmm(scores.softmax(-1), vb).transpose(0, 1).reshape(-1, D))
-            context = torch.cat(contexts)
             if rows[0] is not None:
-                hidden = hidden[keep[real]]
+                hidden = pad_rows(hidden[:n_rows][keep[real]])
+                n_rows = int(keep.sum())
+            context = torch.cat(contexts + [hidden.new_zeros((hidden.shape[0] - n_rows, D))])  # padding rows
             attended = layer.attention.output(context.to(low), hidden)  # the residual stream keeps its dtype
             hidden = layer.output(_feed_forward_in(layer.intermediate, attended.to(low)), attended)
 
         out = hidden.new_zeros((B, T, D))
-        out[real if keep is None else keep] = hidden
+        out[real if keep is None else keep] = hidden[:n_rows]
         return out
