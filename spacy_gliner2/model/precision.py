@@ -16,6 +16,7 @@ row counts). Both layers therefore run on inputs whose rows are padded up to a m
 ``ROW_MULTIPLE`` (zeros, cut from the output), which bounds the kernels to a few per weight
 shape; the packed DeBERTa forward pads its token rows once so that its layers need no copy.
 """
+import platform
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -25,8 +26,9 @@ from torch import nn
 
 
 def _onednn_linear() -> Optional[Callable[..., torch.Tensor]]:
-    """oneDNN's (fused) linear operator of this torch build, or None."""
-    if not torch.backends.mkldnn.is_available():
+    """oneDNN's (fused) linear operator of this torch build on x86-64, or None (elsewhere
+    oneDNN may sit on other libraries whose speed was not measured: nn.Linear stays)."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return None
     try:
         return torch.ops.mkldnn._linear_pointwise
@@ -87,6 +89,8 @@ def _pack_for_onednn(weight: torch.Tensor) -> Optional[torch.Tensor]:
     if _ONEDNN_LINEAR is None or weight.device.type != "cpu":
         return None
     try:
+        if weight.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return None
         return torch.ops.mkldnn._reorder_linear_weight(weight, 1024)  # the layout for ~1,024-row inputs
     except (AttributeError, RuntimeError):
         return None
