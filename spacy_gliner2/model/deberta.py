@@ -167,8 +167,8 @@ class PackedDeberta:
         emb = encoder.embeddings(input_ids=input_ids, mask=attention_mask)
         D = emb.shape[-1]
         hidden = pad_rows(emb[real])  # (N, D): the real tokens, sequence after sequence, then zero rows (precision.py)
-        n_rows = int(real.sum())
         lengths = lengths.tolist()
+        n_rows = sum(lengths)  # the rows of hidden that are tokens
         starts = [0]
         for n in lengths[:-1]:
             starts.append(starts[-1] + n)
