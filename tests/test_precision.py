@@ -123,21 +123,28 @@ def test_packed_deberta_in_bf16_stays_close_to_fp32():
     assert not packed[~real].any()
 
 
-@pytest.mark.parametrize("encoder", ["bert", "deberta"])
-def test_bf16_pipeline_is_close_to_exact_and_saves_fp32(checkpoint_factory, encoder, tmp_path):
+@pytest.mark.parametrize("encoder,counting_layer", [
+    ("bert", "count_lstm"), ("deberta", "count_lstm"), ("deberta", "count_lstm_v2"), ("bert", "count_lstm_moe")])
+def test_bf16_pipeline_is_close_to_exact_and_saves_fp32(checkpoint_factory, encoder, counting_layer, tmp_path):
     from safetensors.torch import load_file
 
-    path = checkpoint_factory(encoder, "count_lstm")
+    path = checkpoint_factory(encoder, counting_layer)
+    schema = {**SCHEMA, "structures": {"meeting": ["who::list", "where::str"]}}
     exact, fast = (spacy.blank("en") for _ in range(2))
-    exact.add_pipe("gliner2", config={"model": str(path), **SCHEMA})
-    fast.add_pipe("gliner2", config={"model": str(path), **SCHEMA, "precision": "bf16"})
+    exact.add_pipe("gliner2", config={"model": str(path), **schema})
+    fast.add_pipe("gliner2", config={"model": str(path), **schema, "precision": "bf16"})
     expected, got = exact(TEXT), fast(TEXT)
     pipe = fast.get_pipe("gliner2")
     runtime, model = pipe.extractor.runtime_model, pipe.extractor.model
     assert all(type(m) is not torch.nn.Linear for m in runtime.encoder.modules())
     assert any(type(m) is BF16Linear for m in runtime.encoder.modules())
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert all(p.dtype == torch.float32 for p in runtime.span_rep.parameters())  # heads stay fp32
+    # the heads multiply in bf16 too, but for the span scorer's output projection (read as weights, fp32)
+    scorer = runtime.span_rep.span_rep_layer
+    assert all(type(m) is BF16Linear for m in (scorer.project_start[0], *scorer.first_halves, runtime.classifier[0], runtime.count_pred[2]))
+    assert all(p.dtype == torch.float32 for p in scorer.out_project.parameters())
+    # every count layer runs with bf16 MLPs around it (random weights: instance counts may tie, so not compared)
+    assert got._.gliner2["structures"].keys() == expected._.gliner2["structures"].keys() == {"meeting"}
     # the copy shares what it does not convert (no second embedding table in memory)
     embeddings = model.encoder.get_input_embeddings().weight
     assert runtime.encoder.get_input_embeddings().weight.data_ptr() == embeddings.data_ptr()

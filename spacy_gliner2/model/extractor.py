@@ -12,7 +12,7 @@ from torch import nn
 from ..encoding import CLASSIFICATION, ENTITIES, Batch
 from .deberta import PackedDeberta, supports_fast_path
 from .layers import SpanRep, count_layer, mlp
-from .precision import use_bf16_linears, use_onednn_linears
+from .precision import BF16Linear, use_bf16_linears, use_onednn_linears
 
 MAX_COUNT = 20
 
@@ -55,10 +55,16 @@ class GLiNER2Model(nn.Module):
         self._fast_encoder = PackedDeberta(encoder) if supports_fast_path(encoder) else None
 
     def use_bf16_linears(self) -> None:
-        """Fast mode (inference only): the encoder's linear layers multiply in bf16
-        (:mod:`.precision`); embeddings, attention, layer norms and the heads stay fp32.
-        Call it on a copy: it replaces modules."""
-        use_bf16_linears(self.encoder)
+        """Fast mode (inference only): the linear layers multiply in bf16 (:mod:`.precision`):
+        the encoder's, the heads' MLPs and the span scorer's first output layer (split in its
+        start and end halves). Its last layer (folded into the label queries), the count
+        transformer, embeddings, layer norms and the GRU stay fp32. Call it on a copy: it
+        replaces modules."""
+        scorer = self.span_rep.span_rep_layer
+        skip = set(scorer.out_project.modules())
+        skip.update(m for t in self.modules() if isinstance(t, nn.TransformerEncoder) for m in t.modules())
+        use_bf16_linears(self, skip)
+        scorer.split_first_layer(BF16Linear)
         self.invalidate_caches()
 
     def use_onednn_linears(self) -> None:

@@ -8,7 +8,7 @@
   multiplies bf16-rounded inputs by them with fp32 accumulation (oneDNN); products come out
   rounded to bf16 (8 significant bits) and go on in fp32.
 
-Everything else (attention, layer norms, the residual stream) stays fp32.
+Which layers become which is the model's choice (``GLiNER2Model.use_bf16_linears``).
 
 oneDNN builds and caches a kernel for every input row count it meets (about 0.6 MB each, up
 to 1,024 of them: a long-running process with ever-new batch shapes grew by 1.9 GB over 1,200
@@ -18,7 +18,7 @@ shape; the packed DeBERTa forward pads its token rows once so that its layers ne
 """
 import platform
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Collection, Optional
 
 import torch
 import torch.nn.functional as F
@@ -129,11 +129,15 @@ class BF16Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def use_bf16_linears(module: nn.Module) -> None:
-    """Replace every plain ``nn.Linear`` inside ``module`` by a :class:`BF16Linear` (same module names)."""
+def use_bf16_linears(module: nn.Module, skip: Collection[nn.Module] = ()) -> None:
+    """Replace every plain ``nn.Linear`` inside ``module`` by a :class:`BF16Linear` (same module
+    names), except those in ``skip`` and those inside a module of ``skip``."""
+    skipped = {id(m) for s in skip for m in s.modules()}
     for parent in list(module.modules()):
+        if id(parent) in skipped:
+            continue
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
+            if type(child) is nn.Linear and id(child) not in skipped:
                 setattr(parent, name, BF16Linear(child))
 
 
