@@ -76,8 +76,8 @@ class Extractor:
         self._runtime: Optional[torch.nn.Module] = None
 
     def set_precision(self, precision: str) -> None:
-        """Run inference in ``fp32`` (exact), ``bf16`` (CPU: the linear layers and DeBERTa's
-        attention in bf16, fast with AMX or AVX512-BF16; GPU: the whole model), ``fp16`` (GPU) or ``int8``
+        """Run inference in ``fp32`` (exact), ``bf16`` (CPU: the encoder's and the heads' MLP
+        linear layers in bf16, fast with AMX or AVX512-BF16; GPU: the whole model), ``fp16`` (GPU) or ``int8``
         (CPU: dynamic quantization of the encoder's feed-forward layers). The fp32 weights
         stay for saving and training."""
         if precision not in PRECISIONS:

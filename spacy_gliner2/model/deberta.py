@@ -14,10 +14,8 @@ beyond float rounding:
 - The relative position embeddings' key and query projections depend on the
   weights only: they are computed once and reused until a weight changes.
 
-Layers whose linear weights are bfloat16 (fast mode, :mod:`.precision`) get bf16 inputs,
-and attention then runs in bf16 as well (products accumulate in fp32; each sequence's
-operands are made contiguous and its position tables read in one product, see
-:func:`_attend`); layer norms and the residual stream stay fp32.
+Layers whose linear weights are bfloat16 (fast mode, :mod:`.precision`) get bf16 inputs;
+attention, layer norms and the residual stream stay fp32.
 """
 import math
 from typing import Optional
@@ -75,39 +73,19 @@ def _diagonal_block(x: torch.Tensor, positions: torch.Tensor, r0: int, r1: int) 
     return table.as_strided((H, R, n), (head, row - col, col), table.storage_offset() + (R - 1) * col)
 
 
-def _relative_bias(q: torch.Tensor, k: torch.Tensor, pos_key: Optional[torch.Tensor], pos_query: Optional[torch.Tensor],
-                   block_rows: int = BLOCK_ROWS) -> torch.Tensor:
+def _relative_bias(q: torch.Tensor, k: torch.Tensor, pos_key: Optional[torch.Tensor], pos_query: Optional[torch.Tensor]) -> torch.Tensor:
     """One sequence's ``(H, n, n)`` c2p + p2c attention bias; ``q``, ``k`` are ``(H, n, dh)``."""
     H, n, _ = q.shape
     bias = q.new_zeros((H, n, n)) if pos_query is None else q.new_empty((H, n, n))
-    for r0 in range(0, n, block_rows):
-        r1 = min(n, r0 + block_rows)
+    for r0 in range(0, n, BLOCK_ROWS):
+        r1 = min(n, r0 + BLOCK_ROWS)
         if pos_query is not None:  # p2c: key rows r0:r1 give bias columns r0:r1
             bias[:, :, r0:r1] = _diagonal_block(k, pos_query, r0, r1).transpose(-1, -2)
     if pos_key is not None:
-        for r0 in range(0, n, block_rows):
-            r1 = min(n, r0 + block_rows)
+        for r0 in range(0, n, BLOCK_ROWS):
+            r1 = min(n, r0 + BLOCK_ROWS)
             bias[:, r0:r1].add_(_diagonal_block(q, pos_key, r0, r1))
     return bias
-
-
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c2p: Optional[torch.Tensor], p2c: Optional[torch.Tensor],
-            scale: float, selected: Optional[torch.Tensor], whole: bool) -> torch.Tensor:
-    """One sequence's attention context ``(rows, H * dh)`` from its ``(H, n, dh)`` queries, keys, values
-    and ``(H, 2n - 1, dh)`` position tables (None: no such bias); ``selected``: the query rows to output.
-
-    ``whole``: the position tables are read in one product per sequence (not in row blocks).
-    bf16 products on CPU are fast only on contiguous operands (else torch copies them per call),
-    so the bf16 path passes contiguous tensors and reads whole tables.
-    """
-    H, n, dh = q.shape
-    bias = _relative_bias(q, k, c2p, p2c, n if whole else BLOCK_ROWS) if c2p is not None or p2c is not None else None
-    if selected is not None:
-        q = q[:, selected].contiguous() if whole else q[:, selected]
-        bias = None if bias is None else bias[:, selected]
-    k_t = k.transpose(1, 2)
-    scores = torch.bmm(q, k_t).div_(scale) if bias is None else bias.baddbmm_(q, k_t, alpha=1.0 / scale)
-    return torch.bmm(scores.softmax(-1), v).transpose(0, 1).reshape(-1, H * dh)
 
 
 _GELU_IN_PLACE = getattr(torch._C._nn, "gelu_", None)
@@ -215,24 +193,27 @@ class PackedDeberta:
             att = layer.attention.self
             low = getattr(att.query_proj, "compute_dtype", att.query_proj.weight.dtype)  # bf16 layers (fast mode) take bf16 inputs, cast once
             layer_in = hidden.to(low)
-            whole = low != hidden.dtype  # fast mode: attention in bf16 too (see _attend)
-            q, k, v = (proj(layer_in) if whole else proj(layer_in).to(hidden.dtype) for proj in (att.query_proj, att.key_proj, att.value_proj))
-            tables = [None if table is None else table.to(q.dtype).index_select(1, index) for table, index in (
-                (pos_key if "c2p" in pos_types else None, c2p_index), (pos_query if "p2c" in pos_types else None, p2c_index))]
+            q, k, v = (proj(layer_in).to(hidden.dtype) for proj in (att.query_proj, att.key_proj, att.value_proj))
+            c2p = pos_key.index_select(1, c2p_index) if "c2p" in pos_types else None
+            p2c = pos_query.index_select(1, p2c_index) if "p2c" in pos_types else None
             contexts = []
             for start, n, selected in zip(starts, lengths, rows):
                 if n == 0:
                     continue
                 qb, kb, vb = (x[start : start + n].view(n, H, -1).transpose(0, 1) for x in (q, k, v))
                 middle = slice(longest - n, longest + n - 1)
-                c2p, p2c = (None if t is None else t[:, middle] for t in tables)
-                if whole:
-                    qb, kb, vb, c2p, p2c = (None if x is None else x.contiguous() for x in (qb, kb, vb, c2p, p2c))
-                contexts.append(_attend(qb, kb, vb, c2p, p2c, scale, selected, whole))
+                bias = _relative_bias(
+                    qb, kb, None if c2p is None else c2p[:, middle], None if p2c is None else p2c[:, middle]
+                ) if pos_types else None
+                if selected is not None:
+                    qb = qb[:, selected]
+                    bias = None if bias is None else bias[:, selected]
+                scores = torch.bmm(qb, kb.transpose(1, 2)).div_(scale) if bias is None else bias.baddbmm_(qb, kb.transpose(1, 2), alpha=1.0 / scale)
+                contexts.append(torch.bmm(scores.softmax(-1), vb).transpose(0, 1).reshape(-1, D))
             if rows[0] is not None:
                 hidden = pad_rows(hidden[:n_rows][keep[real]])
                 n_rows = int(keep.sum())
-            context = torch.cat(contexts + [q.new_zeros((hidden.shape[0] - n_rows, D))])  # padding rows
+            context = torch.cat(contexts + [hidden.new_zeros((hidden.shape[0] - n_rows, D))])  # padding rows
             attended = layer.attention.output(context.to(low), hidden)  # the residual stream keeps its dtype
             hidden = layer.output(_feed_forward_in(layer.intermediate, attended.to(low)), attended)
 

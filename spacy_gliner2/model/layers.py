@@ -3,7 +3,7 @@
 Parameter names follow the reference checkpoint format so its state dicts load
 unchanged. Nothing here knows about spaCy, tokenizers or schemas.
 """
-from typing import Callable, Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,21 +40,6 @@ class SpanMarker(nn.Module):
         self.project_end = projection(hidden, hidden, dropout)
         self.out_project = projection(2 * hidden, hidden, dropout)
 
-    first_halves: Optional[nn.ModuleList] = None  # set by split_first_layer (inference copies)
-
-    def split_first_layer(self, make: Callable[[nn.Linear], nn.Module]) -> None:
-        """Inference copies: hold ``out_project[0]`` also as its start and end halves, each
-        ``make(nn.Linear)`` (a :class:`~.precision.BF16Linear`, say), for ``score`` to use."""
-        first, D = self.out_project[0], self.out_project[0].in_features // 2
-        halves = []
-        for cols, bias in ((slice(0, D), first.bias), (slice(D, None), None)):
-            half = nn.Linear(D, first.out_features, bias=bias is not None, device="meta")
-            half.weight = nn.Parameter(first.weight.detach()[:, cols], requires_grad=False)
-            if bias is not None:
-                half.bias = nn.Parameter(bias.detach(), requires_grad=False)
-            halves.append(make(half))
-        self.first_halves = nn.ModuleList(halves)
-
     def score(
         self, words: torch.Tensor, queries: torch.Tensor, n_words: Sequence[int], mask: bool = True
     ) -> torch.Tensor:
@@ -68,12 +53,8 @@ class SpanMarker(nn.Module):
         first, drop, last = self.out_project[0], self.out_project[2], self.out_project[3]
         lengths = [min(int(n), L) for n in n_words]
         real = words[torch.arange(L, device=words.device) < torch.tensor(lengths, device=words.device)[:, None]]
-        start, end = self.project_start(real).relu(), self.project_end(real).relu()
-        if self.first_halves is not None:
-            starts, ends = (half(x).split(lengths) for half, x in zip(self.first_halves, (start, end)))
-        else:
-            starts = F.linear(start, first.weight[:, :D], first.bias).split(lengths)
-            ends = F.linear(end, first.weight[:, D:]).split(lengths)
+        starts = F.linear(self.project_start(real).relu(), first.weight[:, :D], first.bias).split(lengths)
+        ends = F.linear(self.project_end(real).relu(), first.weight[:, D:]).split(lengths)
         folded = (queries @ last.weight).transpose(1, 2)  # (B, 4D, Q)
         query_bias = queries @ last.bias  # (B, Q)
         logits = words.new_full((B, L, W, queries.shape[1]), float("-inf") if mask else 0.0)
