@@ -143,6 +143,10 @@ def test_bf16_pipeline_is_close_to_exact_and_saves_fp32(checkpoint_factory, enco
     scorer = runtime.span_rep.span_rep_layer
     assert all(type(m) is BF16Linear for m in (scorer.project_start[0], runtime.classifier[0], runtime.count_pred[2]))
     assert all(p.dtype == torch.float32 for p in scorer.out_project.parameters())
+    assert any(type(m) is BF16Linear for m in runtime.count_embed.modules())  # projector / projectors / router
+    transformers = [m for t in runtime.modules() if isinstance(t, torch.nn.TransformerEncoder) for m in t.modules()]
+    assert (counting_layer == "count_lstm_v2") == bool(transformers)
+    assert not any(type(m) is BF16Linear for m in transformers)  # its fast path reads the weights: fp32
     # every count layer runs with bf16 MLPs around it (random weights: instance counts may tie, so not compared)
     assert got._.gliner2["structures"].keys() == expected._.gliner2["structures"].keys() == {"meeting"}
     # the copy shares what it does not convert (no second embedding table in memory)
