@@ -134,8 +134,6 @@ def use_bf16_linears(module: nn.Module, skip: Collection[nn.Module] = ()) -> Non
     names), except those in ``skip`` and those inside a module of ``skip``."""
     skipped = {id(m) for s in skip for m in s.modules()}
     for parent in list(module.modules()):
-        if id(parent) in skipped:
-            continue
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear and id(child) not in skipped:
                 setattr(parent, name, BF16Linear(child))
