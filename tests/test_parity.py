@@ -9,9 +9,11 @@ from typing import Any, Dict
 
 import pytest
 import spacy
+import torch
 
 from spacy_gliner2.encoding import Encoder
 from spacy_gliner2.inference import Extractor
+from spacy_gliner2.model.layers import CountLSTM
 from spacy_gliner2.schema import Schema
 from spacy_gliner2.text import normalized_words, split_words
 
@@ -216,3 +218,15 @@ def test_input_ids_match_reference(loaded):
             assert ours.input_ids == record.input_ids
             assert ours.word_pos == record.text_word_first_positions
             assert [[t.prompt_pos] + t.marker_pos for t in ours.tasks] == record.schema_special_positions
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_count_unroll_equals_torch_gru(count):
+    torch.manual_seed(count)
+    layer = CountLSTM(32)
+    for parameter in layer.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    fields = torch.randn(2, 3, 32)
+    positions = layer.pos_embedding.weight[:count, None].expand(-1, 6, -1).contiguous()
+    expected, _ = layer.gru(positions, fields.reshape(1, 6, 32))
+    torch.testing.assert_close(layer.unroll(fields, count), expected.view(count, 2, 3, 32), rtol=0, atol=1e-5)

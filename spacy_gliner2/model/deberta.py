@@ -191,7 +191,8 @@ class PackedDeberta:
             rows = [keep[b, :n].nonzero().squeeze(1) for b, n in enumerate(lengths)] \
                 if keep is not None and depth == len(layers.layer) - 1 else [None] * B
             att = layer.attention.self
-            low = getattr(att.query_proj, "compute_dtype", att.query_proj.weight.dtype)  # bf16 layers (fast mode) take bf16 inputs, cast once
+            # bf16 layers (fast mode) take bf16 inputs, cast once (not through .weight: a packed bf16 weight unpacks on read)
+            low = getattr(att.query_proj, "compute_dtype", None) or att.query_proj.weight.dtype
             layer_in = hidden.to(low)
             q, k, v = (proj(layer_in).to(hidden.dtype) for proj in (att.query_proj, att.key_proj, att.value_proj))
             c2p = pos_key.index_select(1, c2p_index) if "c2p" in pos_types else None

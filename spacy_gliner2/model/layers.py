@@ -82,12 +82,26 @@ class _CountBase(nn.Module):
         self.gru = nn.GRU(hidden, hidden)
 
     def unroll(self, fields: torch.Tensor, count: int) -> torch.Tensor:
-        """``(G, M, D)`` field embeddings (G groups of M) -> ``(count, G, M, D)`` GRU states."""
+        """``(G, M, D)`` field embeddings (G groups of M) -> ``(count, G, M, D)`` GRU states.
+
+        ``nn.GRU``'s step (gates r, z, n) written out: its input at step ``k`` is the
+        position embedding ``k``, the same for every field, so the input gates are
+        computed once per step instead of once per field.
+        """
         count = min(count, MAX_COUNT)
         G, M, D = fields.shape
-        pos = self.pos_embedding.weight[:count, None, :].expand(-1, G * M, -1)
-        out, _ = self.gru(pos.contiguous(), fields.reshape(1, G * M, D).contiguous())
-        return out.view(count, G, M, D)
+        gru = self.gru
+        input_gates = F.linear(self.pos_embedding.weight[:count], gru.weight_ih_l0, gru.bias_ih_l0)  # (count, 3D)
+        state = fields.reshape(G * M, D)
+        states = []
+        for step in range(count):
+            in_r, in_z, in_n = input_gates[step].chunk(3)
+            h_r, h_z, h_n = F.linear(state, gru.weight_hh_l0, gru.bias_hh_l0).chunk(3, dim=-1)
+            reset, update = torch.sigmoid(in_r + h_r), torch.sigmoid(in_z + h_z)
+            new = torch.tanh(in_n + reset * h_n)
+            state = (1 - update) * new + update * state
+            states.append(state)
+        return torch.stack(states).view(count, G, M, D)
 
 
 class CountLSTM(_CountBase):
