@@ -15,7 +15,7 @@ from .encoding import EncodedText, Encoder, make_batch
 from .memory import return_freed_memory
 from .model.checkpoint import CheckpointError, HubOptions, is_plain_encoder, load_model, new_model, resolve, save_model
 from .model.extractor import GLiNER2Model
-from .model.precision import cpu_has_bf16_units
+from .model.precision import cpu_has_bf16_units, int8_products_available
 from .schema import Schema, SchemaError
 from .text import DEFAULT_WINDOW_OVERLAP, DEFAULT_WINDOW_WORDS, Word, make_windows, normalized_words
 
@@ -78,12 +78,15 @@ class Extractor:
     def set_precision(self, precision: str) -> None:
         """Run inference in ``fp32`` (exact), ``bf16`` (CPU: the encoder's and the heads' MLP
         linear layers in bf16, fast with AMX or AVX512-BF16; GPU: the whole model), ``fp16`` (GPU) or ``int8``
-        (CPU: dynamic quantization of the encoder's feed-forward layers). The fp32 weights
+        (CPU: the encoder's feed-forward layers in int8, inputs quantized per token). The fp32 weights
         stay for saving and training."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}.")
         if precision == "int8" and self.device.type != "cpu":
             raise ValueError("precision 'int8' (dynamic quantization) runs on CPU; on GPU use 'fp16' or 'bf16'.")
+        if precision == "int8" and not int8_products_available():
+            raise ValueError("precision 'int8' needs int8 matrix products on CPU (torch._int_mm), which this "
+                             "torch build lacks; use 'fp32' or 'bf16', or another torch build.")
         if precision == "fp16" and self.device.type == "cpu":
             raise ValueError("precision 'fp16' runs on GPU; on CPU use 'bf16' (or 'int8').")
         if precision == "bf16" and self.device.type == "cpu" and cpu_has_bf16_units() is False:
@@ -114,18 +117,7 @@ class Extractor:
                 return self._runtime
             runtime = self._copy_sharing_tensors()
             if self.precision == "int8":
-                from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
-                from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-                # the encoder's feed-forward layers (two thirds of its multiply-adds); attention
-                # projections and the heads stay fp32, which keeps decisions close to exact mode
-                ffn = {
-                    name: per_channel_dynamic_qconfig
-                    for name, module in self.model.named_modules()
-                    if name.startswith("encoder.") and isinstance(module, torch.nn.Linear)
-                    and (name.endswith("intermediate.dense") or (name.endswith("output.dense") and ".attention." not in name))
-                }
-                quantize_dynamic(runtime, ffn, dtype=torch.qint8, mapping={torch.nn.Linear: QuantizedLinear}, inplace=True)
+                runtime.use_int8_linears()
             elif self.precision == "bf16":
                 runtime.use_bf16_linears()
             runtime.use_onednn_linears()

@@ -1,4 +1,4 @@
-"""Linear layers at inference on CPU: oneDNN fp32 (exact mode) and bf16 in the encoder (fast mode)."""
+"""Linear layers at inference on CPU: oneDNN fp32 (exact mode), bf16 (fast mode) and int8."""
 import copy
 
 import pytest
@@ -7,7 +7,9 @@ import torch
 from test_deberta import tiny_model
 
 from spacy_gliner2.model.deberta import PackedDeberta
-from spacy_gliner2.model.precision import BF16Linear, OneDNNLinear, use_bf16_linears, use_onednn_linears
+from spacy_gliner2.model.precision import (
+    INT8_CHUNK_ROWS, BF16Linear, Int8Linear, OneDNNLinear, int8_products_available, use_bf16_linears, use_onednn_linears,
+)
 
 TEXT = "Tim Cook visited Paris on Monday and met Emmanuel Macron."
 SCHEMA = {"entities": ["person", "location", "date"], "classifications": {"topic": ["politics", "sports", "business"]}}
@@ -75,6 +77,52 @@ def test_onednn_sees_few_row_counts(monkeypatch, kind):
             assert out.shape == (rows, 16) and out.dtype == torch.float32
             assert torch.allclose(out, linear(x), atol=1e-5 if kind == "fp32" else 0.05)
     assert seen == {64, 128, 192, 256}
+
+
+needs_int8 = pytest.mark.skipif(not int8_products_available(), reason="no torch._int_mm on this CPU build")
+
+
+@needs_int8
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_linear_is_close_to_fp32_across_chunks(bias):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 40, bias=bias)
+    layer = Int8Linear(linear)
+    assert layer.weight_t.dtype == torch.int8 and layer.weight_t.shape == (96, 40)
+    for shape in [(0, 96), (1, 96), (3, INT8_CHUNK_ROWS + 7, 96)]:  # empty, one row, several chunks
+        x = torch.randn(shape)
+        with torch.inference_mode():
+            out, exact = layer(x), linear(x)
+        assert out.shape == exact.shape and out.dtype == torch.float32
+        if x.numel():
+            error = (out - exact).abs().max() / exact.abs().max()
+            assert 0 < error < 0.02  # int8, not exact: within 2 % of the largest output
+    assert layer(torch.randn(2, 96).bfloat16()).dtype == torch.bfloat16
+
+
+@needs_int8
+def test_int8_linear_scales_each_row_on_its_own():
+    """One huge token does not coarsen the other tokens' quantization (per-tensor scales would)."""
+    torch.manual_seed(1)
+    layer = Int8Linear(torch.nn.Linear(64, 32))
+    rows = torch.randn(INT8_CHUNK_ROWS - 1, 64)
+    huge = torch.full((1, 64), 1e4)
+    with torch.inference_mode():
+        alone, beside = layer(rows), layer(torch.cat([rows, huge]))[:-1]
+    assert torch.equal(alone, beside)
+
+
+@needs_int8
+def test_int8_pipeline_quantizes_the_feed_forward_layers_only(bert_checkpoint):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "precision": "int8", **SCHEMA})
+    runtime = nlp.get_pipe("gliner2").extractor.runtime_model
+    quantized = {name for name, m in runtime.named_modules() if isinstance(m, Int8Linear)}
+    n_layers = runtime.encoder.config.num_hidden_layers
+    assert len(quantized) == 2 * n_layers
+    assert all(name.endswith(("intermediate.dense", "output.dense")) and "attention" not in name for name in quantized)
+    doc = nlp(TEXT)
+    assert doc._.gliner2["entities"].keys() == {"person", "location", "date"} and set(doc.cats) == {"politics", "sports", "business"}
 
 
 def test_cpu_inference_runs_a_copy_with_onednn_linears_sharing_the_weights(checkpoint_factory):

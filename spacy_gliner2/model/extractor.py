@@ -12,7 +12,7 @@ from torch import nn
 from ..encoding import CLASSIFICATION, ENTITIES, Batch
 from .deberta import PackedDeberta, supports_fast_path
 from .layers import SpanRep, count_layer, mlp
-from .precision import use_bf16_linears, use_onednn_linears
+from .precision import use_bf16_linears, use_int8_linears, use_onednn_linears
 
 MAX_COUNT = 20
 
@@ -63,6 +63,14 @@ class GLiNER2Model(nn.Module):
         transformers = [m for m in self.modules() if isinstance(m, nn.TransformerEncoder)]  # they read their weights
         use_bf16_linears(self, skip=[self.span_rep.span_rep_layer.out_project, *transformers])
         self.invalidate_caches()
+
+    def use_int8_linears(self) -> None:
+        """``int8`` mode (inference only): the encoder's feed-forward layers (two thirds of its
+        multiply-adds) in int8 (:class:`.precision.Int8Linear`); attention projections and
+        the heads stay fp32. Call it on a copy: it replaces modules."""
+        use_int8_linears(self, only=[
+            m for name, m in self.encoder.named_modules() if isinstance(m, nn.Linear) and (
+                name.endswith("intermediate.dense") or (name.endswith("output.dense") and "attention" not in name))])
 
     def use_onednn_linears(self) -> None:
         """CPU inference: the fp32 linear layers left (all of them in exact mode) multiply

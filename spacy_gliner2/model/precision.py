@@ -8,7 +8,12 @@
   multiplies bf16-rounded inputs by them with fp32 accumulation (oneDNN); products come out
   rounded to bf16 (8 significant bits) and go on in fp32.
 
-Which layers become which is the model's choice (``GLiNER2Model.use_bf16_linears``).
+- :class:`Int8Linear` (``int8`` mode, VNNI): weights in int8 with one scale per output
+  feature, inputs quantized per row at each call (one scale per token, not one per batch),
+  int8 products summed in int32 (``torch._int_mm``), rescaled to fp32.
+
+Which layers become which is the model's choice (``GLiNER2Model.use_bf16_linears`` /
+``use_int8_linears``).
 
 oneDNN builds and caches a kernel for every input row count it meets (about 0.6 MB each, up
 to 1,024 of them: a long-running process with ever-new batch shapes grew by 1.9 GB over 1,200
@@ -18,7 +23,7 @@ shape; the packed DeBERTa forward pads its token rows once so that its layers ne
 """
 import platform
 from pathlib import Path
-from typing import Callable, Collection, Optional
+from typing import Callable, Collection, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +43,7 @@ def _onednn_linear() -> Optional[Callable[..., torch.Tensor]]:
 
 _ONEDNN_LINEAR = _onednn_linear()
 ROW_MULTIPLE = 64
+INT8_CHUNK_ROWS = 256  # a multiple of ROW_MULTIPLE
 
 
 def padded_rows(n: int) -> int:
@@ -137,6 +143,71 @@ def use_bf16_linears(module: nn.Module, skip: Collection[nn.Module] = ()) -> Non
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear and id(child) not in skipped:
                 setattr(parent, name, BF16Linear(child))
+
+
+def _int8_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 rows of the 2-D ``x`` and their fp32 scales ``(rows, 1)``: ``x ~ q * scale``."""
+    scale = x.abs().amax(1, keepdim=True).float().clamp_min_(torch.finfo(torch.float32).tiny).div_(127)
+    return (x / scale).round_().to(torch.int8), scale  # |x / scale| <= 127: no clamp
+
+
+class Int8Linear(nn.Module):
+    """A linear layer in int8 (inference only): ``x @ W.T + b`` from int8 ``x`` and ``W``.
+
+    ``W`` is quantized once, one scale per output feature; ``x`` at each call, one scale
+    per row, so that one large token does not coarsen every other token's grid (as
+    per-tensor dynamic quantization does). Products sum exactly in int32; the result is
+    rescaled to fp32. Not faithful to fp32 the way bf16 is: see README.
+
+    Rows go through in chunks of :data:`INT8_CHUNK_ROWS`: each chunk is quantized,
+    multiplied and rescaled while it is in cache, into one output buffer, with no
+    full-size temporaries (fresh large buffers are page-faulted in on every call).
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight, scale = _int8_rows(linear.weight.detach().float())
+        self.weight_t = weight.t().contiguous()  # (in, out), as torch._int_mm takes it
+        self.weight_scale = scale.view(1, -1)
+        self.bias = None if linear.bias is None else linear.bias.detach().float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features if self.in_features else 0
+        flat = x.reshape(rows, self.in_features)
+        out = flat.new_empty((padded_rows(rows), self.out_features), dtype=torch.float32)
+        for start in range(0, rows, INT8_CHUNK_ROWS):
+            q, scale = _int8_rows(flat[start : start + INT8_CHUNK_ROWS])
+            n, q = q.shape[0], pad_rows(q)  # rows padded: few kernels (module docstring)
+            chunk = out[start : start + q.shape[0]]
+            products = torch._int_mm(q, self.weight_t, out=chunk.view(torch.int32))[:n]
+            rescaled = torch.mul(products, scale, out=chunk[:n])  # in place: same positions, same width
+            if self.bias is not None:
+                torch.addcmul(self.bias, rescaled, self.weight_scale, out=rescaled)
+            else:
+                rescaled.mul_(self.weight_scale)
+        return out[:rows].to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def int8_products_available() -> bool:
+    """Whether this torch build multiplies int8 matrices on CPU (``torch._int_mm``)."""
+    try:
+        torch._int_mm(torch.zeros((1, 8), dtype=torch.int8), torch.zeros((8, 8), dtype=torch.int8))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def use_int8_linears(module: nn.Module, only: Collection[nn.Module]) -> None:
+    """Replace the plain ``nn.Linear`` modules of ``only`` inside ``module`` by :class:`Int8Linear`."""
+    chosen = {id(m) for m in only}
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and id(child) in chosen:
+                setattr(parent, name, Int8Linear(child))
 
 
 def cpu_has_bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[bool]:
