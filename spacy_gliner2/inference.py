@@ -83,7 +83,7 @@ class Extractor:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}.")
         if precision == "int8" and self.device.type != "cpu":
-            raise ValueError("precision 'int8' (dynamic quantization) runs on CPU; on GPU use 'fp16' or 'bf16'.")
+            raise ValueError("precision 'int8' runs on CPU; on GPU use 'fp16' or 'bf16'.")
         if precision == "int8" and not int8_products_available():
             raise ValueError("precision 'int8' needs int8 matrix products on CPU (torch._int_mm), which this "
                              "torch build lacks; use 'fp32' or 'bf16', or another torch build.")

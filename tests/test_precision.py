@@ -97,7 +97,12 @@ def test_int8_linear_is_close_to_fp32_across_chunks(bias):
         if x.numel():
             error = (out - exact).abs().max() / exact.abs().max()
             assert 0 < error < 0.02  # int8, not exact: within 2 % of the largest output
-    assert layer(torch.randn(2, 96).bfloat16()).dtype == torch.bfloat16
+    x = torch.randn(2, 96)
+    x[1] = 0  # an all-zero row: zeros out, plus the bias
+    with torch.inference_mode():
+        half, exact = layer(x.bfloat16()), layer(x)
+    assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), exact, rtol=2**-7, atol=1e-2)
+    assert torch.equal(exact[1], torch.zeros(40) if linear.bias is None else linear.bias.detach())
 
 
 @needs_int8

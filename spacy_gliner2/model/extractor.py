@@ -68,9 +68,14 @@ class GLiNER2Model(nn.Module):
         """``int8`` mode (inference only): the encoder's feed-forward layers (two thirds of its
         multiply-adds) in int8 (:class:`.precision.Int8Linear`); attention projections and
         the heads stay fp32. Call it on a copy: it replaces modules."""
-        use_int8_linears(self, only=[
+        feed_forward = [
             m for name, m in self.encoder.named_modules() if isinstance(m, nn.Linear) and (
-                name.endswith("intermediate.dense") or (name.endswith("output.dense") and "attention" not in name))])
+                name.endswith("intermediate.dense") or (name.endswith("output.dense") and "attention" not in name))]
+        if not feed_forward:
+            raise ValueError(
+                f"precision 'int8' found no feed-forward layers ('...intermediate.dense', '...output.dense') in this "
+                f"{type(self.encoder).__name__} encoder; use precision 'fp32' or 'bf16' with it.")
+        use_int8_linears(self, only=feed_forward)
 
     def use_onednn_linears(self) -> None:
         """CPU inference: the fp32 linear layers left (all of them in exact mode) multiply

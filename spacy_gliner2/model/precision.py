@@ -43,7 +43,7 @@ def _onednn_linear() -> Optional[Callable[..., torch.Tensor]]:
 
 _ONEDNN_LINEAR = _onednn_linear()
 ROW_MULTIPLE = 64
-INT8_CHUNK_ROWS = 256  # a multiple of ROW_MULTIPLE
+INT8_CHUNK_ROWS = 4 * ROW_MULTIPLE  # a multiple of it: padded chunks stay inside the padded output
 
 
 def padded_rows(n: int) -> int:
@@ -147,7 +147,7 @@ def use_bf16_linears(module: nn.Module, skip: Collection[nn.Module] = ()) -> Non
 
 def _int8_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 rows of the 2-D ``x`` and their fp32 scales ``(rows, 1)``: ``x ~ q * scale``."""
-    scale = x.abs().amax(1, keepdim=True).float().clamp_min_(torch.finfo(torch.float32).tiny).div_(127)
+    scale = x.abs().amax(1, keepdim=True).float().div_(127).clamp_min_(torch.finfo(torch.float32).tiny)  # zero rows: 0 / tiny
     return (x / scale).round_().to(torch.int8), scale  # |x / scale| <= 127: no clamp
 
 
@@ -157,11 +157,13 @@ class Int8Linear(nn.Module):
     ``W`` is quantized once, one scale per output feature; ``x`` at each call, one scale
     per row, so that one large token does not coarsen every other token's grid (as
     per-tensor dynamic quantization does). Products sum exactly in int32; the result is
-    rescaled to fp32. Not faithful to fp32 the way bf16 is: see README.
+    rescaled to fp32. Not faithful to fp32 the way bf16 is: see README. A row holding an
+    infinity comes out NaN.
 
     Rows go through in chunks of :data:`INT8_CHUNK_ROWS`: each chunk is quantized,
-    multiplied and rescaled while it is in cache, into one output buffer, with no
-    full-size temporaries (fresh large buffers are page-faulted in on every call).
+    multiplied and rescaled while it is in cache, into one output buffer, with only
+    chunk-sized temporaries (fresh full-size buffers are page-faulted in on every call).
+    Inference only (no gradients); its tensors are plain attributes of a CPU runtime copy.
     """
 
     def __init__(self, linear: nn.Linear):
@@ -181,7 +183,7 @@ class Int8Linear(nn.Module):
             n, q = q.shape[0], pad_rows(q)  # rows padded: few kernels (module docstring)
             chunk = out[start : start + q.shape[0]]
             products = torch._int_mm(q, self.weight_t, out=chunk.view(torch.int32))[:n]
-            rescaled = torch.mul(products, scale, out=chunk[:n])  # in place: same positions, same width
+            rescaled = torch.mul(products, scale, out=chunk[:n])  # over the products' own memory (exact overlap)
             if self.bias is not None:
                 torch.addcmul(self.bias, rescaled, self.weight_scale, out=rescaled)
             else:
@@ -193,7 +195,10 @@ class Int8Linear(nn.Module):
 
 
 def int8_products_available() -> bool:
-    """Whether this torch build multiplies int8 matrices on CPU (``torch._int_mm``)."""
+    """Whether this torch build multiplies int8 matrices on CPU (``torch._int_mm``; through
+    oneDNN: without it the product is a slow reference loop)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
     try:
         torch._int_mm(torch.zeros((1, 8), dtype=torch.int8), torch.zeros((8, 8), dtype=torch.int8))
     except (AttributeError, RuntimeError, NotImplementedError):
