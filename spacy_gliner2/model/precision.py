@@ -139,10 +139,15 @@ def use_bf16_linears(module: nn.Module, skip: Collection[nn.Module] = ()) -> Non
     """Replace every plain ``nn.Linear`` inside ``module`` by a :class:`BF16Linear` (same module
     names), except those in ``skip`` and those inside a module of ``skip``."""
     skipped = {id(m) for s in skip for m in s.modules()}
+    _replace_linears(module, BF16Linear, lambda linear: id(linear) not in skipped)
+
+
+def _replace_linears(module: nn.Module, convert: Callable[[nn.Linear], nn.Module], chosen: Callable[[nn.Linear], bool]) -> None:
+    """Put ``convert(linear)`` in place of every plain ``nn.Linear`` inside ``module`` that is ``chosen``."""
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and id(child) not in skipped:
-                setattr(parent, name, BF16Linear(child))
+            if type(child) is nn.Linear and chosen(child):
+                setattr(parent, name, convert(child))
 
 
 def _int8_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -209,10 +214,7 @@ def int8_products_available() -> bool:
 def use_int8_linears(module: nn.Module, only: Collection[nn.Module]) -> None:
     """Replace the plain ``nn.Linear`` modules of ``only`` inside ``module`` by :class:`Int8Linear`."""
     chosen = {id(m) for m in only}
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and id(child) in chosen:
-                setattr(parent, name, Int8Linear(child))
+    _replace_linears(module, Int8Linear, lambda linear: id(linear) in chosen)
 
 
 def cpu_has_bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[bool]:
