@@ -15,7 +15,9 @@ beyond float rounding:
   weights only: they are computed once and reused until a weight changes.
 
 Layers whose linear weights are bfloat16 (fast mode, :mod:`.precision`) get bf16 inputs;
-attention, layer norms and the residual stream stay fp32.
+attention, layer norms and the residual stream stay fp32. Their attention scores come from
+the compiled kernel of :mod:`.native` where it runs (the same sums over the same bf16
+values), else from torch's fp32 products.
 """
 import math
 from typing import Optional
@@ -23,6 +25,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .native import disentangled_scores, native_scores_available
 from .precision import pad_rows
 
 
@@ -88,6 +91,21 @@ def _relative_bias(q: torch.Tensor, k: torch.Tensor, pos_key: Optional[torch.Ten
     return bias
 
 
+def _scores(q: torch.Tensor, k: torch.Tensor, heads: int, c2p: Optional[torch.Tensor], p2c: Optional[torch.Tensor],
+            scale: float, selected: Optional[torch.Tensor]) -> torch.Tensor:
+    """One sequence's ``(H, n, n)`` attention scores from its ``(n, D)`` queries and keys and
+    its position tables (divided by ``scale``); only the query rows ``selected`` if given."""
+    n = q.shape[0]
+    qb, kb = (x.view(n, heads, -1).transpose(0, 1) for x in (q, k))
+    bias = _relative_bias(qb, kb, c2p, p2c) if c2p is not None or p2c is not None else None
+    if selected is not None:
+        qb = qb[:, selected]
+        bias = None if bias is None else bias[:, selected]
+    if bias is None:
+        return torch.bmm(qb, kb.transpose(1, 2)).div_(scale)
+    return bias.baddbmm_(qb, kb.transpose(1, 2), alpha=1.0 / scale)
+
+
 _GELU_IN_PLACE = getattr(torch._C._nn, "gelu_", None)
 
 
@@ -122,8 +140,8 @@ class PackedDeberta:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["encoder"])
 
-    def _relative_projections(self, scale: float) -> list:
-        """Per layer, (position keys, position queries) ``(H, 2S, dh)``, divided by ``scale``.
+    def _relative_projections(self) -> list:
+        """Per layer, (position keys, position queries) ``(H, 2S, dh)``.
 
         Cached while the weights they come from keep their storage and version counter
         (optimizer steps and ``load_state_dict`` bump it). Weights created under
@@ -134,14 +152,14 @@ class PackedDeberta:
             m for layer in layers.layer for m in (layer.attention.self.key_proj, layer.attention.self.query_proj)
         ] if module is not None for t in module.parameters()]
         try:
-            key: Optional[tuple] = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors) + (scale,)
+            key: Optional[tuple] = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
         except RuntimeError:  # inference tensors do not track versions
             key = None
         if key is None or key != self._cache_key:
             rel = layers.get_rel_embedding()[: 2 * _position_span(layers)]
             with torch.no_grad():
                 self._projected = [
-                    tuple(proj(rel).div(scale).view(rel.shape[0], H, -1).transpose(0, 1).contiguous()
+                    tuple(proj(rel).view(rel.shape[0], H, -1).transpose(0, 1).contiguous()
                           for proj in (layer.attention.self.key_proj, layer.attention.self.query_proj))
                     for layer in layers.layer
                 ]
@@ -177,7 +195,7 @@ class PackedDeberta:
         span = _position_span(layers)
         pos_types = set(config.pos_att_type or [])
         scale = math.sqrt((D // H) * (1 + len(pos_types)))
-        projected = self._relative_projections(scale)
+        projected = self._relative_projections()
         # rows of the position tables per distance longest-1 .. -(longest-1); a sequence of n
         # tokens reads the middle 2n - 1 of them (distance -> bucket does not depend on n)
         longest = max(lengths, default=0)
@@ -193,23 +211,28 @@ class PackedDeberta:
             att = layer.attention.self
             # bf16 layers (fast mode) take bf16 inputs, cast once (not through .weight: a packed bf16 weight unpacks on read)
             low = getattr(att.query_proj, "compute_dtype", None) or att.query_proj.weight.dtype
+            native = low == torch.bfloat16 and getattr(att.key_proj, "compute_dtype", None) == low and native_scores_available()
             layer_in = hidden.to(low)
-            q, k, v = (proj(layer_in).to(hidden.dtype) for proj in (att.query_proj, att.key_proj, att.value_proj))
-            c2p = pos_key.index_select(1, c2p_index) if "c2p" in pos_types else None
-            p2c = pos_query.index_select(1, p2c_index) if "p2c" in pos_types else None
+            q, k, v = (proj(layer_in) for proj in (att.query_proj, att.key_proj, att.value_proj))
+            if not native:
+                q, k = q.to(hidden.dtype), k.to(hidden.dtype)
+            v = v.to(hidden.dtype)
+            # position rows per distance; the kernel takes the bf16 projections as they are (bf16 values)
+            c2p, p2c = (None if table is None or kind not in pos_types else
+                        table.index_select(1, index).to(low) if native else table.index_select(1, index).div_(scale)
+                        for kind, table, index in (("c2p", pos_key, c2p_index), ("p2c", pos_query, p2c_index)))
             contexts = []
             for start, n, selected in zip(starts, lengths, rows):
                 if n == 0:
                     continue
-                qb, kb, vb = (x[start : start + n].view(n, H, -1).transpose(0, 1) for x in (q, k, v))
                 middle = slice(longest - n, longest + n - 1)
-                bias = _relative_bias(
-                    qb, kb, None if c2p is None else c2p[:, middle], None if p2c is None else p2c[:, middle]
-                ) if pos_types else None
-                if selected is not None:
-                    qb = qb[:, selected]
-                    bias = None if bias is None else bias[:, selected]
-                scores = torch.bmm(qb, kb.transpose(1, 2)).div_(scale) if bias is None else bias.baddbmm_(qb, kb.transpose(1, 2), alpha=1.0 / scale)
+                tables = [None if t is None else t[:, middle] for t in (c2p, p2c)]
+                vb = v[start : start + n].view(n, H, -1).transpose(0, 1)
+                if native:
+                    scores = disentangled_scores(q[start : start + n], k[start : start + n], H, *tables, 1.0 / scale)
+                    scores = scores if selected is None else scores[:, selected]
+                else:
+                    scores = _scores(q[start : start + n], k[start : start + n], H, *tables, scale, selected)
                 contexts.append(torch.bmm(scores.softmax(-1), vb).transpose(0, 1).reshape(-1, D))
             if rows[0] is not None:
                 hidden = pad_rows(hidden[:n_rows][keep[real]])

@@ -23,7 +23,7 @@ shape; the packed DeBERTa forward pads its token rows once so that its layers ne
 """
 import platform
 from pathlib import Path
-from typing import Callable, Collection, Optional, Tuple
+from typing import Callable, Collection, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -217,10 +217,15 @@ def use_int8_linears(module: nn.Module, only: Collection[nn.Module]) -> None:
     _replace_linears(module, Int8Linear, lambda linear: id(linear) in chosen)
 
 
-def cpu_has_bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[bool]:
-    """Whether this x86 CPU multiplies bf16 natively (AMX or AVX512-BF16); None when unknown."""
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[Set[str]]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``); None when unknown."""
     try:
-        flags = next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split()
+        return set(next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split())
     except (OSError, StopIteration):
         return None
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def cpu_has_bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[bool]:
+    """Whether this x86 CPU multiplies bf16 natively (AMX or AVX512-BF16); None when unknown."""
+    flags = cpu_flags(cpuinfo)
+    return None if flags is None else bool(flags & {"amx_bf16", "avx512_bf16"})
