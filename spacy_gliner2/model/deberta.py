@@ -14,10 +14,11 @@ beyond float rounding:
 - The relative position embeddings' key and query projections depend on the
   weights only: they are computed once and reused until a weight changes.
 
+On CPU the attention scores come from the compiled kernel of :mod:`.native` where it runs
+(the same sums in another order), else from torch's products as described above.
 Layers whose linear weights are bfloat16 (fast mode, :mod:`.precision`) get bf16 inputs;
-attention, layer norms and the residual stream stay fp32. Their attention scores come from
-the compiled kernel of :mod:`.native` where it runs (the same sums over the same bf16
-values), else from torch's fp32 products.
+attention, layer norms and the residual stream stay fp32 (the kernel multiplies the bf16
+query, key and position values that such layers give, with fp32 sums).
 """
 import math
 from typing import Optional
@@ -211,13 +212,15 @@ class PackedDeberta:
             att = layer.attention.self
             # bf16 layers (fast mode) take bf16 inputs, cast once (not through .weight: a packed bf16 weight unpacks on read)
             low = getattr(att.query_proj, "compute_dtype", None) or att.query_proj.weight.dtype
-            native = low == torch.bfloat16 and getattr(att.key_proj, "compute_dtype", None) == low and native_scores_available()
+            # the kernel (CPU, fp32 states) takes fp32 values, or the bf16 values that bf16 projections give
+            native = hidden.device.type == "cpu" and hidden.dtype == torch.float32 and native_scores_available(low) and (
+                low == hidden.dtype or getattr(att.key_proj, "compute_dtype", None) == low)
             layer_in = hidden.to(low)
             q, k, v = (proj(layer_in) for proj in (att.query_proj, att.key_proj, att.value_proj))
             if not native:
                 q, k = q.to(hidden.dtype), k.to(hidden.dtype)
             v = v.to(hidden.dtype)
-            # position rows per distance; the kernel takes the bf16 projections as they are (bf16 values)
+            # position rows per distance (bf16 projections give bf16 values: the cast is exact)
             c2p, p2c = (None if table is None or kind not in pos_types else
                         table.index_select(1, index).to(low) if native else table.index_select(1, index).div_(scale)
                         for kind, table, index in (("c2p", pos_key, c2p_index), ("p2c", pos_query, p2c_index)))

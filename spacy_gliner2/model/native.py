@@ -1,15 +1,17 @@
-"""An optional compiled kernel for fast mode: DeBERTa's disentangled attention scores from bf16.
+"""An optional compiled kernel: DeBERTa's disentangled attention scores, one sequence at a time.
 
-In fast mode the query, key and relative-position projections come out of bf16 layers:
-their values are bf16 numbers. ``attention_scores.c`` multiplies them as bf16 pairs with
-fp32 sums (AVX512-BF16), which is fp32 arithmetic on those same values in another order,
-about twice as fast as torch's fp32 products on this work (torch has no bf16-in, fp32-out
-product on CPU). The scores, softmax and everything after stay fp32.
+``attention_scores.c`` computes a sequence's query-key, content-to-position and
+position-to-content scores of every head in one pass over cache-sized blocks (torch needs
+many small products and strided copies for the same, at a third of the speed). fp32 inputs
+(exact mode) multiply in fp32; bf16 inputs (fast mode, where the projections come out of
+bf16 layers and so are bf16 values) multiply as bf16 pairs with fp32 sums (AVX512-BF16):
+fp32 arithmetic on those same values in another order, twice as fast again (torch has no
+bf16-in, fp32-out product on CPU). Scores, softmax and everything after stay fp32.
 
 The kernel is built on first use with the system's C compiler (``$CC``, else ``cc``) into
 a per-user cache folder and loaded with ctypes; where that cannot happen (no compiler, no
-AVX512-BF16, not Linux x86-64, ``SPACY_GLINER2_NATIVE=0``) fast mode runs the same maths
-through torch (:mod:`.deberta`). No code is ever loaded from anywhere but that build.
+AVX-512, not Linux x86-64, ``SPACY_GLINER2_NATIVE=0``) the same maths runs through torch
+(:mod:`.deberta`). Nothing is ever loaded from anywhere but that build.
 """
 import ctypes
 import functools
@@ -21,7 +23,7 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -40,14 +42,20 @@ def cache_folder() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spacy-gliner2"
 
 
-def _unavailable_because() -> Optional[str]:
-    """Why this process cannot use the kernel, or None."""
+# the instruction set each input dtype needs (the CPU flag that says so)
+NEEDS = {torch.float32: "avx512f", torch.bfloat16: "avx512_bf16"}
+
+
+def _unavailable_because(dtype: torch.dtype = torch.float32) -> Optional[str]:
+    """Why this process cannot use the kernel on ``dtype`` inputs, or None."""
     if os.environ.get(ENABLE_VARIABLE, "1") == "0":
         return f"{ENABLE_VARIABLE}=0"
     if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
         return "it is built for Linux on x86-64 only"
-    if "avx512_bf16" not in (cpu_flags() or set()):
-        return "this CPU lacks AVX512-BF16"
+    if dtype not in NEEDS:
+        return f"it takes {' or '.join(map(str, NEEDS))} inputs, not {dtype}"
+    if NEEDS[dtype] not in (cpu_flags() or set()):
+        return f"this CPU lacks {NEEDS[dtype]}"
     if "OpenMP" not in torch.__config__.parallel_info():
         return "this torch build does not run its threads on OpenMP"
     return None
@@ -73,63 +81,74 @@ def _build(folder: Path) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel() -> Optional[ctypes._CFuncPtr]:
-    """The loaded kernel function, or None (with one warning saying why, when a build failed)."""
-    if _unavailable_because() is not None:
-        return None
+def _library() -> Optional[ctypes.CDLL]:
+    """The built kernel library, or None (with one warning saying why, when the build failed)."""
     try:
         library = ctypes.CDLL(str(_build(cache_folder())))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-        warnings.warn(f"spacy-gliner2: fast mode's attention kernel could not be built ({error}); fast mode "
-                      f"uses torch's fp32 products instead (same results, slower). Set {ENABLE_VARIABLE}=0 "
-                      "to skip the build.", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"spacy-gliner2: the attention kernel could not be built ({error}); attention scores "
+                      f"come from torch's products instead (same results, slower). Set {ENABLE_VARIABLE}=0 "
+                      "to skip the build.", RuntimeWarning, stacklevel=3)
         return None
-    function = library.disentangled_scores
     P, L, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-    function.argtypes = [P, P, L, I, I, I, P, L, L, P, L, L, ctypes.c_float, P, I]
-    function.restype = I
-    return function
+    for name in ("disentangled_scores_fp32", "disentangled_scores_bf16"):
+        function = getattr(library, name)
+        function.argtypes = [P, P, L, I, I, I, P, L, L, P, L, L, ctypes.c_float, P, I]
+        function.restype = I
+    return library
 
 
-def native_scores_available() -> bool:
-    """Whether :func:`disentangled_scores` runs here (builds the kernel on the first call)."""
-    return _kernel() is not None
+def native_scores_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether :func:`disentangled_scores` runs here on ``dtype`` inputs (builds the kernel on
+    the first call)."""
+    return _unavailable_because(dtype) is None and _library() is not None
 
 
-def _table(t: Optional[torch.Tensor], n: int, heads: int, dh: int, name: str):
-    """(pointer, head stride, row stride) of an optional ``(heads, 2n - 1, dh)`` bf16 table."""
+def _words(t: torch.Tensor, dims: Tuple[int, ...]) -> Tuple[int, ...]:
+    """Strides of ``t`` along ``dims`` in 32-bit words (one fp32 value, or a pair of bf16 values)."""
+    per_word = 4 // t.element_size()
+    return tuple(t.stride(d) // per_word for d in dims)
+
+
+def _table(t: Optional[torch.Tensor], n: int, heads: int, dh: int, dtype: torch.dtype, name: str):
+    """(pointer, head stride, row stride) of an optional ``(heads, 2n - 1, dh)`` table."""
     if t is None:
         return None, 0, 0
-    if t.dtype != torch.bfloat16 or t.shape != (heads, 2 * n - 1, dh) or t.stride(2) != 1:
-        raise ValueError(f"{name} must be a bf16 ({heads}, {2 * n - 1}, {dh}) table with contiguous rows, "
-                         f"got {t.dtype} {tuple(t.shape)} strides {t.stride()}.")
-    return t.data_ptr(), t.stride(0), t.stride(1)
+    if t.dtype != dtype or t.shape != (heads, 2 * n - 1, dh) or t.stride(2) != 1 or t.device.type != "cpu" \
+            or (dtype == torch.bfloat16 and (t.stride(0) % 2 or t.stride(1) % 2 or t.data_ptr() % 4)):
+        raise ValueError(f"{name} must be a CPU {dtype} ({heads}, {2 * n - 1}, {dh}) table with contiguous rows "
+                         f"(bf16: even strides, 4-byte aligned), got {t.dtype} {tuple(t.shape)} strides {t.stride()}.")
+    return (t.data_ptr(),) + _words(t, (0, 1))
 
 
 def disentangled_scores(q: torch.Tensor, k: torch.Tensor, heads: int, c2p: Optional[torch.Tensor],
                         p2c: Optional[torch.Tensor], scale: float) -> torch.Tensor:
     """``(heads, n, n)`` fp32 scores ``(q_i.k_j + q_i.c2p[j-i+n-1] + k_j.p2c[i-j+n-1]) * scale`` per head.
 
-    ``q``, ``k``: one sequence's ``(n, heads * dh)`` bf16 rows (contiguous within a row, the
-    same row stride); ``c2p``, ``p2c``: ``(heads, 2n - 1, dh)`` bf16 position tables or None.
-    Only where :func:`native_scores_available`.
+    ``q``, ``k``: one sequence's ``(n, heads * dh)`` rows (fp32, or bf16 with an even ``dh``;
+    contiguous within a row, the same row stride); ``c2p``, ``p2c``: ``(heads, 2n - 1, dh)``
+    position tables of the same dtype, or None. Only where :func:`native_scores_available`.
     """
-    kernel = _kernel()
-    if kernel is None:
-        raise RuntimeError(f"the native attention kernel is not available here: {_unavailable_because() or 'its build failed'}.")
+    dtype = q.dtype
+    if not native_scores_available(dtype):
+        raise RuntimeError(f"the attention kernel is not available here for {dtype}: "
+                           f"{_unavailable_because(dtype) or 'its build failed'}.")
     n, width = q.shape
-    if (q.dtype, k.dtype) != (torch.bfloat16, torch.bfloat16) or k.shape != q.shape or q.stride() != k.stride() \
-            or q.stride(1) != 1 or width % heads or (width // heads) % 2 or q.device.type != "cpu":
-        raise ValueError(f"q and k must be CPU bf16 (n, heads * dh) rows with contiguous features, the same "
-                         f"strides and an even dh, got {q.dtype} {tuple(q.shape)} {q.stride()} and {k.dtype} "
-                         f"{tuple(k.shape)} {k.stride()} for {heads} heads.")
+    per_word = 4 // q.element_size()
+    if k.dtype != dtype or k.shape != q.shape or q.stride() != k.stride() or q.stride(1) != 1 or width % heads \
+            or (width // heads) % per_word or q.stride(0) % per_word or q.data_ptr() % 4 or k.data_ptr() % 4 \
+            or q.device.type != "cpu":
+        raise ValueError(f"q and k must be CPU (n, heads * dh) rows of one dtype with contiguous features, the "
+                         f"same strides (bf16: even dh and strides), got {q.dtype} {tuple(q.shape)} {q.stride()} "
+                         f"and {k.dtype} {tuple(k.shape)} {k.stride()} for {heads} heads.")
     dh = width // heads
     out = torch.empty((heads, n, n), dtype=torch.float32)
     if n == 0:
         return out
-    tables = [x for t, name in ((c2p, "c2p"), (p2c, "p2c")) for x in _table(t, n, heads, dh, name)]
-    status = kernel(q.data_ptr(), k.data_ptr(), q.stride(0), n, heads, dh, *tables, scale, out.data_ptr(),
-                    torch.get_num_threads())
+    tables = [x for t, name in ((c2p, "c2p"), (p2c, "p2c")) for x in _table(t, n, heads, dh, dtype, name)]
+    kernel = getattr(_library(), "disentangled_scores_bf16" if dtype == torch.bfloat16 else "disentangled_scores_fp32")
+    status = kernel(q.data_ptr(), k.data_ptr(), *_words(q, (0,)), n, heads, dh // per_word, *tables, scale,
+                    out.data_ptr(), torch.get_num_threads())
     if status != 0:
-        raise MemoryError(f"the native attention kernel failed (status {status}) on a sequence of {n} tokens.")
+        raise MemoryError(f"the attention kernel failed (status {status}) on a sequence of {n} tokens.")
     return out
