@@ -1,4 +1,6 @@
 """The compiled attention kernel (spacy_gliner2/model/native.py, attention_scores.c)."""
+import os
+import shutil
 
 import pytest
 import torch
@@ -8,8 +10,12 @@ from spacy_gliner2.model import deberta, native
 from spacy_gliner2.model.deberta import PackedDeberta
 from spacy_gliner2.model.precision import use_bf16_linears
 
-pytestmark = pytest.mark.skipif(native._unavailable_because() is not None,
-                                reason=f"native kernel not for this machine: {native._unavailable_because()}")
+COMPILER = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+pytestmark = [
+    pytest.mark.skipif(native._unavailable_because() is not None,
+                       reason=f"native kernel not for this machine: {native._unavailable_because()}"),
+    pytest.mark.skipif(COMPILER is None, reason="no C compiler to build the kernel with"),
+]
 DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
     native._unavailable_because(torch.bfloat16) is not None, reason="no AVX512-BF16"))]
 
@@ -126,6 +132,19 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
         assert not native.native_scores_available()  # decided once per process
         with pytest.raises(RuntimeError, match="not available"):
             native.disentangled_scores(torch.zeros((1, 2)), torch.zeros((1, 2)), 1, None, None, 1.0)
+    finally:
+        native._library.cache_clear()
+
+
+def test_without_a_compiler_torch_takes_over_quietly(monkeypatch, tmp_path, recwarn):
+    monkeypatch.setenv("SPACY_GLINER2_CACHE", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no cc, no gcc
+    native._library.cache_clear()
+    try:
+        assert not native.native_scores_available()
+        assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+        assert not list(tmp_path.iterdir())
     finally:
         native._library.cache_clear()
 

@@ -16,6 +16,7 @@ AVX-512, not Linux x86-64, ``SPACY_GLINER2_NATIVE=0``) the same maths runs throu
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -29,6 +30,7 @@ import torch
 
 from .precision import cpu_flags
 
+logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("attention_scores.c")
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
 ENABLE_VARIABLE = "SPACY_GLINER2_NATIVE"
@@ -65,7 +67,7 @@ def _build(folder: Path) -> Path:
     """The kernel compiled into ``folder`` (reused when the same source and flags built it before)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
-        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+        raise FileNotFoundError("no C compiler found (set CC, or install gcc)")
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + " ".join([compiler] + FLAGS).encode()).hexdigest()[:16]
     target = folder / f"attention_scores-{digest}.so"
@@ -82,9 +84,12 @@ def _build(folder: Path) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _library() -> Optional[ctypes.CDLL]:
-    """The built kernel library, or None (with one warning saying why, when the build failed)."""
+    """The built kernel library, or None (with one warning saying why when a compiler failed)."""
     try:
         library = ctypes.CDLL(str(_build(cache_folder())))
+    except FileNotFoundError as error:  # an expected setup (a slim image): no warning
+        logger.info("attention scores come from torch's products: %s", error)
+        return None
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         warnings.warn(f"spacy-gliner2: the attention kernel could not be built ({error}); attention scores "
                       f"come from torch's products instead (same results, slower). Set {ENABLE_VARIABLE}=0 "
