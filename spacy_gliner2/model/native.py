@@ -2,11 +2,11 @@
 
 ``attention_scores.c`` computes a sequence's query-key, content-to-position and
 position-to-content scores of every head in one pass over cache-sized blocks (torch needs
-many small products and strided copies for the same, at a third of the speed). fp32 inputs
-(exact mode) multiply in fp32; bf16 inputs (fast mode, where the projections come out of
-bf16 layers and so are bf16 values) multiply as bf16 pairs with fp32 sums (AVX512-BF16):
-fp32 arithmetic on those same values in another order, twice as fast again (torch has no
-bf16-in, fp32-out product on CPU). Scores, softmax and everything after stay fp32.
+many small products and strided copies for the same). fp32 inputs (exact mode) multiply in
+fp32; bf16 inputs (fast mode, where the projections come out of bf16 layers and so are bf16
+values) multiply as bf16 pairs with fp32 sums (AVX512-BF16): fp32 arithmetic on those same
+values in another order, at bf16 speed (torch has no bf16-in, fp32-out product on CPU).
+Scores, softmax and everything after stay fp32. Measured in README (Performance).
 
 The kernel is built on first use with the system's C compiler (``$CC``, else ``cc``) into
 a per-user cache folder and loaded with ctypes; where that cannot happen (no compiler, no
@@ -52,6 +52,13 @@ def _unavailable_because(dtype: torch.dtype = torch.float32) -> Optional[str]:
     """Why this process cannot use the kernel on ``dtype`` inputs, or None."""
     if os.environ.get(ENABLE_VARIABLE, "1") == "0":
         return f"{ENABLE_VARIABLE}=0"
+    return _machine_lacks(dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _machine_lacks(dtype: torch.dtype) -> Optional[str]:
+    """What this machine or torch build lacks for the kernel on ``dtype`` inputs, or None
+    (read once: the attention asks for every layer)."""
     if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
         return "it is built for Linux on x86-64 only"
     if dtype not in NEEDS:
