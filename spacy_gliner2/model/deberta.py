@@ -220,8 +220,9 @@ class PackedDeberta:
             if not native:
                 q, k = q.to(hidden.dtype), k.to(hidden.dtype)
             v = v.to(hidden.dtype)
-            # position rows per distance (bf16 projections give bf16 values: the cast is exact)
-            c2p, p2c = (None if table is None or kind not in pos_types else
+            # position rows per distance: as they are for the kernel (bf16 projections give bf16
+            # values, so the cast is exact), divided by the scale for torch's products
+            c2p, p2c = (None if kind not in pos_types else
                         table.index_select(1, index).to(low) if native else table.index_select(1, index).div_(scale)
                         for kind, table, index in (("c2p", pos_key, c2p_index), ("p2c", pos_query, p2c_index)))
             contexts = []

@@ -122,12 +122,19 @@ def _words(t: torch.Tensor, dims: Tuple[int, ...]) -> Tuple[int, ...]:
     return tuple(t.stride(d) // per_word for d in dims)
 
 
+def _readable_in_words(t: torch.Tensor) -> bool:
+    """Whether the kernel can read ``t`` as rows of 32-bit words: a CPU tensor, 4-byte
+    aligned, contiguous last dimension, and (bf16) even sizes and strides along it."""
+    per_word = 4 // t.element_size()
+    return (t.device.type == "cpu" and t.data_ptr() % 4 == 0 and t.stride(-1) == 1 and t.shape[-1] % per_word == 0
+            and all(stride % per_word == 0 for stride in t.stride()[:-1]))
+
+
 def _table(t: Optional[torch.Tensor], n: int, heads: int, dh: int, dtype: torch.dtype, name: str):
     """(pointer, head stride, row stride) of an optional ``(heads, 2n - 1, dh)`` table."""
     if t is None:
         return None, 0, 0
-    if t.dtype != dtype or t.shape != (heads, 2 * n - 1, dh) or t.stride(2) != 1 or t.device.type != "cpu" \
-            or (dtype == torch.bfloat16 and (t.stride(0) % 2 or t.stride(1) % 2 or t.data_ptr() % 4)):
+    if t.dtype != dtype or t.shape != (heads, 2 * n - 1, dh) or not _readable_in_words(t):
         raise ValueError(f"{name} must be a CPU {dtype} ({heads}, {2 * n - 1}, {dh}) table with contiguous rows "
                          f"(bf16: even strides, 4-byte aligned), got {t.dtype} {tuple(t.shape)} strides {t.stride()}.")
     return (t.data_ptr(),) + _words(t, (0, 1))
@@ -147,9 +154,8 @@ def disentangled_scores(q: torch.Tensor, k: torch.Tensor, heads: int, c2p: Optio
                            f"{_unavailable_because(dtype) or 'its build failed'}.")
     n, width = q.shape
     per_word = 4 // q.element_size()
-    if k.dtype != dtype or k.shape != q.shape or q.stride() != k.stride() or q.stride(1) != 1 or width % heads \
-            or (width // heads) % per_word or q.stride(0) % per_word or q.data_ptr() % 4 or k.data_ptr() % 4 \
-            or q.device.type != "cpu":
+    if k.dtype != dtype or k.shape != q.shape or q.stride() != k.stride() or width % heads \
+            or (width // heads) % per_word or not (_readable_in_words(q) and _readable_in_words(k)):
         raise ValueError(f"q and k must be CPU (n, heads * dh) rows of one dtype with contiguous features, the "
                          f"same strides (bf16: even dh and strides), got {q.dtype} {tuple(q.shape)} {q.stride()} "
                          f"and {k.dtype} {tuple(k.shape)} {k.stride()} for {heads} heads.")
