@@ -1,4 +1,4 @@
-"""The compiled attention kernel (spacy_gliner2/model/native.py, attention_scores.c)."""
+"""The compiled attention kernel (spacy_gliner2/model/native.py, attention.c)."""
 import os
 import shutil
 
@@ -20,77 +20,112 @@ DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
     native._unavailable_because(torch.bfloat16) is not None, reason="no AVX512-BF16"))]
 
 
-def expected_scores(q, k, heads, c2p, p2c, scale):
+def expected_attention(q, k, v, heads, c2p, p2c, scale, rows=None):
     """The kernel's definition, computed directly in float64 with index tensors."""
     n = q.shape[0]
-    qh, kh = (x.double().view(n, heads, -1).transpose(0, 1) for x in (q, k))
-    out = qh @ kh.transpose(1, 2)
+    qh, kh, vh = (x.double().view(n, heads, -1).transpose(0, 1) for x in (q, k, v))
+    scores = qh @ kh.transpose(1, 2)
     i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
     if c2p is not None:  # q_i . c2p[j - i + n - 1]
-        out += (qh[:, :, None, :] * c2p.double()[:, j - i + n - 1]).sum(-1)
+        scores += (qh[:, :, None, :] * c2p.double()[:, j - i + n - 1]).sum(-1)
     if p2c is not None:  # k_j . p2c[i - j + n - 1]
-        out += (kh[:, None, :, :] * p2c.double()[:, i - j + n - 1]).sum(-1)
-    return out * scale
+        scores += (kh[:, None, :, :] * p2c.double()[:, i - j + n - 1]).sum(-1)
+    out = ((scores * scale).softmax(-1) @ vh).transpose(0, 1).reshape(n, -1)
+    return out if rows is None else out[rows]
+
+
+def close(got, want, dtype):
+    """fp32: float rounding; bf16: the output's own rounding (8 significant bits) on top."""
+    rtol = 2**-8 if dtype == torch.bfloat16 else 1e-5
+    return torch.allclose(got.double(), want, rtol=rtol, atol=1e-5 * want.abs().max().item())
 
 
 def test_the_kernel_builds_where_it_can():
-    assert native.native_scores_available()  # the build did not fail (a failure would warn and fall back)
-    assert not native.native_scores_available(torch.float16)
+    assert native.native_attention_available()  # the build did not fail (a failure would warn and fall back)
+    assert not native.native_attention_available(torch.float16)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [1, 2, 15, 16, 17, 31, 32, 33, 70, 129])
 @pytest.mark.parametrize("dh", [64, 6])
 @pytest.mark.parametrize("tables", ["both", "c2p", "p2c", "none"])
-def test_scores_match_their_definition(dtype, n, dh, tables):
+def test_attention_matches_its_definition(dtype, n, dh, tables):
     torch.manual_seed(n * 100 + dh)
     heads = 3
-    rows = torch.randn(n, 3 * heads * dh).to(dtype)  # q and k as strided column blocks of one tensor
-    q, k = rows[:, : heads * dh], rows[:, heads * dh : 2 * heads * dh]
+    rows = torch.randn(n, 4 * heads * dh).to(dtype)  # q, k and v as strided column blocks of one tensor
+    q, k, v = (rows[:, i * heads * dh : (i + 1) * heads * dh] for i in range(3))
     c2p = torch.randn(heads, 2 * n - 1, dh).to(dtype) if tables in ("both", "c2p") else None
     p2c = torch.randn(heads, 2 * n - 1, dh).to(dtype) if tables in ("both", "p2c") else None
-    got = native.disentangled_scores(q, k, heads, c2p, p2c, 0.125)
-    want = expected_scores(q, k, heads, c2p, p2c, 0.125)
-    assert got.dtype == torch.float32 and got.shape == (heads, n, n)
-    assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    got = native.disentangled_attention(q, k, v, heads, c2p, p2c, 0.125)
+    assert got.dtype == dtype and got.shape == (n, heads * dh)
+    assert close(got, expected_attention(q, k, v, heads, c2p, p2c, 0.125), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_strided_tables_and_thread_counts_give_the_same_scores(dtype):
+def test_chosen_rows_are_written_into_the_given_rows(dtype):
+    torch.manual_seed(2)
+    heads, dh, n = 2, 64, 40
+    q, k, v = (torch.randn(n, heads * dh).to(dtype) for _ in range(3))
+    table = torch.randn(heads, 2 * n - 1, dh).to(dtype)
+    chosen = torch.tensor([0, 3, 4, 17, 39])
+    out = torch.full((7, 2 * heads * dh), 5.0).to(dtype)  # rows 1-5, left half: a strided view
+    native.disentangled_attention(q, k, v, heads, table, table, 0.1, chosen, out=out[1:6, : heads * dh])
+    assert close(out[1:6, : heads * dh], expected_attention(q, k, v, heads, table, table, 0.1, chosen), dtype)
+    untouched = torch.ones_like(out, dtype=torch.bool)
+    untouched[1:6, : heads * dh] = False
+    assert (out[untouched] == 5).all()
+    every = native.disentangled_attention(q, k, v, heads, table, table, 0.1)
+    assert torch.equal(every[chosen], out[1:6, : heads * dh])  # rows do not depend on which others are chosen
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strided_tables_and_thread_counts_give_the_same_attention(dtype):
     torch.manual_seed(1)
     heads, dh, n = 4, 64, 50
-    q, k = torch.randn(n, heads * dh).to(dtype), torch.randn(n, heads * dh).to(dtype)
+    q, k, v = (torch.randn(n, heads * dh).to(dtype) for _ in range(3))
     full = torch.randn(heads, 2 * 80 - 1, dh).to(dtype)  # a longer table: its middle rows are a strided view
     c2p = full[:, 80 - n : 80 + n - 1]
     p2c = c2p.flip(1).contiguous()
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = native.disentangled_scores(q, k, heads, c2p, p2c, 0.1)
+        one = native.disentangled_attention(q, k, v, heads, c2p, p2c, 0.1)
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(native.disentangled_scores(q, k, heads, c2p, p2c, 0.1), one)
-    assert torch.allclose(one.double(), expected_scores(q, k, heads, c2p, p2c, 0.1), rtol=1e-5, atol=1e-4)
+    assert torch.equal(native.disentangled_attention(q, k, v, heads, c2p, p2c, 0.1), one)
+    assert close(one, expected_attention(q, k, v, heads, c2p, p2c, 0.1), dtype)
 
 
-@pytest.mark.parametrize("bad", ["mixed", "odd-dh", "table-shape", "table-dtype", "odd-table-stride"])
+@pytest.mark.parametrize("bad", ["mixed", "odd-dh", "values-shape", "table-shape", "table-dtype", "odd-table-stride",
+                                 "rows-unordered", "rows-outside", "out-shape", "out-dtype"])
 def test_bad_inputs_are_refused_with_the_reason(bad):
     heads, dh, n = 2, 8, 5
-    q = k = torch.randn(n, heads * dh).bfloat16()
+    q = k = v = torch.randn(n, heads * dh).bfloat16()
     table = torch.randn(heads, 2 * n - 1, dh).bfloat16()
+    rows, out = None, None
     if bad == "mixed":
         k = k.float()
     elif bad == "odd-dh":
-        q = k = torch.randn(n, heads * 7).bfloat16()
+        q = k = v = torch.randn(n, heads * 7).bfloat16()
         table = None
+    elif bad == "values-shape":
+        v = v[:-1]
     elif bad == "table-shape":
         table = table[:, 1:]
     elif bad == "table-dtype":
         table = table.float()
-    else:
+    elif bad == "odd-table-stride":
         table = torch.randn(heads, 2 * n - 1, dh + 1).bfloat16()[:, :, :dh]  # rows 9 values apart
+    elif bad == "rows-unordered":
+        rows = torch.tensor([2, 1])
+    elif bad == "rows-outside":
+        rows = torch.tensor([1, n])
+    elif bad == "out-shape":
+        out = torch.empty((n - 1, heads * dh)).bfloat16()
+    else:
+        out = torch.empty((n, heads * dh))
     with pytest.raises(ValueError, match="must be"):
-        native.disentangled_scores(q, k, heads, table, None, 1.0)
+        native.disentangled_attention(q, k, v, heads, table, None, 1.0, rows, out)
 
 
 @pytest.mark.parametrize("bf16", [False, pytest.param(True, marks=DTYPES[1].marks)])
@@ -105,16 +140,16 @@ def test_packed_deberta_gives_the_same_states_with_and_without_the_kernel(pos_at
     mask = (torch.arange(max(lengths)) < torch.tensor(lengths)[:, None]).long()
     keep = mask.bool() & (torch.rand(mask.shape) < 0.5)
     calls = []
-    counted = native.disentangled_scores
+    counted = native.disentangled_attention
 
-    def counting(*args):
+    def counting(*args, **kwargs):
         calls.append(args[0].shape[0])
-        return counted(*args)
+        return counted(*args, **kwargs)
 
-    monkeypatch.setattr(deberta, "disentangled_scores", counting)
+    monkeypatch.setattr(deberta, "disentangled_attention", counting)
     with torch.inference_mode():
         kernel = PackedDeberta(model)(ids, mask, keep=keep)
-        monkeypatch.setattr(deberta, "native_scores_available", lambda dtype: False)
+        monkeypatch.setattr(deberta, "native_attention_available", lambda dtype: False)
         plain = PackedDeberta(model)(ids, mask, keep=keep)
     assert sorted(calls) == sorted(2 * lengths)  # every sequence of both layers went through the kernel
     tolerance = 2e-2 if bf16 else 1e-5  # bf16: a last-bit difference can round a layer input the other way
@@ -128,10 +163,10 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
     native._library.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="could not be built"):
-            assert not native.native_scores_available()
-        assert not native.native_scores_available()  # decided once per process
+            assert not native.native_attention_available()
+        assert not native.native_attention_available()  # decided once per process
         with pytest.raises(RuntimeError, match="not available"):
-            native.disentangled_scores(torch.zeros((1, 2)), torch.zeros((1, 2)), 1, None, None, 1.0)
+            native.disentangled_attention(*[torch.zeros((1, 2))] * 3, 1, None, None, 1.0)
     finally:
         native._library.cache_clear()
 
@@ -142,7 +177,7 @@ def test_without_a_compiler_torch_takes_over_quietly(monkeypatch, tmp_path, recw
     monkeypatch.setenv("PATH", str(tmp_path))  # no cc, no gcc
     native._library.cache_clear()
     try:
-        assert not native.native_scores_available()
+        assert not native.native_attention_available()
         assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
         assert not list(tmp_path.iterdir())
     finally:

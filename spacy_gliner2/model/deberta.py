@@ -14,11 +14,12 @@ beyond float rounding:
 - The relative position embeddings' key and query projections depend on the
   weights only: they are computed once and reused until a weight changes.
 
-On CPU the attention scores come from the compiled kernel of :mod:`.native` where it runs
-(the same sums in another order), else from torch's products as described above.
-Layers whose linear weights are bfloat16 (fast mode, :mod:`.precision`) get bf16 inputs;
-attention, layer norms and the residual stream stay fp32 (the kernel multiplies the bf16
-query, key and position values that such layers give, with fp32 sums).
+On CPU attention (scores, softmax, weighted values) runs in the compiled kernel of
+:mod:`.native` where it can (the same sums in another order), else on torch's products as
+described above. Layers whose linear weights are bfloat16 (fast mode, :mod:`.precision`) get
+bf16 inputs; attention sums, softmax, layer norms and the residual stream stay fp32 (the
+kernel multiplies the bf16 query, key, value and position values that such layers give,
+with fp32 sums, and hands its output to the next bf16 layer in bf16).
 """
 import math
 from typing import Optional
@@ -26,7 +27,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .native import disentangled_scores, native_scores_available
+from .native import disentangled_attention, native_attention_available
 from .precision import pad_rows
 
 
@@ -105,6 +106,15 @@ def _scores(q: torch.Tensor, k: torch.Tensor, heads: int, c2p: Optional[torch.Te
     if bias is None:
         return torch.bmm(qb, kb.transpose(1, 2)).div_(scale)
     return bias.baddbmm_(qb, kb.transpose(1, 2), alpha=1.0 / scale)
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, c2p: Optional[torch.Tensor],
+               p2c: Optional[torch.Tensor], scale: float, selected: Optional[torch.Tensor]) -> torch.Tensor:
+    """One sequence's ``(m, D)`` attention output from its ``(n, D)`` queries, keys and values
+    (see :func:`_scores`)."""
+    n, D = v.shape
+    scores = _scores(q, k, heads, c2p, p2c, scale, selected)
+    return torch.bmm(scores.softmax(-1), v.view(n, heads, -1).transpose(0, 1)).transpose(0, 1).reshape(-1, D)
 
 
 _GELU_IN_PLACE = getattr(torch._C._nn, "gelu_", None)
@@ -213,35 +223,36 @@ class PackedDeberta:
             # bf16 layers (fast mode) take bf16 inputs, cast once (not through .weight: a packed bf16 weight unpacks on read)
             low = getattr(att.query_proj, "compute_dtype", None) or att.query_proj.weight.dtype
             # the kernel (CPU, fp32 states) takes fp32 values, or the bf16 values that bf16 projections give
-            native = hidden.device.type == "cpu" and hidden.dtype == torch.float32 and native_scores_available(low) and (
-                low == hidden.dtype or getattr(att.key_proj, "compute_dtype", None) == low)
+            native = hidden.device.type == "cpu" and hidden.dtype == torch.float32 and native_attention_available(low) and (
+                low == hidden.dtype or all(getattr(p, "compute_dtype", None) == low for p in (att.key_proj, att.value_proj)))
             layer_in = hidden.to(low)
             q, k, v = (proj(layer_in) for proj in (att.query_proj, att.key_proj, att.value_proj))
             if not native:
-                q, k = q.to(hidden.dtype), k.to(hidden.dtype)
-            v = v.to(hidden.dtype)
+                q, k, v = q.to(hidden.dtype), k.to(hidden.dtype), v.to(hidden.dtype)
             # position rows per distance: as they are for the kernel (bf16 projections give bf16
             # values, so the cast is exact), divided by the scale for torch's products
             c2p, p2c = (None if kind not in pos_types else
                         table.index_select(1, index).to(low) if native else table.index_select(1, index).div_(scale)
                         for kind, table, index in (("c2p", pos_key, c2p_index), ("p2c", pos_query, p2c_index)))
-            contexts = []
+            if rows[0] is not None:
+                hidden = pad_rows(hidden[:n_rows][keep[real]])
+                n_rows = int(keep.sum())
+            # the kernel writes the next layer's dtype (bf16 in fast mode), torch the states' dtype
+            context = hidden.new_empty(hidden.shape, dtype=low if native else hidden.dtype)
+            context[n_rows:] = 0  # padding rows
+            at = 0  # the context rows written so far
             for start, n, selected in zip(starts, lengths, rows):
                 if n == 0:
                     continue
                 middle = slice(longest - n, longest + n - 1)
                 tables = [None if t is None else t[:, middle] for t in (c2p, p2c)]
-                vb = v[start : start + n].view(n, H, -1).transpose(0, 1)
+                sequence = [x[start : start + n] for x in (q, k, v)]
+                m = n if selected is None else len(selected)
                 if native:
-                    scores = disentangled_scores(q[start : start + n], k[start : start + n], H, *tables, 1.0 / scale)
-                    scores = scores if selected is None else scores[:, selected]
+                    disentangled_attention(*sequence, H, *tables, 1.0 / scale, selected, out=context[at : at + m])
                 else:
-                    scores = _scores(q[start : start + n], k[start : start + n], H, *tables, scale, selected)
-                contexts.append(torch.bmm(scores.softmax(-1), vb).transpose(0, 1).reshape(-1, D))
-            if rows[0] is not None:
-                hidden = pad_rows(hidden[:n_rows][keep[real]])
-                n_rows = int(keep.sum())
-            context = torch.cat(contexts + [hidden.new_zeros((hidden.shape[0] - n_rows, D))])  # padding rows
+                    context[at : at + m] = _attention(*sequence, H, *tables, scale, selected)
+                at += m
             attended = layer.attention.output(context.to(low), hidden)  # the residual stream keeps its dtype
             hidden = layer.output(_feed_forward_in(layer.intermediate, attended.to(low)), attended)
 

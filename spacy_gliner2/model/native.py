@@ -1,12 +1,14 @@
-"""An optional compiled kernel: DeBERTa's disentangled attention scores, one sequence at a time.
+"""An optional compiled kernel: DeBERTa's disentangled attention, one sequence at a time.
 
-``attention_scores.c`` computes a sequence's query-key, content-to-position and
-position-to-content scores of every head in one pass over cache-sized blocks (torch needs
-many small products and strided copies for the same). fp32 inputs (exact mode) multiply in
-fp32; bf16 inputs (fast mode, where the projections come out of bf16 layers and so are bf16
-values) multiply as bf16 pairs with fp32 sums (AVX512-BF16): fp32 arithmetic on those same
-values in another order, at bf16 speed (torch has no bf16-in, fp32-out product on CPU).
-Scores, softmax and everything after stay fp32. Measured in README (Performance).
+``attention.c`` computes a sequence's query-key, content-to-position and position-to-content
+scores of every head over cache-sized blocks (torch needs many small products and strided
+copies for the same), then each row's softmax and its product with the values while the
+head's scores are in cache, and writes the heads' outputs side by side. fp32 inputs (exact
+mode) multiply in fp32; bf16 inputs (fast mode, where the projections come out of bf16
+layers and so are bf16 values) multiply as bf16 pairs with fp32 sums (AVX512-BF16): fp32
+arithmetic on those same values in another order, at bf16 speed (torch has no bf16-in,
+fp32-out product on CPU). Scores, softmax and the weighted sums of values are fp32; the
+output has the inputs' dtype (the next layer's). Measured in README (Performance).
 
 The kernel is built on first use with the system's C compiler (``$CC``, else ``cc``) into
 a per-user cache folder and loaded with ctypes; where that cannot happen (no compiler, no
@@ -31,8 +33,8 @@ import torch
 from .precision import cpu_flags
 
 logger = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("attention_scores.c")
-FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
+SOURCE = Path(__file__).with_name("attention.c")
+FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
 ENABLE_VARIABLE = "SPACY_GLINER2_NATIVE"
 
 
@@ -77,7 +79,7 @@ def _build(folder: Path) -> Path:
         raise FileNotFoundError("no C compiler found (set CC, or install gcc)")
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + " ".join([compiler] + FLAGS).encode()).hexdigest()[:16]
-    target = folder / f"attention_scores-{digest}.so"
+    target = folder / f"attention-{digest}.so"
     if not target.exists():
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder) as scratch:
@@ -95,23 +97,23 @@ def _library() -> Optional[ctypes.CDLL]:
     try:
         library = ctypes.CDLL(str(_build(cache_folder())))
     except FileNotFoundError as error:  # an expected setup (a slim image): no warning
-        logger.info("attention scores come from torch's products: %s", error)
+        logger.info("attention runs on torch's products: %s", error)
         return None
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-        warnings.warn(f"spacy-gliner2: the attention kernel could not be built ({error}); attention scores "
-                      f"come from torch's products instead (same results, slower). Set {ENABLE_VARIABLE}=0 "
+        warnings.warn(f"spacy-gliner2: the attention kernel could not be built ({error}); attention "
+                      f"runs on torch's products instead (same results, slower). Set {ENABLE_VARIABLE}=0 "
                       "to skip the build.", RuntimeWarning, stacklevel=3)
         return None
     P, L, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-    for name in ("disentangled_scores_fp32", "disentangled_scores_bf16"):
+    for name in ("disentangled_attention_fp32", "disentangled_attention_bf16"):
         function = getattr(library, name)
-        function.argtypes = [P, P, L, I, I, I, P, L, L, P, L, L, ctypes.c_float, P, I]
+        function.argtypes = [P, P, P, L, L, I, I, I, P, L, L, P, L, L, ctypes.c_float, P, I, P, L, I]
         function.restype = I
     return library
 
 
-def native_scores_available(dtype: torch.dtype = torch.float32) -> bool:
-    """Whether :func:`disentangled_scores` runs here on ``dtype`` inputs (builds the kernel on
+def native_attention_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether :func:`disentangled_attention` runs here on ``dtype`` inputs (builds the kernel on
     the first call)."""
     return _unavailable_because(dtype) is None and _library() is not None
 
@@ -140,33 +142,50 @@ def _table(t: Optional[torch.Tensor], n: int, heads: int, dh: int, dtype: torch.
     return (t.data_ptr(),) + _words(t, (0, 1))
 
 
-def disentangled_scores(q: torch.Tensor, k: torch.Tensor, heads: int, c2p: Optional[torch.Tensor],
-                        p2c: Optional[torch.Tensor], scale: float) -> torch.Tensor:
-    """``(heads, n, n)`` fp32 scores ``(q_i.k_j + q_i.c2p[j-i+n-1] + k_j.p2c[i-j+n-1]) * scale`` per head.
+def disentangled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, c2p: Optional[torch.Tensor],
+                           p2c: Optional[torch.Tensor], scale: float, rows: Optional[torch.Tensor] = None,
+                           out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """One sequence's attention output ``(m, heads * dh)``: per head, ``softmax_j(s_ij) v_j`` with
+    ``s_ij = (q_i.k_j + q_i.c2p[j-i+n-1] + k_j.p2c[i-j+n-1]) * scale``, in the inputs' dtype.
 
-    ``q``, ``k``: one sequence's ``(n, heads * dh)`` rows (fp32, or bf16 with an even ``dh``;
-    contiguous within a row, the same row stride); ``c2p``, ``p2c``: ``(heads, 2n - 1, dh)``
-    position tables of the same dtype, or None. Only where :func:`native_scores_available`.
+    ``q``, ``k``, ``v``: one sequence's ``(n, heads * dh)`` rows (fp32, or bf16 with an even
+    ``dh``; contiguous within a row; q and k with the same strides); ``c2p``, ``p2c``:
+    ``(heads, 2n - 1, dh)`` position tables of the same dtype, or None; ``rows``: the query rows
+    to output (increasing int64 indices; None: all ``n``); ``out``: where to write (an
+    ``(m, heads * dh)`` tensor with contiguous rows), else a new tensor. Only where
+    :func:`native_attention_available`.
     """
     dtype = q.dtype
-    if not native_scores_available(dtype):
+    if not native_attention_available(dtype):
         raise RuntimeError(f"the attention kernel is not available here for {dtype}: "
                            f"{_unavailable_because(dtype) or 'its build failed'}.")
     n, width = q.shape
     per_word = 4 // q.element_size()
-    if k.dtype != dtype or k.shape != q.shape or q.stride() != k.stride() or width % heads \
-            or (width // heads) % per_word or not (_readable_in_words(q) and _readable_in_words(k)):
-        raise ValueError(f"q and k must be CPU (n, heads * dh) rows of one dtype with contiguous features, the "
-                         f"same strides (bf16: even dh and strides), got {q.dtype} {tuple(q.shape)} {q.stride()} "
-                         f"and {k.dtype} {tuple(k.shape)} {k.stride()} for {heads} heads.")
-    dh = width // heads
-    out = torch.empty((heads, n, n), dtype=torch.float32)
-    if n == 0:
+    if k.dtype != dtype or v.dtype != dtype or k.shape != q.shape or v.shape != q.shape or q.stride() != k.stride() \
+            or width % heads or (width // heads) % per_word or not all(map(_readable_in_words, (q, k, v))):
+        raise ValueError(f"q, k and v must be CPU (n, heads * dh) rows of one dtype with contiguous features, q and "
+                         f"k with the same strides (bf16: even dh and strides), got {q.dtype} {tuple(q.shape)} "
+                         f"{q.stride()}, {k.dtype} {tuple(k.shape)} {k.stride()} and {v.dtype} {tuple(v.shape)} "
+                         f"{v.stride()} for {heads} heads.")
+    if rows is not None:
+        rows = rows.to(torch.int32).contiguous()
+        if rows.dim() != 1 or rows.device.type != "cpu" or (len(rows) and (rows[0] < 0 or rows[-1] >= n)) \
+                or (rows[1:] <= rows[:-1]).any():
+            raise ValueError(f"rows must be increasing indices of the {n} query rows, got {rows.tolist()}.")
+    m = n if rows is None else len(rows)
+    if out is None:
+        out = torch.empty((m, width), dtype=dtype)
+    elif out.dtype != dtype or out.shape != (m, width) or out.device.type != "cpu" or out.stride(-1) != 1:
+        raise ValueError(f"out must be a CPU {dtype} ({m}, {width}) tensor with contiguous rows, "
+                         f"got {out.dtype} {tuple(out.shape)} strides {out.stride()}.")
+    if n == 0 or m == 0:
         return out
+    dh = width // heads
     tables = [x for t, name in ((c2p, "c2p"), (p2c, "p2c")) for x in _table(t, n, heads, dh, dtype, name)]
-    kernel = getattr(_library(), "disentangled_scores_bf16" if dtype == torch.bfloat16 else "disentangled_scores_fp32")
-    status = kernel(q.data_ptr(), k.data_ptr(), *_words(q, (0,)), n, heads, dh // per_word, *tables, scale,
-                    out.data_ptr(), torch.get_num_threads())
+    kernel = getattr(_library(), "disentangled_attention_bf16" if dtype == torch.bfloat16 else "disentangled_attention_fp32")
+    status = kernel(q.data_ptr(), k.data_ptr(), v.data_ptr(), *_words(q, (0,)), *_words(v, (0,)), n, heads,
+                    dh // per_word, *tables, scale, None if rows is None else rows.data_ptr(), m, out.data_ptr(),
+                    out.stride(0), torch.get_num_threads())
     if status != 0:
         raise MemoryError(f"the attention kernel failed (status {status}) on a sequence of {n} tokens.")
     return out

@@ -1,0 +1,258 @@
+/* Disentangled attention of one sequence (DeBERTa-v2/v3), per head h:
+ *
+ *   s[i][j] = (q_i . k_j + q_i . c2p[j - i + n - 1] + k_j . p2c[i - j + n - 1]) * scale
+ *   out[i][h * dv : (h + 1) * dv] = softmax_j(s[i]) . v
+ *
+ * for the n tokens of one sequence (or a chosen subset of query rows i); c2p and p2c hold one
+ * position row per distance (2n - 1 rows, from distance n - 1 down). Inputs are fp32 (exact
+ * mode: FMA) or bf16 (fast mode: products of bf16 pairs summed in fp32 with AVX512-BF16, the
+ * same sums as fp32 arithmetic on these values in another order, at twice its speed). Both
+ * read their rows as 32-bit words (one fp32 value or a pair of bf16 values), so one blocking
+ * serves both. Softmax and the product with the values run in fp32 (bf16 values widen
+ * exactly); the output has the inputs' type (bf16: rounded to nearest even).
+ * Compiled and loaded at run time by native.py; the heads run on the OpenMP threads of the
+ * process (torch's own runtime when it is libgomp). */
+#include <immintrin.h>
+#include <omp.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+typedef uint32_t word;
+
+#define MR 8      /* rows per micro-tile */
+#define PANEL 16  /* columns per zmm register */
+#ifndef BLOCK
+#define BLOCK 32  /* query rows per relative-position table (a multiple of PANEL) */
+#endif
+
+static inline __mmask16 cols_mask(int valid) {
+    return valid >= PANEL ? (__mmask16)0xFFFF : valid <= 0 ? 0 : (__mmask16)((1u << valid) - 1);
+}
+
+/* lane r holds r * stride: the offsets of one column of PANEL rows, for gathers */
+static inline __m512i lane_offsets(int stride) {
+    return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(stride));
+}
+
+/* Rows of x (rows x k words, row stride ld words) packed in panels of PANEL rows: for each
+   word t, the PANEL rows' words t; rows past the end are zero. */
+static void pack_panels(const word *x, long ld, int rows, int k, word *out) {
+    for (int p = 0; p * PANEL < rows; p++, out += (long)k * PANEL) {
+        int valid = rows - p * PANEL < PANEL ? rows - p * PANEL : PANEL;
+        for (int r = 0; r < valid; r++) {
+            const word *src = x + (long)(p * PANEL + r) * ld;
+            for (int t = 0; t < k; t++) out[t * PANEL + r] = src[t];
+        }
+        for (int r = valid; r < PANEL; r++)
+            for (int t = 0; t < k; t++) out[t * PANEL + r] = 0;
+    }
+}
+
+/* acc + a * b, lane by lane: fp32 values, or the two bf16 products of each lane summed. */
+static inline __attribute__((always_inline)) __m512 multiply_add(__m512 acc, __m512i a, __m512i b, const int bf16) {
+    return bf16 ? _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b)
+                : _mm512_fmadd_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(b), acc);
+}
+
+/* c[i][j] = a[i] . b[j] for i < m, j < n (rows of k words), with b packed by pack_panels. */
+static inline __attribute__((always_inline)) void gemm_nt(const word *a, long lda, int m, const word *bp, int n,
+                                                           int k, float *c, long ldc, const int bf16) {
+    int panels = (n + PANEL - 1) / PANEL;
+    for (int p = 0; p < panels; p += 2) {
+        int two = p + 1 < panels;
+        __mmask16 m0 = cols_mask(n - p * PANEL), m1 = cols_mask(n - (p + 1) * PANEL);
+        const word *b0p = bp + (long)p * k * PANEL, *b1p = b0p + (long)k * PANEL;
+        for (int i = 0; i < m; i += MR) {
+            int mr = m - i < MR ? m - i : MR;
+            const word *rows[MR];
+            for (int r = 0; r < MR; r++) rows[r] = a + (long)(i + (r < mr ? r : mr - 1)) * lda;
+            __m512 acc0[MR], acc1[MR];
+            for (int r = 0; r < MR; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
+            if (two) /* two panels: 2 * MR accumulators */
+                for (int t = 0; t < k; t++) {
+                    __m512i b0 = _mm512_loadu_si512(b0p + t * PANEL), b1 = _mm512_loadu_si512(b1p + t * PANEL);
+                    for (int r = 0; r < MR; r++) {
+                        __m512i av = _mm512_set1_epi32((int)rows[r][t]);
+                        acc0[r] = multiply_add(acc0[r], av, b0, bf16);
+                        acc1[r] = multiply_add(acc1[r], av, b1, bf16);
+                    }
+                }
+            else
+                for (int t = 0; t < k; t++) {
+                    __m512i b0 = _mm512_loadu_si512(b0p + t * PANEL);
+                    for (int r = 0; r < MR; r++) acc0[r] = multiply_add(acc0[r], _mm512_set1_epi32((int)rows[r][t]), b0, bf16);
+                }
+            for (int r = 0; r < mr; r++) {
+                float *out = c + (long)(i + r) * ldc + p * PANEL;
+                _mm512_mask_storeu_ps(out, m0, acc0[r]);
+                if (two) _mm512_mask_storeu_ps(out + PANEL, m1, acc1[r]);
+            }
+        }
+    }
+}
+
+/* dst[i][j] (+)= x[i] . table[j - i + n - 1] for i, j < n, table packed by pack_panels: per
+   block of query rows [r0, r1), one product with the n + r1 - r0 - 1 table rows it reads (from
+   row n - r1), read skewed. Blocks are laid from the end, so that they start on a panel. */
+static inline __attribute__((always_inline)) void skewed(const word *x, long ld, int n, int k, const word *table,
+                                                          float *dst, int add, float *tmp, const int bf16) {
+    for (int r1 = n; r1 > 0; r1 -= BLOCK) {
+        int r0 = r1 > BLOCK ? r1 - BLOCK : 0, first = n - r1, cols = 2 * n - 1 - r0 - first;
+        int ldt = (cols + PANEL - 1) / PANEL * PANEL;
+        gemm_nt(x + (long)r0 * ld, ld, r1 - r0, table + (long)(first / PANEL) * k * PANEL, cols, k, tmp, ldt, bf16);
+        for (int i = r0; i < r1; i++) {
+            const float *src = tmp + (long)(i - r0) * ldt + (n - 1 - i - first);
+            float *row = dst + (long)i * n;
+            if (add)
+                for (int j = 0; j < n; j++) row[j] += src[j];
+            else
+                for (int j = 0; j < n; j++) row[j] = src[j];
+        }
+    }
+}
+
+/* One head's scores s (see the top) into out (n x n); scratch: packed panels, one table block, the p2c part. */
+static inline __attribute__((always_inline)) void head_scores(
+        const word *q, const word *k, long ld, int n, int dh, const word *c2p, long c2p_ld, const word *p2c,
+        long p2c_ld, float scale, float *out, word *packed, float *tmp, float *by_key, const int bf16) {
+    pack_panels(k, ld, n, dh, packed);
+    gemm_nt(q, ld, n, packed, n, dh, out, n, bf16);
+    if (c2p) {
+        pack_panels(c2p, c2p_ld, 2 * n - 1, dh, packed);
+        skewed(q, ld, n, dh, packed, out, 1, tmp, bf16);
+    }
+    if (p2c) { /* by_key[j][i] = k_j . p2c[i - j + n - 1]: the c2p form with keys as rows */
+        pack_panels(p2c, p2c_ld, 2 * n - 1, dh, packed);
+        skewed(k, ld, n, dh, packed, by_key, 0, tmp, bf16);
+    }
+    /* out = (out + by_key^T) * scale, 16 columns at a time: column i of 16 by_key rows is one gather */
+    const __m512i down = lane_offsets(n);
+    const __m512 factor = _mm512_set1_ps(scale);
+    for (int j0 = 0; j0 < n; j0 += PANEL) {
+        __mmask16 mask = cols_mask(n - j0);
+        for (int i = 0; i < n; i++) {
+            float *row = out + (long)i * n + j0;
+            __m512 sum = _mm512_maskz_loadu_ps(mask, row);
+            if (p2c) sum = _mm512_add_ps(sum, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, down, by_key + (long)j0 * n + i, 4));
+            _mm512_mask_storeu_ps(row, mask, _mm512_mul_ps(sum, factor));
+        }
+    }
+}
+
+/* e^x, 16 lanes, within 2 ulp for x <= 0 (x below -104 gives 0): x = m ln2 + r, |r| <= ln2 / 2,
+   e^r by its Taylor series to r^7 (truncation below 6e-9), times 2^m. */
+static inline __m512 exp_ps(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+    __m512 m = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(m, _mm512_set1_ps(0.693145751953125f), x); /* ln 2 in two parts: m * high is exact */
+    r = _mm512_fnmadd_ps(m, _mm512_set1_ps(1.42860682030941723212e-6f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    static const float taylor[] = {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
+    for (int t = 0; t < 7; t++) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(taylor[t]));
+    return _mm512_scalef_ps(p, m);
+}
+
+/* dst[j] = e^(src[j] - max src) for j < n (dst may be src); returns 1 / sum_j dst[j]. */
+static float softmax_row(const float *src, float *dst, int n) {
+    __m512 top = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();
+    for (int j = 0; j < n; j += PANEL) top = _mm512_max_ps(top, _mm512_mask_loadu_ps(top, cols_mask(n - j), src + j));
+    const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+    for (int j = 0; j < n; j += PANEL) {
+        __mmask16 mask = cols_mask(n - j);
+        __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, src + j), shift));
+        sum = _mm512_mask_add_ps(sum, mask, sum, e);
+        _mm512_mask_storeu_ps(dst + j, mask, e);
+    }
+    return 1.0f / _mm512_reduce_add_ps(sum);
+}
+
+/* The n rows of dv values (row stride ld words) as fp32 panels for gemm_nt: for each panel of
+   PANEL value columns, each row's PANEL values; columns past dv are zero. */
+static void pack_values(const word *v, long ld, int n, int dv, float *out, const int bf16) {
+    for (int p = 0; p * PANEL < dv; p++, out += (long)n * PANEL) {
+        __mmask16 mask = cols_mask(dv - p * PANEL);
+        for (int t = 0; t < n; t++) {
+            const word *row = v + (long)t * ld;
+            __m512 x = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+                                  _mm256_maskz_loadu_epi16(mask, (const uint16_t *)row + p * PANEL)), 16))
+                            : _mm512_maskz_loadu_ps(mask, (const float *)row + p * PANEL);
+            _mm512_storeu_ps(out + (long)t * PANEL, x);
+        }
+    }
+}
+
+/* One head's attention output for the m query rows rows[] (all n when rows is NULL), into
+   out (row stride out_ld values of the inputs' type, from column col). */
+static inline __attribute__((always_inline)) void head_attention(
+        const word *q, const word *k, const word *v, long ld, long v_ld, int n, int dh, const word *c2p,
+        long c2p_ld, const word *p2c, long p2c_ld, float scale, const int *rows, int m, void *out, long out_ld,
+        long col, word *packed, float *tmp, float *by_key, float *scores, float *values, float *inverse,
+        const int bf16) {
+    head_scores(q, k, ld, n, dh, c2p, c2p_ld, p2c, p2c_ld, scale, scores, packed, tmp, by_key, bf16);
+    for (int i = 0; i < m; i++) /* row i of the chosen rows: rows[i] >= i, so no row is read after it is written */
+        inverse[i] = softmax_row(scores + (long)(rows ? rows[i] : i) * n, scores + (long)i * n, n);
+    int dv = bf16 ? 2 * dh : dh;
+    pack_values(v, v_ld, n, dv, values, bf16);
+    float *context = by_key; /* the p2c part is used up; it holds n * max(n, dv) words */
+    gemm_nt((const word *)scores, n, m, (const word *)values, dv, n, context, dv, 0);
+    for (int i = 0; i < m; i++) {
+        const __m512 factor = _mm512_set1_ps(inverse[i]);
+        for (int d = 0; d < dv; d += PANEL) {
+            __mmask16 mask = cols_mask(dv - d);
+            __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, context + (long)i * dv + d), factor);
+            if (bf16)
+                _mm256_mask_storeu_epi16((uint16_t *)out + i * out_ld + col + d, mask, (__m256i)_mm512_cvtneps_pbh(x));
+            else
+                _mm512_mask_storeu_ps((float *)out + i * out_ld + col + d, mask, x);
+        }
+    }
+}
+
+/* All heads of one sequence: q, k, v are (n, heads * dh) rows of words (row strides ld,
+   v_ld); c2p / p2c (or NULL) are per head (2n - 1, dh) tables (head stride, row stride); rows
+   (or NULL: all) lists m increasing query rows; out is (m, heads * dv) values of the inputs'
+   type, row stride out_ld values. Sizes and strides count 32-bit words but out's. Returns 0,
+   -1 for bad sizes, -2 when scratch memory cannot be allocated. One function per input type
+   (a macro: OpenMP outlines the loop before inlining could make the type a constant). */
+#define DEFINE_ATTENTION(NAME, BF16)                                                                         \
+    int NAME(const word *q, const word *k, const word *v, long ld, long v_ld, int n, int heads, int dh,      \
+             const word *c2p, long c2p_head, long c2p_ld, const word *p2c, long p2c_head, long p2c_ld,       \
+             float scale, const int *rows, int m, void *out, long out_ld, int threads) {                    \
+        if (dh <= 0 || n <= 0 || heads <= 0 || threads <= 0 || m < 0 || m > n) return -1;                   \
+        int dv = BF16 ? 2 * dh : dh;                                                                        \
+        long dv_padded = (dv + PANEL - 1) / PANEL * PANEL, square = (long)n * n;                            \
+        long rows_padded = (2L * n + PANEL) / PANEL * PANEL; /* table rows, padded to panels */              \
+        long packed = rows_padded * dh, tmp = BLOCK * (rows_padded + PANEL);                                 \
+        long by_key = square > (long)n * dv ? square : (long)n * dv; /* then the context */                 \
+        long each = packed + tmp + by_key + square + n * dv_padded + n; /* in words */                      \
+        word *base = scratch_for(each, threads);                                                            \
+        if (!base) return -2;                                                                               \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                                   \
+        for (int h = 0; h < heads; h++) {                                                                   \
+            word *mine = base + each * omp_get_thread_num();                                                \
+            float *scratch = (float *)(mine + packed);                                                      \
+            head_attention(q + (long)h * dh, k + (long)h * dh, v + (long)h * dh, ld, v_ld, n, dh,           \
+                           c2p ? c2p + h * c2p_head : 0, c2p_ld, p2c ? p2c + h * p2c_head : 0, p2c_ld, scale, \
+                           rows, m, out, out_ld, (long)h * dv, mine, scratch, scratch + tmp,                \
+                           scratch + tmp + by_key, scratch + tmp + by_key + square,                          \
+                           scratch + tmp + by_key + square + n * dv_padded, BF16);                          \
+        }                                                                                                   \
+        return 0;                                                                                           \
+    }
+
+/* words of scratch for each of threads workers, kept by the calling thread for its next call
+   (fresh pages would fault in every time); NULL when out of memory */
+static word *scratch_for(long words, int threads) {
+    static __thread word *scratch = 0;
+    static __thread long capacity = 0;
+    if (words * threads > capacity) {
+        free(scratch);
+        scratch = malloc(sizeof(word) * words * threads);
+        capacity = scratch ? words * threads : 0;
+    }
+    return scratch; /* the workers use the caller's buffer: their own thread-locals are empty */
+}
+
+DEFINE_ATTENTION(disentangled_attention_fp32, 0)
+DEFINE_ATTENTION(disentangled_attention_bf16, 1)
