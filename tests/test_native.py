@@ -41,8 +41,8 @@ def close(got, want, dtype):
 
 
 def test_the_kernel_builds_where_it_can():
-    assert native.native_attention_available()  # the build did not fail (a failure would warn and fall back)
-    assert not native.native_attention_available(torch.float16)
+    assert native.kernels_available()  # the build did not fail (a failure would warn and fall back)
+    assert not native.kernels_available(torch.float16)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -128,9 +128,45 @@ def test_bad_inputs_are_refused_with_the_reason(bad):
         native.disentangled_attention(q, k, v, heads, table, None, 1.0, rows, out)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [768, 20])
+@pytest.mark.parametrize("rounded", [False, True])
+def test_add_layer_norm_matches_its_definition(dtype, d, rounded):
+    if rounded and native._unavailable_because(torch.bfloat16) is not None:
+        pytest.skip("no AVX512-BF16")
+    torch.manual_seed(d)
+    norm = torch.nn.LayerNorm(d, eps=1e-7)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(33, 2 * d).to(dtype)[:, :d]  # rows 2d values apart
+    residual = torch.randn(33, d) * 3
+    out, low = native.add_layer_norm(x, residual, norm, rounded)
+    want = torch.nn.functional.layer_norm(x.double() + residual.double(), (d,), norm.weight.double(),
+                                          norm.bias.double(), norm.eps)
+    assert out.dtype == torch.float32 and torch.allclose(out.double(), want, rtol=1e-5, atol=1e-5)
+    assert low is None if not rounded else torch.equal(low, out.bfloat16())
+
+
+@pytest.mark.parametrize("bad", ["shapes", "residual-dtype", "norm-size", "norm-without-bias", "strided-values"])
+def test_add_layer_norm_refuses_bad_inputs_with_the_reason(bad):
+    x, residual, norm = torch.randn(4, 8), torch.randn(4, 8), torch.nn.LayerNorm(8)
+    if bad == "shapes":
+        residual = residual[:3]
+    elif bad == "residual-dtype":
+        residual = residual.double()
+    elif bad == "norm-size":
+        norm = torch.nn.LayerNorm(9)
+    elif bad == "norm-without-bias":
+        norm = torch.nn.LayerNorm(8, elementwise_affine=False)
+    else:
+        x = torch.randn(8, 4).t()
+    with pytest.raises(ValueError, match="must be"):
+        native.add_layer_norm(x, residual, norm)
+
+
 @pytest.mark.parametrize("bf16", [False, pytest.param(True, marks=DTYPES[1].marks)])
 @pytest.mark.parametrize("pos_att_type", [("p2c", "c2p"), ("c2p",), ("p2c",)])
-def test_packed_deberta_gives_the_same_states_with_and_without_the_kernel(pos_att_type, bf16, monkeypatch):
+def test_packed_deberta_gives_the_same_states_with_and_without_the_kernels(pos_att_type, bf16, monkeypatch):
     torch.manual_seed(0)
     model = tiny_model(pos_att_type=pos_att_type, layers=2)
     if bf16:
@@ -139,19 +175,24 @@ def test_packed_deberta_gives_the_same_states_with_and_without_the_kernel(pos_at
     ids = torch.randint(5, 300, (len(lengths), max(lengths)))
     mask = (torch.arange(max(lengths)) < torch.tensor(lengths)[:, None]).long()
     keep = mask.bool() & (torch.rand(mask.shape) < 0.5)
-    calls = []
-    counted = native.disentangled_attention
+    calls, norms = [], []
 
     def counting(*args, **kwargs):
         calls.append(args[0].shape[0])
-        return counted(*args, **kwargs)
+        return native.disentangled_attention(*args, **kwargs)
+
+    def counting_norms(x, residual, norm, rounded):
+        norms.append(rounded)
+        return native.add_layer_norm(x, residual, norm, rounded)
 
     monkeypatch.setattr(deberta, "disentangled_attention", counting)
+    monkeypatch.setattr(deberta, "add_layer_norm", counting_norms)
     with torch.inference_mode():
         kernel = PackedDeberta(model)(ids, mask, keep=keep)
-        monkeypatch.setattr(deberta, "native_attention_available", lambda dtype: False)
+        monkeypatch.setattr(deberta, "kernels_available", lambda dtype: False)
         plain = PackedDeberta(model)(ids, mask, keep=keep)
     assert sorted(calls) == sorted(2 * lengths)  # every sequence of both layers went through the kernel
+    assert norms == [bf16] * 4  # both residual steps of both layers, in bf16 too in fast mode
     tolerance = 2e-2 if bf16 else 1e-5  # bf16: a last-bit difference can round a layer input the other way
     assert torch.allclose(kernel, plain, atol=tolerance) and (kernel - plain).abs().mean() < tolerance / 20
     assert not kernel[~keep].any()
@@ -163,8 +204,8 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
     native._library.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="could not be built"):
-            assert not native.native_attention_available()
-        assert not native.native_attention_available()  # decided once per process
+            assert not native.kernels_available()
+        assert not native.kernels_available()  # decided once per process
         with pytest.raises(RuntimeError, match="not available"):
             native.disentangled_attention(*[torch.zeros((1, 2))] * 3, 1, None, None, 1.0)
     finally:
@@ -177,7 +218,7 @@ def test_without_a_compiler_torch_takes_over_quietly(monkeypatch, tmp_path, recw
     monkeypatch.setenv("PATH", str(tmp_path))  # no cc, no gcc
     native._library.cache_clear()
     try:
-        assert not native.native_attention_available()
+        assert not native.kernels_available()
         assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
         assert not list(tmp_path.iterdir())
     finally:

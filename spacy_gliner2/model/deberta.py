@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .native import disentangled_attention, native_attention_available
+from .native import add_layer_norm, disentangled_attention, kernels_available
 from .precision import pad_rows
 
 
@@ -215,6 +215,7 @@ class PackedDeberta:
         buckets = _buckets(torch.arange(longest - 1, -longest, -1, device=input_ids.device), layers.position_buckets, layers.max_relative_positions)
         c2p_index, p2c_index = torch.clamp(buckets + span, 0, 2 * span - 1), torch.clamp(-buckets + span, 0, 2 * span - 1)
 
+        hidden_in = None  # hidden in the layers' input dtype, when the last layer gave it
         for depth, (layer, (pos_key, pos_query)) in enumerate(zip(layers.layer, projected)):
             # per sequence, the query rows this layer must output (None: all)
             rows = [keep[b, :n].nonzero().squeeze(1) for b, n in enumerate(lengths)] \
@@ -223,9 +224,9 @@ class PackedDeberta:
             # bf16 layers (fast mode) take bf16 inputs, cast once (not through .weight: a packed bf16 weight unpacks on read)
             low = getattr(att.query_proj, "compute_dtype", None) or att.query_proj.weight.dtype
             # the kernel (CPU, fp32 states) takes fp32 values, or the bf16 values that bf16 projections give
-            native = hidden.device.type == "cpu" and hidden.dtype == torch.float32 and native_attention_available(low) and (
+            native = hidden.device.type == "cpu" and hidden.dtype == torch.float32 and kernels_available(low) and (
                 low == hidden.dtype or all(getattr(p, "compute_dtype", None) == low for p in (att.key_proj, att.value_proj)))
-            layer_in = hidden.to(low)
+            layer_in = hidden_in if hidden_in is not None and hidden_in.dtype == low else hidden.to(low)
             q, k, v = (proj(layer_in) for proj in (att.query_proj, att.key_proj, att.value_proj))
             if not native:
                 q, k, v = q.to(hidden.dtype), k.to(hidden.dtype), v.to(hidden.dtype)
@@ -253,8 +254,16 @@ class PackedDeberta:
                 else:
                     context[at : at + m] = _attention(*sequence, H, *tables, scale, selected)
                 at += m
-            attended = layer.attention.output(context.to(low), hidden)  # the residual stream keeps its dtype
-            hidden = layer.output(_feed_forward_in(layer.intermediate, attended.to(low)), attended)
+            if native:  # dense, then (dropout: none at inference) add and normalise in one pass, in fp32 and low
+                rounded = low != hidden.dtype
+                attended, attended_in = add_layer_norm(layer.attention.output.dense(context), hidden,
+                                                       layer.attention.output.LayerNorm, rounded)
+                feed = _feed_forward_in(layer.intermediate, attended if attended_in is None else attended_in)
+                hidden, hidden_in = add_layer_norm(layer.output.dense(feed), attended, layer.output.LayerNorm, rounded)
+            else:
+                attended = layer.attention.output(context.to(low), hidden)  # the residual stream keeps its dtype
+                hidden = layer.output(_feed_forward_in(layer.intermediate, attended.to(low)), attended)
+                hidden_in = None
 
         out = hidden.new_zeros((B, T, D))
         out[real if keep is None else keep] = hidden[:n_rows]

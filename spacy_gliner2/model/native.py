@@ -1,4 +1,5 @@
-"""An optional compiled kernel: DeBERTa's disentangled attention, one sequence at a time.
+"""Optional compiled kernels: DeBERTa's disentangled attention, one sequence at a time, and
+the residual step's add and layer norm.
 
 ``attention.c`` computes a sequence's query-key, content-to-position and position-to-content
 scores of every head over cache-sized blocks (torch needs many small products and strided
@@ -8,9 +9,11 @@ mode) multiply in fp32; bf16 inputs (fast mode, where the projections come out o
 layers and so are bf16 values) multiply as bf16 pairs with fp32 sums (AVX512-BF16): fp32
 arithmetic on those same values in another order, at bf16 speed (torch has no bf16-in,
 fp32-out product on CPU). Scores, softmax and the weighted sums of values are fp32; the
-output has the inputs' dtype (the next layer's). Measured in README (Performance).
+output has the inputs' dtype (the next layer's). ``layer_norm.c`` adds a layer's output to the
+residual stream and normalises the sum in one pass per row, also writing it in bf16 for the
+next bf16 layer (fast mode). Measured in README (Performance).
 
-The kernel is built on first use with the system's C compiler (``$CC``, else ``cc``) into
+The kernels are built on first use with the system's C compiler (``$CC``, else ``cc``) into
 a per-user cache folder and loaded with ctypes; where that cannot happen (no compiler, no
 AVX-512, not Linux x86-64, ``SPACY_GLINER2_NATIVE=0``) the same maths runs through torch
 (:mod:`.deberta`). Nothing is ever loaded from anywhere but that build.
@@ -33,7 +36,7 @@ import torch
 from .precision import cpu_flags
 
 logger = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("attention.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "layer_norm.c")]
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
 ENABLE_VARIABLE = "SPACY_GLINER2_NATIVE"
 
@@ -77,14 +80,14 @@ def _build(folder: Path) -> Path:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise FileNotFoundError("no C compiler found (set CC, or install gcc)")
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join([compiler] + FLAGS).encode()).hexdigest()[:16]
-    target = folder / f"attention-{digest}.so"
+    sources = b"".join(source.read_bytes() for source in SOURCES)
+    digest = hashlib.sha256(sources + " ".join([compiler] + FLAGS).encode()).hexdigest()[:16]
+    target = folder / f"kernels-{digest}.so"
     if not target.exists():
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder) as scratch:
             built = Path(scratch) / target.name
-            run = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
+            run = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", str(built)], capture_output=True, text=True)
             if run.returncode != 0:
                 raise RuntimeError(f"{compiler} failed: {run.stderr.strip()[-2000:]}")
             os.replace(built, target)  # atomic: concurrent builders leave one whole file
@@ -109,12 +112,15 @@ def _library() -> Optional[ctypes.CDLL]:
         function = getattr(library, name)
         function.argtypes = [P, P, P, L, L, I, I, I, P, L, L, P, L, L, ctypes.c_float, P, I, P, L, I]
         function.restype = I
+    for name in ("add_layer_norm_fp32", "add_layer_norm_bf16"):
+        function = getattr(library, name)
+        function.argtypes = [P, L, P, L, I, I, P, P, ctypes.c_float, P, L, P, L, I]
+        function.restype = I
     return library
 
 
-def native_attention_available(dtype: torch.dtype = torch.float32) -> bool:
-    """Whether :func:`disentangled_attention` runs here on ``dtype`` inputs (builds the kernel on
-    the first call)."""
+def kernels_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the kernels run here on ``dtype`` inputs (builds them on the first call)."""
     return _unavailable_because(dtype) is None and _library() is not None
 
 
@@ -153,10 +159,10 @@ def disentangled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, he
     ``(heads, 2n - 1, dh)`` position tables of the same dtype, or None; ``rows``: the query rows
     to output (increasing int64 indices; None: all ``n``); ``out``: where to write (an
     ``(m, heads * dh)`` tensor with contiguous rows), else a new tensor. Only where
-    :func:`native_attention_available`.
+    :func:`kernels_available`.
     """
     dtype = q.dtype
-    if not native_attention_available(dtype):
+    if not kernels_available(dtype):
         raise RuntimeError(f"the attention kernel is not available here for {dtype}: "
                            f"{_unavailable_because(dtype) or 'its build failed'}.")
     n, width = q.shape
@@ -189,3 +195,32 @@ def disentangled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, he
     if status != 0:
         raise MemoryError(f"the attention kernel failed (status {status}) on a sequence of {n} tokens.")
     return out
+
+
+def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, norm: torch.nn.LayerNorm,
+                   low: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``norm(x + residual)`` (fp32) for ``(rows, d)`` ``x`` (fp32, or bf16) and fp32 ``residual``, and
+    (``low``) the same values rounded to bf16, else None. Only where :func:`kernels_available`
+    (for bf16 when ``x`` is bf16 or ``low``)."""
+    dtype = torch.bfloat16 if low or x.dtype == torch.bfloat16 else torch.float32
+    if not kernels_available(dtype):
+        raise RuntimeError(f"the layer norm kernel is not available here for {dtype}: "
+                           f"{_unavailable_because(dtype) or 'its build failed'}.")
+    weight, bias = norm.weight, norm.bias
+    if x.dim() != 2 or x.shape != residual.shape or x.dtype not in NEEDS or residual.dtype != torch.float32 \
+            or x.device.type != "cpu" or residual.device.type != "cpu" or x.stride(-1) != 1 or residual.stride(-1) != 1 \
+            or weight is None or bias is None or weight.shape != (x.shape[1],) or bias.shape != weight.shape \
+            or weight.dtype != torch.float32 or bias.dtype != torch.float32 or not (weight.is_contiguous() and bias.is_contiguous()):
+        raise ValueError(f"x and residual must be CPU (rows, d) rows with contiguous values (x fp32 or bf16, residual "
+                         f"fp32) and the norm an fp32 affine LayerNorm over d, got x {x.dtype} {tuple(x.shape)} "
+                         f"{x.stride()}, residual {residual.dtype} {tuple(residual.shape)} {residual.stride()}, norm {norm}.")
+    rows, d = x.shape
+    out = torch.empty((rows, d), dtype=torch.float32)
+    rounded = torch.empty((rows, d), dtype=torch.bfloat16) if low else None
+    kernel = getattr(_library(), "add_layer_norm_bf16" if x.dtype == torch.bfloat16 else "add_layer_norm_fp32")
+    status = kernel(x.data_ptr(), x.stride(0), residual.data_ptr(), residual.stride(0), rows, d, weight.data_ptr(),
+                    bias.data_ptr(), norm.eps, out.data_ptr(), d, None if rounded is None else rounded.data_ptr(), d,
+                    torch.get_num_threads())
+    if status != 0:
+        raise ValueError(f"the layer norm kernel refused ({status}) rows of {d} values.")
+    return out, rounded
