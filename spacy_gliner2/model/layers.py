@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import linear
+
 MAX_COUNT = 20
 
 
@@ -53,8 +55,9 @@ class SpanMarker(nn.Module):
         first, drop, last = self.out_project[0], self.out_project[2], self.out_project[3]
         lengths = [min(int(n), L) for n in n_words]
         real = words[torch.arange(L, device=words.device) < torch.tensor(lengths, device=words.device)[:, None]]
-        starts = F.linear(self.project_start(real).relu(), first.weight[:, :D], first.bias).split(lengths)
-        ends = F.linear(self.project_end(real).relu(), first.weight[:, D:]).split(lengths)
+        # the halves through oneDNN at inference (precision.linear: a contiguous copy of each, ~1.3x MKL's speed)
+        starts = linear(self.project_start(real).relu(), first.weight[:, :D], first.bias).split(lengths)
+        ends = linear(self.project_end(real).relu(), first.weight[:, D:]).split(lengths)
         folded = (queries @ last.weight).transpose(1, 2)  # (B, 4D, Q)
         query_bias = queries @ last.bias  # (B, Q)
         logits = words.new_full((B, L, W, queries.shape[1]), float("-inf") if mask else 0.0)

@@ -72,14 +72,19 @@ def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     return out[:rows].view(*x.shape[:-1], out.shape[-1])
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``; in fp32 CPU inference (no gradients) through oneDNN's matmul."""
+    if (_ONEDNN_LINEAR is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
+            and x.dtype == torch.float32 and weight.dtype == torch.float32):
+        return _onednn_product(x, weight.contiguous(), bias, torch.float32)
+    return F.linear(x, weight, bias)
+
+
 class OneDNNLinear(nn.Linear):
     """``nn.Linear`` whose fp32 CPU inference (no gradients) runs oneDNN's matmul."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (_ONEDNN_LINEAR is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
-                and x.dtype == torch.float32 and self.weight.dtype == torch.float32):
-            return _onednn_product(x, self.weight, self.bias, torch.float32)
-        return super().forward(x)
+        return linear(x, self.weight, self.bias)
 
 
 def use_onednn_linears(module: nn.Module) -> None:
