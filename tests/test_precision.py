@@ -7,6 +7,7 @@ import torch
 from test_deberta import tiny_model
 
 from spacy_gliner2.model.deberta import PackedDeberta
+from spacy_gliner2.model.layers import SpanMarker
 from spacy_gliner2.model.precision import (
     INT8_CHUNK_ROWS, BF16Linear, Int8Linear, OneDNNLinear, int8_products_available, use_bf16_linears, use_onednn_linears,
 )
@@ -49,6 +50,28 @@ def test_onednn_linear_computes_the_fp32_product_and_trains_as_nn_linear():
     out.sum().backward()
     linear(x).sum().backward()
     assert torch.equal(fast.weight.grad, linear.weight.grad)
+
+
+def test_span_scorer_packs_its_halves_for_inference_and_follows_weight_updates():
+    torch.manual_seed(0)
+    scorer = SpanMarker(32, 3, dropout=0.0)
+    words, queries = torch.randn(2, 6, 32), torch.randn(2, 4, 32)
+
+    def trained() -> torch.Tensor:  # with gradients: plain slices of the weight, nothing cached
+        return scorer.score(words, queries, [6, 4]).detach()
+
+    with torch.no_grad():
+        packed = scorer.score(words, queries, [6, 4])
+    assert all(half.is_mkldnn for half in scorer._packed)  # the path under test ran
+    assert torch.allclose(packed, trained(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        scorer.out_project[0].weight.mul_(-2)  # an optimizer-like in-place update
+        again = scorer.score(words, queries, [6, 4])
+    assert torch.allclose(again, trained(), rtol=1e-5, atol=1e-5) and not torch.allclose(again, packed)
+    twin = copy.deepcopy(scorer)  # the opaque packed tensors are left out of copies
+    assert not hasattr(twin, "_packed")
+    with torch.no_grad():
+        assert torch.equal(twin.score(words, queries, [6, 4]), again)
 
 
 @pytest.mark.parametrize("kind", ["fp32", "bf16"])

@@ -73,7 +73,10 @@ def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``; in fp32 CPU inference (no gradients) through oneDNN's matmul."""
+    """``F.linear(x, weight, bias)``; in fp32 CPU inference (no gradients) through oneDNN's matmul
+    (the weight plain, or packed by :func:`pack_for_onednn`)."""
+    if weight.is_mkldnn:
+        return _onednn_product(x, weight, bias, torch.float32)
     if (_ONEDNN_LINEAR is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
             and x.dtype == torch.float32 and weight.dtype == torch.float32):
         return _onednn_product(x, weight.contiguous(), bias, torch.float32)
@@ -95,7 +98,7 @@ def use_onednn_linears(module: nn.Module) -> None:
             child.__class__ = OneDNNLinear
 
 
-def _pack_for_onednn(weight: torch.Tensor) -> Optional[torch.Tensor]:
+def pack_for_onednn(weight: torch.Tensor) -> Optional[torch.Tensor]:
     """``weight`` in oneDNN's own blocked layout (an opaque tensor), or None without oneDNN."""
     if _ONEDNN_LINEAR is None or weight.device.type != "cpu":
         return None
@@ -122,7 +125,7 @@ class BF16Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight = linear.weight.detach().to(torch.bfloat16)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(torch.bfloat16), requires_grad=False)
-        self._packed = _pack_for_onednn(weight)
+        self._packed = pack_for_onednn(weight)
         self._plain = weight if self._packed is None else None
 
     @property
