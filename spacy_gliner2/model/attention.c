@@ -30,22 +30,47 @@ static inline __mmask16 cols_mask(int valid) {
     return valid >= PANEL ? (__mmask16)0xFFFF : valid <= 0 ? 0 : (__mmask16)((1u << valid) - 1);
 }
 
-/* lane r holds r * stride: the offsets of one column of PANEL rows, for gathers */
-static inline __m512i lane_offsets(int stride) {
-    return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(stride));
+/* r[c] <- lane c of r[0..15] (a 16 x 16 transpose of 32-bit lanes; bitwise, so for words too) */
+static inline void transpose16(__m512 r[PANEL]) {
+    __m512 t[PANEL];
+    for (int i = 0; i < PANEL; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < PANEL; i += 4) {
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    for (int i = 0; i < PANEL; i += 8)
+        for (int j = 0; j < 4; j++) {
+            t[i + j] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0x88);
+            t[i + j + 4] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0xdd);
+        }
+    for (int j = 0; j < 8; j++) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+        r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
+    }
+}
+
+/* r[i] <- 16 words from row i of x (row stride ld words), for the valid rows and words; zeros elsewhere */
+static inline void load_block(const word *x, long ld, int rows, __mmask16 words, __m512 r[PANEL]) {
+    for (int i = 0; i < PANEL; i++)
+        r[i] = i < rows ? _mm512_maskz_loadu_ps(words, (const float *)(x + (long)i * ld)) : _mm512_setzero_ps();
 }
 
 /* Rows of x (rows x k words, row stride ld words) packed in panels of PANEL rows: for each
-   word t, the PANEL rows' words t; rows past the end are zero. */
+   word t, the PANEL rows' words t; rows past the end are zero. 16 x 16 blocks, transposed in registers. */
 static void pack_panels(const word *x, long ld, int rows, int k, word *out) {
+    __m512 r[PANEL];
     for (int p = 0; p * PANEL < rows; p++, out += (long)k * PANEL) {
-        int valid = rows - p * PANEL < PANEL ? rows - p * PANEL : PANEL;
-        for (int r = 0; r < valid; r++) {
-            const word *src = x + (long)(p * PANEL + r) * ld;
-            for (int t = 0; t < k; t++) out[t * PANEL + r] = src[t];
+        int valid = rows - p * PANEL;
+        for (int t = 0; t < k; t += PANEL) {
+            load_block(x + (long)p * PANEL * ld + t, ld, valid, cols_mask(k - t), r);
+            transpose16(r);
+            for (int c = 0; c < PANEL && t + c < k; c++) _mm512_storeu_ps((float *)(out + (long)(t + c) * PANEL), r[c]);
         }
-        for (int r = valid; r < PANEL; r++)
-            for (int t = 0; t < k; t++) out[t * PANEL + r] = 0;
     }
 }
 
@@ -126,18 +151,20 @@ static inline __attribute__((always_inline)) void head_scores(
         pack_panels(p2c, p2c_ld, 2 * n - 1, dh, packed);
         skewed(k, ld, n, dh, packed, by_key, 0, tmp, bf16);
     }
-    /* out = (out + by_key^T) * scale, 16 columns at a time: column i of 16 by_key rows is one gather */
-    const __m512i down = lane_offsets(n);
+    /* out = (out + by_key^T) * scale, by 16 x 16 blocks: a block of by_key rows, transposed in registers */
     const __m512 factor = _mm512_set1_ps(scale);
-    for (int j0 = 0; j0 < n; j0 += PANEL) {
-        __mmask16 mask = cols_mask(n - j0);
-        for (int i = 0; i < n; i++) {
-            float *row = out + (long)i * n + j0;
-            __m512 sum = _mm512_maskz_loadu_ps(mask, row);
-            if (p2c) sum = _mm512_add_ps(sum, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, down, by_key + (long)j0 * n + i, 4));
-            _mm512_mask_storeu_ps(row, mask, _mm512_mul_ps(sum, factor));
+    __m512 r[PANEL];
+    for (int i0 = 0; i0 < n; i0 += PANEL)
+        for (int j0 = 0; j0 < n; j0 += PANEL) {
+            __mmask16 columns = cols_mask(n - j0);
+            /* r[c]: by_key[j0 .. j0 + 15][i0 + c] (zeros without p2c) */
+            load_block((const word *)by_key + (long)j0 * n + i0, n, p2c ? n - j0 : 0, cols_mask(n - i0), r);
+            if (p2c) transpose16(r);
+            for (int c = 0; c < PANEL && i0 + c < n; c++) {
+                float *row = out + (long)(i0 + c) * n + j0;
+                _mm512_mask_storeu_ps(row, columns, _mm512_mul_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(columns, row), r[c]), factor));
+            }
         }
-    }
 }
 
 /* e^x, 16 lanes, within 2 ulp for x <= 0 (x below -104 gives 0): x = m ln2 + r, |r| <= ln2 / 2,
