@@ -1,6 +1,7 @@
 """The compiled attention kernel (spacy_gliner2/model/native.py, attention.c)."""
 import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -225,13 +226,20 @@ def test_without_a_compiler_torch_takes_over_quietly(monkeypatch, tmp_path, recw
         native._library.cache_clear()
 
 
-def test_builds_are_cached_by_source_and_flags(monkeypatch, tmp_path):
+def test_builds_are_cached_by_source_and_flags_and_replace_older_ones(monkeypatch, tmp_path):
     first = native._build(tmp_path)
     stamp = first.stat().st_mtime_ns
     assert native._build(tmp_path) == first and first.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    legacy, young = tmp_path / "attention_scores-0123456789abcdef.so", tmp_path / "kernels-fedcba9876543210.so"
+    for path in (legacy, young, tmp_path / "notes.txt"):
+        path.write_bytes(b"")
+    day_ago = time.time() - 86400
+    for path in (first, legacy, tmp_path / "notes.txt"):
+        os.utime(path, (day_ago, day_ago))
     monkeypatch.setattr(native, "FLAGS", native.FLAGS + ["-DBLOCK=64"])
-    assert native._build(tmp_path) != first  # other flags: another file
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, native._build(tmp_path).name])
+    second = native._build(tmp_path)
+    assert second != first  # other flags: another file; the old builds are gone, a young one stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([second.name, young.name, "notes.txt"])
 
 
 def test_the_kernel_can_be_switched_off(monkeypatch):

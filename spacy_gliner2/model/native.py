@@ -18,6 +18,7 @@ a per-user cache folder and loaded with ctypes; where that cannot happen (no com
 AVX-512, not Linux x86-64, ``SPACY_GLINER2_NATIVE=0``) the same maths runs through torch
 (:mod:`.deberta`). Nothing is ever loaded from anywhere but that build.
 """
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -27,6 +28,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Optional, Tuple
@@ -75,8 +77,16 @@ def _machine_lacks(dtype: torch.dtype) -> Optional[str]:
     return None
 
 
+# names of builds in the cache folder, this one's and those of earlier versions of the sources
+BUILD_PATTERNS = ("kernels-*.so", "attention-*.so", "attention_scores-*.so")
+STALE_AFTER_S = 3600
+
+
 def _build(folder: Path) -> Path:
-    """The kernel compiled into ``folder`` (reused when the same source and flags built it before)."""
+    """The kernels compiled into ``folder`` (reused when the same sources and flags built them
+    before). A new build removes the folder's other builds older than an hour (other sources or
+    flags, not used by this version; younger ones may belong to a process of another version
+    that is about to load what it just built; a process that loaded one keeps it)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise FileNotFoundError("no C compiler found (set CC, or install gcc)")
@@ -91,6 +101,10 @@ def _build(folder: Path) -> Path:
             if run.returncode != 0:
                 raise RuntimeError(f"{compiler} failed: {run.stderr.strip()[-2000:]}")
             os.replace(built, target)  # atomic: concurrent builders leave one whole file
+        for stale in {path for pattern in BUILD_PATTERNS for path in folder.glob(pattern)} - {target}:
+            with contextlib.suppress(OSError):
+                if time.time() - stale.stat().st_mtime > STALE_AFTER_S:
+                    stale.unlink()
     return target
 
 
