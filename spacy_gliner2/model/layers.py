@@ -81,7 +81,7 @@ class SpanMarker(nn.Module):
             return halves
         if getattr(self, "_packed_key", None) != key:
             packed = [pack_for_onednn(half.contiguous()) for half in halves]
-            self._packed = halves if None in packed else tuple(packed)
+            self._packed = halves if any(half is None for half in packed) else tuple(packed)
             self._packed_key = key
         return self._packed
 

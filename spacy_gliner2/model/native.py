@@ -114,11 +114,11 @@ def _library() -> Optional[ctypes.CDLL]:
     try:
         library = ctypes.CDLL(str(_build(cache_folder())))
     except FileNotFoundError as error:  # an expected setup (a slim image): no warning
-        logger.info("attention runs on torch's products: %s", error)
+        logger.info("attention and layer norms run on torch: %s", error)
         return None
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-        warnings.warn(f"spacy-gliner2: the attention kernel could not be built ({error}); attention "
-                      f"runs on torch's products instead (same results, slower). Set {ENABLE_VARIABLE}=0 "
+        warnings.warn(f"spacy-gliner2: the compiled kernels could not be built ({error}); attention and layer "
+                      f"norms run on torch instead (same results, slower). Set {ENABLE_VARIABLE}=0 "
                       "to skip the build.", RuntimeWarning, stacklevel=3)
         return None
     P, L, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
