@@ -18,17 +18,15 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "vectors.h"
+
 typedef uint32_t word;
 
 #define MR 8      /* rows per micro-tile */
-#define PANEL 16  /* columns per zmm register */
+#define PANEL LANES  /* columns per zmm register */
 #ifndef BLOCK
 #define BLOCK 32  /* query rows per relative-position table (a multiple of PANEL) */
 #endif
-
-static inline __mmask16 cols_mask(int valid) {
-    return valid >= PANEL ? (__mmask16)0xFFFF : valid <= 0 ? 0 : (__mmask16)((1u << valid) - 1);
-}
 
 /* r[c] <- lane c of r[0..15] (a 16 x 16 transpose of 32-bit lanes; bitwise, so for words too) */
 static inline void transpose16(__m512 r[PANEL]) {
@@ -67,7 +65,7 @@ static void pack_panels(const word *x, long ld, int rows, int k, word *out) {
     for (int p = 0; p * PANEL < rows; p++, out += (long)k * PANEL) {
         int valid = rows - p * PANEL;
         for (int t = 0; t < k; t += PANEL) {
-            load_block(x + (long)p * PANEL * ld + t, ld, valid, cols_mask(k - t), r);
+            load_block(x + (long)p * PANEL * ld + t, ld, valid, lanes_mask(k - t), r);
             transpose16(r);
             for (int c = 0; c < PANEL && t + c < k; c++) _mm512_storeu_ps((float *)(out + (long)(t + c) * PANEL), r[c]);
         }
@@ -86,7 +84,7 @@ static inline __attribute__((always_inline)) void gemm_nt(const word *a, long ld
     int panels = (n + PANEL - 1) / PANEL;
     for (int p = 0; p < panels; p += 2) {
         int two = p + 1 < panels;
-        __mmask16 m0 = cols_mask(n - p * PANEL), m1 = cols_mask(n - (p + 1) * PANEL);
+        __mmask16 m0 = lanes_mask(n - p * PANEL), m1 = lanes_mask(n - (p + 1) * PANEL);
         const word *b0p = bp + (long)p * k * PANEL, *b1p = b0p + (long)k * PANEL;
         for (int i = 0; i < m; i += MR) {
             int mr = m - i < MR ? m - i : MR;
@@ -156,9 +154,9 @@ static inline __attribute__((always_inline)) void head_scores(
     __m512 r[PANEL];
     for (int i0 = 0; i0 < n; i0 += PANEL)
         for (int j0 = 0; j0 < n; j0 += PANEL) {
-            __mmask16 columns = cols_mask(n - j0);
+            __mmask16 columns = lanes_mask(n - j0);
             /* r[c]: by_key[j0 .. j0 + 15][i0 + c] (zeros without p2c) */
-            load_block((const word *)by_key + (long)j0 * n + i0, n, p2c ? n - j0 : 0, cols_mask(n - i0), r);
+            load_block((const word *)by_key + (long)j0 * n + i0, n, p2c ? n - j0 : 0, lanes_mask(n - i0), r);
             if (p2c) transpose16(r);
             for (int c = 0; c < PANEL && i0 + c < n; c++) {
                 float *row = out + (long)(i0 + c) * n + j0;
@@ -183,10 +181,10 @@ static inline __m512 exp_ps(__m512 x) {
 /* dst[j] = e^(src[j] - max src) for j < n (dst may be src); returns 1 / sum_j dst[j]. */
 static float softmax_row(const float *src, float *dst, int n) {
     __m512 top = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();
-    for (int j = 0; j < n; j += PANEL) top = _mm512_max_ps(top, _mm512_mask_loadu_ps(top, cols_mask(n - j), src + j));
+    for (int j = 0; j < n; j += PANEL) top = _mm512_max_ps(top, _mm512_mask_loadu_ps(top, lanes_mask(n - j), src + j));
     const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(top));
     for (int j = 0; j < n; j += PANEL) {
-        __mmask16 mask = cols_mask(n - j);
+        __mmask16 mask = lanes_mask(n - j);
         __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, src + j), shift));
         sum = _mm512_mask_add_ps(sum, mask, sum, e);
         _mm512_mask_storeu_ps(dst + j, mask, e);
@@ -198,14 +196,9 @@ static float softmax_row(const float *src, float *dst, int n) {
    PANEL value columns, each row's PANEL values; columns past dv are zero. */
 static void pack_values(const word *v, long ld, int n, int dv, float *out, const int bf16) {
     for (int p = 0; p * PANEL < dv; p++, out += (long)n * PANEL) {
-        __mmask16 mask = cols_mask(dv - p * PANEL);
-        for (int t = 0; t < n; t++) {
-            const word *row = v + (long)t * ld;
-            __m512 x = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
-                                  _mm256_maskz_loadu_epi16(mask, (const uint16_t *)row + p * PANEL)), 16))
-                            : _mm512_maskz_loadu_ps(mask, (const float *)row + p * PANEL);
-            _mm512_storeu_ps(out + (long)t * PANEL, x);
-        }
+        __mmask16 mask = lanes_mask(dv - p * PANEL);
+        for (int t = 0; t < n; t++)
+            _mm512_storeu_ps(out + (long)t * PANEL, load_values(v + (long)t * ld, p * PANEL, mask, bf16));
     }
 }
 
@@ -226,7 +219,7 @@ static inline __attribute__((always_inline)) void head_attention(
     for (int i = 0; i < m; i++) {
         const __m512 factor = _mm512_set1_ps(inverse[i]);
         for (int d = 0; d < dv; d += PANEL) {
-            __mmask16 mask = cols_mask(dv - d);
+            __mmask16 mask = lanes_mask(dv - d);
             __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, context + (long)i * dv + d), factor);
             if (bf16)
                 _mm256_mask_storeu_epi16((uint16_t *)out + i * out_ld + col + d, mask, (__m256i)_mm512_cvtneps_pbh(x));

@@ -3,20 +3,10 @@
  * the output of a bf16 layer). It can also write the output rounded to bf16 (nearest even):
  * the next bf16 layer's input, without another pass. Compiled and loaded at run time by
  * native.py; rows run on the OpenMP threads of the process. */
-#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 
-#define LANES 16
-
-static inline __mmask16 lanes_mask(int valid) {
-    return valid >= LANES ? (__mmask16)0xFFFF : valid <= 0 ? 0 : (__mmask16)((1u << valid) - 1);
-}
-
-static inline __attribute__((always_inline)) __m512 load_row(const void *x, long at, __mmask16 mask, const int bf16) {
-    return bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, (const uint16_t *)x + at)), 16))
-                : _mm512_maskz_loadu_ps(mask, (const float *)x + at);
-}
+#include "vectors.h"
 
 /* one row; low (or NULL) takes the output in bf16 */
 static inline __attribute__((always_inline)) void norm_row(const void *x, long x_at, const float *residual, int d,
@@ -25,7 +15,7 @@ static inline __attribute__((always_inline)) void norm_row(const void *x, long x
     __m512 sum = _mm512_setzero_ps();
     for (int j = 0; j < d; j += LANES) { /* out may be residual: each value is read before it is written */
         __mmask16 mask = lanes_mask(d - j);
-        __m512 s = _mm512_add_ps(load_row(x, x_at + j, mask, bf16), _mm512_maskz_loadu_ps(mask, residual + j));
+        __m512 s = _mm512_add_ps(load_values(x, x_at + j, mask, bf16), _mm512_maskz_loadu_ps(mask, residual + j));
         sum = _mm512_add_ps(sum, s);
         _mm512_mask_storeu_ps(out + j, mask, s);
     }

@@ -39,6 +39,7 @@ from .precision import cpu_flags
 
 logger = logging.getLogger(__name__)
 SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "layer_norm.c")]
+HEADERS = [Path(__file__).with_name("vectors.h")]  # part of the build, so of its hash
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
 ENABLE_VARIABLE = "SPACY_GLINER2_NATIVE"
 
@@ -90,7 +91,7 @@ def _build(folder: Path) -> Path:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise FileNotFoundError("no C compiler found (set CC, or install gcc)")
-    sources = b"".join(source.read_bytes() for source in SOURCES)
+    sources = b"".join(source.read_bytes() for source in SOURCES + HEADERS)
     digest = hashlib.sha256(sources + " ".join([compiler] + FLAGS).encode()).hexdigest()[:16]
     target = folder / f"kernels-{digest}.so"
     if not target.exists():
@@ -162,6 +163,15 @@ def _table(t: Optional[torch.Tensor], n: int, heads: int, dh: int, dtype: torch.
     return (t.data_ptr(),) + _words(t, (0, 1))
 
 
+def _kernel(name: str, inputs: torch.dtype, needs: torch.dtype):
+    """The kernel ``name`` for ``inputs`` (its ``_bf16`` variant for bf16, else ``_fp32``), where
+    this machine runs it on ``needs``; else RuntimeError saying why."""
+    if not kernels_available(needs):
+        raise RuntimeError(f"the {name} kernel is not available here for {needs}: "
+                           f"{_unavailable_because(needs) or 'its build failed'}.")
+    return getattr(_library(), f"{name}_{'bf16' if inputs == torch.bfloat16 else 'fp32'}")
+
+
 def disentangled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, c2p: Optional[torch.Tensor],
                            p2c: Optional[torch.Tensor], scale: float, rows: Optional[torch.Tensor] = None,
                            out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -176,9 +186,7 @@ def disentangled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, he
     :func:`kernels_available`.
     """
     dtype = q.dtype
-    if not kernels_available(dtype):
-        raise RuntimeError(f"the attention kernel is not available here for {dtype}: "
-                           f"{_unavailable_because(dtype) or 'its build failed'}.")
+    kernel = _kernel("disentangled_attention", dtype, dtype)
     n, width = q.shape
     per_word = 4 // q.element_size()
     if k.dtype != dtype or v.dtype != dtype or k.shape != q.shape or v.shape != q.shape or q.stride() != k.stride() \
@@ -202,7 +210,6 @@ def disentangled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, he
         return out
     dh = width // heads
     tables = [x for t, name in ((c2p, "c2p"), (p2c, "p2c")) for x in _table(t, n, heads, dh, dtype, name)]
-    kernel = getattr(_library(), "disentangled_attention_bf16" if dtype == torch.bfloat16 else "disentangled_attention_fp32")
     status = kernel(q.data_ptr(), k.data_ptr(), v.data_ptr(), *_words(q, (0,)), *_words(v, (0,)), n, heads,
                     dh // per_word, *tables, scale, None if rows is None else rows.data_ptr(), m, out.data_ptr(),
                     out.stride(0), torch.get_num_threads())
@@ -216,10 +223,6 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, norm: torch.nn.Layer
     """``norm(x + residual)`` (fp32) for ``(rows, d)`` ``x`` (fp32, or bf16) and fp32 ``residual``, and
     (``low``) the same values rounded to bf16, else None. Only where :func:`kernels_available`
     (for bf16 when ``x`` is bf16 or ``low``)."""
-    dtype = torch.bfloat16 if low or x.dtype == torch.bfloat16 else torch.float32
-    if not kernels_available(dtype):
-        raise RuntimeError(f"the layer norm kernel is not available here for {dtype}: "
-                           f"{_unavailable_because(dtype) or 'its build failed'}.")
     weight, bias = norm.weight, norm.bias
     if x.dim() != 2 or x.shape != residual.shape or x.dtype not in NEEDS or residual.dtype != torch.float32 \
             or x.device.type != "cpu" or residual.device.type != "cpu" or x.stride(-1) != 1 or residual.stride(-1) != 1 \
@@ -228,10 +231,10 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, norm: torch.nn.Layer
         raise ValueError(f"x and residual must be CPU (rows, d) rows with contiguous values (x fp32 or bf16, residual "
                          f"fp32) and the norm an fp32 affine LayerNorm over d, got x {x.dtype} {tuple(x.shape)} "
                          f"{x.stride()}, residual {residual.dtype} {tuple(residual.shape)} {residual.stride()}, norm {norm}.")
+    kernel = _kernel("add_layer_norm", x.dtype, torch.bfloat16 if low else x.dtype)
     rows, d = x.shape
     out = torch.empty((rows, d), dtype=torch.float32)
     rounded = torch.empty((rows, d), dtype=torch.bfloat16) if low else None
-    kernel = getattr(_library(), "add_layer_norm_bf16" if x.dtype == torch.bfloat16 else "add_layer_norm_fp32")
     status = kernel(x.data_ptr(), x.stride(0), residual.data_ptr(), residual.stride(0), rows, d, weight.data_ptr(),
                     bias.data_ptr(), norm.eps, out.data_ptr(), d, None if rounded is None else rounded.data_ptr(), d,
                     torch.get_num_threads())
