@@ -76,7 +76,7 @@ def test_span_scorer_packs_its_halves_for_inference_and_follows_weight_updates()
 
 @pytest.mark.parametrize("kind", ["fp32", "bf16"])
 def test_onednn_sees_few_row_counts(monkeypatch, kind):
-    """oneDNN caches a kernel per input row count: the layers pad rows to ROW_MULTIPLE."""
+    """oneDNN caches a kernel per input row count: the layers pad rows to padded_rows' counts."""
     from spacy_gliner2.model import precision
 
     if precision._ONEDNN_LINEAR is None:
@@ -99,7 +99,22 @@ def test_onednn_sees_few_row_counts(monkeypatch, kind):
             out = layer(x)
             assert out.shape == (rows, 16) and out.dtype == torch.float32
             assert torch.allclose(out, linear(x), atol=1e-5 if kind == "fp32" else 0.05)
-    assert seen == {64, 128, 192, 256}
+    assert seen == set(range(16, 209, 16))
+
+
+def test_padded_rows_are_few_and_waste_little():
+    """Row counts up to 2**14 pad to multiples of 16 below 512 and 32 counts per doubling above,
+    wasting under 1/32 of the rows above 512; the int8 layer's padded chunks stay inside its
+    padded output."""
+    from spacy_gliner2.model.precision import INT8_CHUNK_ROWS, padded_rows
+
+    padded = [padded_rows(n) for n in range(1, 2**14 + 1)]
+    assert padded_rows(0) == 0 and all(p >= n for n, p in enumerate(padded, 1))
+    assert len(set(padded)) == 31 + 32 * 5 + 1  # 16 .. 496, 32 per doubling from 512, 2**14
+    assert max((p - n) / n for n, p in enumerate(padded, 1) if n > 512) < 1 / 32
+    for rows in range(1, 4 * INT8_CHUNK_ROWS):
+        last = (rows - 1) // INT8_CHUNK_ROWS * INT8_CHUNK_ROWS
+        assert last + padded_rows(rows - last) <= padded_rows(rows)
 
 
 needs_int8 = pytest.mark.skipif(not int8_products_available(), reason="no torch._int_mm on this CPU build")
