@@ -4,6 +4,7 @@
 include_confidence=True, include_spans=True)`` mapped onto our output shape:
 same labels, same spans (offsets clamped to the text), confidences within 1e-4.
 """
+import copy
 import math
 from typing import Any, Dict
 
@@ -237,3 +238,27 @@ def test_count_unroll_equals_torch_gru(count):
     theirs = torch.autograd.grad(expected.square().sum(), params)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_count_unroll_keeps_its_input_gates_until_a_weight_changes():
+    """At inference the GRU's input gates (weights only) are computed once and kept; an in-place
+    update of a source weight (as an optimizer makes) rebuilds them; copies leave them out."""
+    torch.manual_seed(0)
+    layer = CountLSTM(32)
+    fields = torch.randn(2, 3, 32)
+
+    def reference(count):
+        positions = layer.pos_embedding.weight[:count, None].expand(-1, 6, -1).contiguous()
+        return layer.gru(positions, fields.reshape(1, 6, 32))[0].view(count, 2, 3, 32)
+
+    with torch.no_grad():
+        first = layer.unroll(fields, 3)
+        assert "input_gates" in layer._derived  # the cached path ran
+        torch.testing.assert_close(layer.unroll(fields, 2), reference(2), rtol=0, atol=1e-5)
+        for weight in (layer.pos_embedding.weight, layer.gru.weight_ih_l0, layer.gru.bias_ih_l0):
+            weight.add_(0.5)
+            again = layer.unroll(fields, 3)
+            torch.testing.assert_close(again, reference(3), rtol=0, atol=1e-5)
+            assert not torch.allclose(again, first)
+            first = again
+    assert not hasattr(copy.deepcopy(layer), "_derived")

@@ -9,7 +9,8 @@ from test_deberta import tiny_model
 from spacy_gliner2.model.deberta import PackedDeberta
 from spacy_gliner2.model.layers import SpanMarker
 from spacy_gliner2.model.precision import (
-    INT8_CHUNK_ROWS, BF16Linear, Int8Linear, OneDNNLinear, int8_products_available, use_bf16_linears, use_onednn_linears,
+    INT8_CHUNK_ROWS, BF16Linear, Int8Linear, OneDNNLinear, fuse_relus, int8_products_available, use_bf16_linears,
+    use_onednn_linears,
 )
 
 TEXT = "Tim Cook visited Paris on Monday and met Emmanuel Macron."
@@ -52,6 +53,31 @@ def test_onednn_linear_computes_the_fp32_product_and_trains_as_nn_linear():
     assert torch.equal(fast.weight.grad, linear.weight.grad)
 
 
+@pytest.mark.parametrize("kind", ["fp32", "bf16"])
+def test_fused_relus_give_the_same_outputs(kind):
+    """fuse_relus folds each ReLU that follows a runtime linear layer into it (oneDNN post-op);
+    ReLUs after other modules stay; the fused layer applies its ReLU also without oneDNN."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Dropout(0.0), torch.nn.Linear(32, 8),
+                                torch.nn.ReLU(), torch.nn.Tanh(), torch.nn.ReLU())
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        expected = model(x)
+        runtime = copy.deepcopy(model)
+        if kind == "bf16":
+            use_bf16_linears(runtime)
+        use_onednn_linears(runtime)
+        unfused = runtime(x)
+        fuse_relus(runtime)
+        assert [type(runtime[i]).__name__ for i in (1, 4, 6)] == ["Identity", "Identity", "ReLU"]
+        assert runtime[0].relu and runtime[3].relu
+        fused = runtime(x)
+    assert (fused >= 0).all() and (expected > 0).any() and (expected == 0).any()
+    assert torch.allclose(fused, unfused, atol=1e-6) and torch.allclose(fused, expected, atol=1e-5 if kind == "fp32" else 0.05)
+    if kind == "fp32":  # with gradients (the F.linear path) the ReLU still applies
+        torch.testing.assert_close(runtime(x), expected)
+
+
 def test_span_scorer_packs_its_halves_for_inference_and_follows_weight_updates():
     torch.manual_seed(0)
     scorer = SpanMarker(32, 3, dropout=0.0)
@@ -62,14 +88,14 @@ def test_span_scorer_packs_its_halves_for_inference_and_follows_weight_updates()
 
     with torch.no_grad():
         packed = scorer.score(words, queries, [6, 4])
-    assert all(half.is_mkldnn for half in scorer._packed)  # the path under test ran
+    assert all(half.is_mkldnn for half in scorer._derived["halves"][1])  # the path under test ran
     assert torch.allclose(packed, trained(), rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         scorer.out_project[0].weight.mul_(-2)  # an optimizer-like in-place update
         again = scorer.score(words, queries, [6, 4])
     assert torch.allclose(again, trained(), rtol=1e-5, atol=1e-5) and not torch.allclose(again, packed)
     twin = copy.deepcopy(scorer)  # the opaque packed tensors are left out of copies
-    assert not hasattr(twin, "_packed")
+    assert not hasattr(twin, "_derived")
     with torch.no_grad():
         assert torch.equal(twin.score(words, queries, [6, 4]), again)
 

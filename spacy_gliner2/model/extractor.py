@@ -12,7 +12,7 @@ from torch import nn
 from ..encoding import CLASSIFICATION, ENTITIES, Batch
 from .deberta import PackedDeberta, supports_fast_path
 from .layers import SpanRep, count_layer, mlp
-from .precision import use_bf16_linears, use_int8_linears, use_onednn_linears
+from .precision import fuse_relus, use_bf16_linears, use_int8_linears, use_onednn_linears
 
 MAX_COUNT = 20
 
@@ -80,8 +80,9 @@ class GLiNER2Model(nn.Module):
     def use_onednn_linears(self) -> None:
         """CPU inference: the fp32 linear layers left (all of them in exact mode) multiply
         through oneDNN (:mod:`.precision`). Call it on a copy: the training forward is
-        unchanged, but the modules change class."""
+        unchanged, but the modules change class; ReLUs after them are fused into them."""
         use_onednn_linears(self)
+        fuse_relus(self)
 
     def invalidate_caches(self) -> None:
         """Drop what is cached from the weights (the fast path's position projections)."""

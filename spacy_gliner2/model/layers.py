@@ -3,7 +3,7 @@
 Parameter names follow the reference checkpoint format so its state dicts load
 unchanged. Nothing here knows about spaCy, tokenizers or schemas.
 """
-from typing import Sequence, Tuple
+from typing import Callable, Sequence, Tuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,30 @@ from torch import nn
 from .precision import linear, pack_for_onednn
 
 MAX_COUNT = 20
+T = TypeVar("T")
+
+
+class DerivedCache(nn.Module):
+    """A module that keeps values derived from its weights for inference (no gradients), rebuilt
+    when a source weight changes storage or version (an in-place update bumps it), and left
+    out of copies and pickles (rebuilt on use)."""
+
+    def derived(self, name: str, sources: Sequence[torch.Tensor], build: Callable[[], T]) -> T:
+        """``build()``, cached under ``name`` while ``sources`` stay as they are; under
+        gradients, or on inference tensors (no version counter), built on every call."""
+        if torch.is_grad_enabled():
+            return build()
+        try:
+            key = tuple((t.data_ptr(), t._version) for t in sources)
+        except RuntimeError:  # an inference tensor has no version counter
+            return build()
+        cache = self.__dict__.setdefault("_derived", {})
+        if name not in cache or cache[name][0] != key:
+            cache[name] = (key, build())
+        return cache[name][1]
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in super().__getstate__().items() if k != "_derived"}
 
 
 def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -19,14 +43,14 @@ def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Linear(d_hidden, d_out))
 
 
-def projection(d_in: int, d_out: int, dropout: float) -> nn.Sequential:
-    """``Linear(d_in, 4 d_out)-ReLU-Dropout-Linear(4 d_out, d_out)``."""
-    return nn.Sequential(
-        nn.Linear(d_in, 4 * d_out), nn.ReLU(), nn.Dropout(dropout), nn.Linear(4 * d_out, d_out)
-    )
+def projection(d_in: int, d_out: int, dropout: float, relu_out: bool = False) -> nn.Sequential:
+    """``Linear(d_in, 4 d_out)-ReLU-Dropout-Linear(4 d_out, d_out)`` (then ``ReLU`` with
+    ``relu_out``: a module without parameters, so the parameter names stay the same)."""
+    layers = [nn.Linear(d_in, 4 * d_out), nn.ReLU(), nn.Dropout(dropout), nn.Linear(4 * d_out, d_out)]
+    return nn.Sequential(*layers, *([nn.ReLU()] if relu_out else []))
 
 
-class SpanMarker(nn.Module):
+class SpanMarker(DerivedCache):
     """markerV0 span representations, scored directly against query vectors.
 
     ``rep[i, w] = out(ReLU(cat(start(h_i), end(h_{i+w}))))`` and a span's score for
@@ -38,8 +62,8 @@ class SpanMarker(nn.Module):
     def __init__(self, hidden: int, max_width: int, dropout: float = 0.1):
         super().__init__()
         self.max_width = max_width
-        self.project_start = projection(hidden, hidden, dropout)
-        self.project_end = projection(hidden, hidden, dropout)
+        self.project_start = projection(hidden, hidden, dropout, relu_out=True)
+        self.project_end = projection(hidden, hidden, dropout, relu_out=True)
         self.out_project = projection(2 * hidden, hidden, dropout)
 
     def score(
@@ -56,8 +80,8 @@ class SpanMarker(nn.Module):
         lengths = [min(int(n), L) for n in n_words]
         real = words[torch.arange(L, device=words.device) < torch.tensor(lengths, device=words.device)[:, None]]
         start_half, end_half = self._halves(D)
-        starts = linear(self.project_start(real).relu(), start_half, first.bias).split(lengths)
-        ends = linear(self.project_end(real).relu(), end_half).split(lengths)
+        starts = linear(self.project_start(real), start_half, first.bias).split(lengths)
+        ends = linear(self.project_end(real), end_half).split(lengths)
         folded = (queries @ last.weight).transpose(1, 2)  # (B, 4D, Q)
         query_bias = queries @ last.bias  # (B, Q)
         logits = words.new_full((B, L, W, queries.shape[1]), float("-inf") if mask else 0.0)
@@ -69,24 +93,17 @@ class SpanMarker(nn.Module):
 
     def _halves(self, D: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """The first output layer's weight halves (start, end). For CPU fp32 inference they are
-        packed once for oneDNN (precision.linear: ~1.4x MKL's speed on the strided halves) and
-        kept while the weight keeps its storage and version (an in-place update bumps it)."""
+        packed once for oneDNN (precision.linear: ~1.4x MKL's speed on the strided halves)."""
         weight = self.out_project[0].weight
         halves = weight[:, :D], weight[:, D:]
-        if torch.is_grad_enabled() or weight.device.type != "cpu" or weight.dtype != torch.float32:
+        if weight.device.type != "cpu" or weight.dtype != torch.float32:
             return halves
-        try:
-            key = (weight.data_ptr(), weight._version)
-        except RuntimeError:  # an inference tensor has no version counter: nothing is cached
-            return halves
-        if getattr(self, "_packed_key", None) != key:
-            packed = [pack_for_onednn(half.contiguous()) for half in halves]
-            self._packed = halves if any(half is None for half in packed) else tuple(packed)
-            self._packed_key = key
-        return self._packed
 
-    def __getstate__(self) -> dict:  # copies and pickles leave the packed halves out (rebuilt on use)
-        return {k: v for k, v in super().__getstate__().items() if k not in ("_packed", "_packed_key")}
+        def packed() -> Tuple[torch.Tensor, torch.Tensor]:
+            both = [pack_for_onednn(half.contiguous()) for half in halves]
+            return halves if any(half is None for half in both) else tuple(both)
+
+        return self.derived("halves", [weight], packed)
 
 
 class SpanRep(nn.Module):
@@ -97,7 +114,7 @@ class SpanRep(nn.Module):
         self.span_rep_layer = SpanMarker(hidden, max_width, dropout)
 
 
-class _CountBase(nn.Module):
+class _CountBase(DerivedCache):
     """Unrolls a GRU over learned count positions, starting from each field embedding."""
 
     def __init__(self, hidden: int):
@@ -109,13 +126,15 @@ class _CountBase(nn.Module):
         """``(G, M, D)`` field embeddings (G groups of M) -> ``(count, G, M, D)`` GRU states.
 
         ``nn.GRU``'s step (gates r, z, n) written out: its input at step ``k`` is the
-        position embedding ``k``, the same for every field, so the input gates are
-        computed once per step instead of once per field.
+        position embedding ``k``, the same for every field: the input gates depend on the
+        weights only (computed once per step, not per field; at inference, kept).
         """
         count = min(count, MAX_COUNT)
         G, M, D = fields.shape
         gru = self.gru
-        input_gates = F.linear(self.pos_embedding.weight[:count], gru.weight_ih_l0, gru.bias_ih_l0)  # (count, 3D)
+        positions, weight, bias = self.pos_embedding.weight, gru.weight_ih_l0, gru.bias_ih_l0
+        input_gates = self.derived("input_gates", [positions, weight, bias],
+                                   lambda: F.linear(positions, weight, bias))[:count]  # (count, 3D)
         state = fields.reshape(G * M, D)
         states = []
         for step in range(count):

@@ -70,29 +70,36 @@ def pad_rows(x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tens
     return out
 
 
-def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """oneDNN's ``x @ W.T + b`` over ``x`` cast to ``dtype`` with padded rows (output in ``dtype``)."""
+def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype,
+                    relu: bool = False) -> torch.Tensor:
+    """oneDNN's ``x @ W.T + b`` (then ReLU, fused) over ``x`` cast to ``dtype`` with padded rows
+    (output in ``dtype``)."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    out = _ONEDNN_LINEAR(pad_rows(x, dtype), weight, bias, "none", [], "")
+    out = _ONEDNN_LINEAR(pad_rows(x, dtype), weight, bias, "relu" if relu else "none", [], "")
     return out[:rows].view(*x.shape[:-1], out.shape[-1])
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``; in fp32 CPU inference (no gradients) through oneDNN's matmul
-    (the weight plain, or packed by :func:`pack_for_onednn`)."""
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, relu: bool = False) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` (then ReLU with ``relu``); in fp32 CPU inference (no
+    gradients) through oneDNN's matmul (the weight plain, or packed by :func:`pack_for_onednn`),
+    the ReLU fused into it."""
     if weight.is_mkldnn:
-        return _onednn_product(x, weight, bias, torch.float32)
+        return _onednn_product(x, weight, bias, torch.float32, relu)
     if (_ONEDNN_LINEAR is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
             and x.dtype == torch.float32 and weight.dtype == torch.float32):
-        return _onednn_product(x, weight.contiguous(), bias, torch.float32)
-    return F.linear(x, weight, bias)
+        return _onednn_product(x, weight.contiguous(), bias, torch.float32, relu)
+    out = F.linear(x, weight, bias)
+    return out.relu() if relu else out
 
 
 class OneDNNLinear(nn.Linear):
-    """``nn.Linear`` whose fp32 CPU inference (no gradients) runs oneDNN's matmul."""
+    """``nn.Linear`` whose fp32 CPU inference (no gradients) runs oneDNN's matmul; with
+    ``relu`` (set by :func:`fuse_relus`) a ReLU follows, fused into it."""
+
+    relu = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.relu)
 
 
 def use_onednn_linears(module: nn.Module) -> None:
@@ -101,6 +108,18 @@ def use_onednn_linears(module: nn.Module) -> None:
     for child in module.modules():
         if type(child) is nn.Linear:
             child.__class__ = OneDNNLinear
+
+
+def fuse_relus(module: nn.Module) -> None:
+    """In every ``nn.Sequential`` inside ``module``, fold each ``nn.ReLU`` that follows a
+    :class:`OneDNNLinear` or :class:`BF16Linear` into it (oneDNN applies it to the products
+    in registers instead of a pass over the output); the ReLU becomes an ``nn.Identity``.
+    Call it on a runtime copy: it replaces modules."""
+    for sequence in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(sequence) - 1):
+            if isinstance(sequence[i], (OneDNNLinear, BF16Linear)) and type(sequence[i + 1]) is nn.ReLU:
+                sequence[i].relu = True
+                sequence[i + 1] = nn.Identity()
 
 
 def pack_for_onednn(weight: torch.Tensor) -> Optional[torch.Tensor]:
@@ -124,6 +143,7 @@ class BF16Linear(nn.Module):
     """
 
     compute_dtype = torch.bfloat16
+    relu = False  # set by fuse_relus
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -139,10 +159,11 @@ class BF16Linear(nn.Module):
         return self._plain if self._packed is None else self._packed.to_dense()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T + b`` on bf16-rounded ``x``, returned in ``x``'s dtype."""
+        """``x @ W.T + b`` on bf16-rounded ``x`` (then ReLU with ``relu``), in ``x``'s dtype."""
         if self._packed is None:
-            return F.linear(x.to(torch.bfloat16), self._plain, self.bias).to(x.dtype)
-        return _onednn_product(x, self._packed, self.bias, torch.bfloat16).to(x.dtype)
+            out = F.linear(x.to(torch.bfloat16), self._plain, self.bias)
+            return (out.relu() if self.relu else out).to(x.dtype)
+        return _onednn_product(x, self._packed, self.bias, torch.bfloat16, self.relu).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
