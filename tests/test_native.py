@@ -57,7 +57,7 @@ def test_attention_matches_its_definition(dtype, n, dh, tables):
     q, k, v = (rows[:, i * heads * dh : (i + 1) * heads * dh] for i in range(3))
     c2p = torch.randn(heads, 2 * n - 1, dh).to(dtype) if tables in ("both", "c2p") else None
     p2c = torch.randn(heads, 2 * n - 1, dh).to(dtype) if tables in ("both", "p2c") else None
-    got = native.disentangled_attention(q, k, v, heads, c2p, p2c, 0.125)
+    got = native.disentangled_attention(q, k, v, [n], heads, c2p, p2c, 0.125)
     assert got.dtype == dtype and got.shape == (n, heads * dh)
     assert close(got, expected_attention(q, k, v, heads, c2p, p2c, 0.125), dtype)
 
@@ -70,13 +70,42 @@ def test_chosen_rows_are_written_into_the_given_rows(dtype):
     table = torch.randn(heads, 2 * n - 1, dh).to(dtype)
     chosen = torch.tensor([0, 3, 4, 17, 39])
     out = torch.full((7, 2 * heads * dh), 5.0).to(dtype)  # rows 1-5, left half: a strided view
-    native.disentangled_attention(q, k, v, heads, table, table, 0.1, chosen, out=out[1:6, : heads * dh])
+    native.disentangled_attention(q, k, v, [n], heads, table, table, 0.1, [chosen], out=out[1:6, : heads * dh])
     assert close(out[1:6, : heads * dh], expected_attention(q, k, v, heads, table, table, 0.1, chosen), dtype)
     untouched = torch.ones_like(out, dtype=torch.bool)
     untouched[1:6, : heads * dh] = False
     assert (out[untouched] == 5).all()
-    every = native.disentangled_attention(q, k, v, heads, table, table, 0.1)
+    every = native.disentangled_attention(q, k, v, [n], heads, table, table, 0.1)
     assert torch.equal(every[chosen], out[1:6, : heads * dh])  # rows do not depend on which others are chosen
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sequences_of_one_call_each_attend_to_their_own_tokens(dtype):
+    """Packed sequences (one empty, one with no chosen row) in one call: each sequence's rows equal
+    its own attention with the middle of the longest one's tables, written one after another."""
+    torch.manual_seed(3)
+    heads, dh, lengths = 3, 64, [5, 0, 33, 17, 1, 9]
+    longest, tokens = max(lengths), sum(lengths) + 4  # rows past the sequences are not read
+    q, k, v = (torch.randn(tokens, heads * dh).to(dtype) for _ in range(3))
+    c2p, p2c = (torch.randn(heads, 2 * longest - 1, dh).to(dtype) for _ in range(2))
+    chosen = [torch.tensor([0, 4]), torch.tensor([], dtype=torch.long), torch.arange(0, 33, 3), torch.tensor([], dtype=torch.long),
+              torch.tensor([0]), torch.arange(9)]
+    for rows in (None, chosen):
+        got = native.disentangled_attention(q, k, v, lengths, heads, c2p, p2c, 0.1, rows)
+        want, start = [], 0
+        for s, n in enumerate(lengths):
+            middle = slice(longest - n, longest + n - 1)
+            if n:
+                mine = [x[start : start + n] for x in (q, k, v)]
+                want.append(expected_attention(*mine, heads, c2p[:, middle], p2c[:, middle], 0.1, None if rows is None else rows[s]))
+            start += n
+        assert close(got, torch.cat(want), dtype)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(native.disentangled_attention(q, k, v, lengths, heads, c2p, p2c, 0.1, chosen), got)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -90,20 +119,21 @@ def test_strided_tables_and_thread_counts_give_the_same_attention(dtype):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = native.disentangled_attention(q, k, v, heads, c2p, p2c, 0.1)
+        one = native.disentangled_attention(q, k, v, [n], heads, c2p, p2c, 0.1)
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(native.disentangled_attention(q, k, v, heads, c2p, p2c, 0.1), one)
+    assert torch.equal(native.disentangled_attention(q, k, v, [n], heads, c2p, p2c, 0.1), one)
     assert close(one, expected_attention(q, k, v, heads, c2p, p2c, 0.1), dtype)
 
 
 @pytest.mark.parametrize("bad", ["mixed", "odd-dh", "values-shape", "table-shape", "table-dtype", "odd-table-stride",
-                                 "rows-unordered", "rows-outside", "out-shape", "out-dtype"])
+                                 "rows-unordered", "rows-outside", "rows-per-sequence", "lengths-past-rows",
+                                 "negative-length", "out-shape", "out-dtype"])
 def test_bad_inputs_are_refused_with_the_reason(bad):
     heads, dh, n = 2, 8, 5
     q = k = v = torch.randn(n, heads * dh).bfloat16()
     table = torch.randn(heads, 2 * n - 1, dh).bfloat16()
-    rows, out = None, None
+    lengths, rows, out = [n], None, None
     if bad == "mixed":
         k = k.float()
     elif bad == "odd-dh":
@@ -118,15 +148,21 @@ def test_bad_inputs_are_refused_with_the_reason(bad):
     elif bad == "odd-table-stride":
         table = torch.randn(heads, 2 * n - 1, dh + 1).bfloat16()[:, :, :dh]  # rows 9 values apart
     elif bad == "rows-unordered":
-        rows = torch.tensor([2, 1])
+        rows = [torch.tensor([2, 1])]
     elif bad == "rows-outside":
-        rows = torch.tensor([1, n])
+        rows = [torch.tensor([1, n])]
+    elif bad == "rows-per-sequence":
+        rows = [torch.tensor([1]), torch.tensor([2])]
+    elif bad == "lengths-past-rows":
+        lengths = [n, 1]
+    elif bad == "negative-length":
+        lengths = [n, -1]
     elif bad == "out-shape":
         out = torch.empty((n - 1, heads * dh)).bfloat16()
     else:
         out = torch.empty((n, heads * dh))
     with pytest.raises(ValueError, match="must be"):
-        native.disentangled_attention(q, k, v, heads, table, None, 1.0, rows, out)
+        native.disentangled_attention(q, k, v, lengths, heads, table, None, 1.0, rows, out)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -179,7 +215,7 @@ def test_packed_deberta_gives_the_same_states_with_and_without_the_kernels(pos_a
     calls, norms = [], []
 
     def counting(*args, **kwargs):
-        calls.append(args[0].shape[0])
+        calls.append(args[3])
         return native.disentangled_attention(*args, **kwargs)
 
     def counting_norms(x, residual, norm, rounded):
@@ -192,7 +228,7 @@ def test_packed_deberta_gives_the_same_states_with_and_without_the_kernels(pos_a
         kernel = PackedDeberta(model)(ids, mask, keep=keep)
         monkeypatch.setattr(deberta, "kernels_available", lambda dtype: False)
         plain = PackedDeberta(model)(ids, mask, keep=keep)
-    assert sorted(calls) == sorted(2 * lengths)  # every sequence of both layers went through the kernel
+    assert calls == [lengths] * 2  # every sequence of each layer went through the kernel, in one call
     assert norms == [bf16] * 4  # both residual steps of both layers, in bf16 too in fast mode
     tolerance = 2e-2 if bf16 else 1e-5  # bf16: a last-bit difference can round a layer input the other way
     assert torch.allclose(kernel, plain, atol=tolerance) and (kernel - plain).abs().mean() < tolerance / 20
@@ -208,7 +244,7 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
             assert not native.kernels_available()
         assert not native.kernels_available()  # decided once per process
         with pytest.raises(RuntimeError, match="not available"):
-            native.disentangled_attention(*[torch.zeros((1, 2))] * 3, 1, None, None, 1.0)
+            native.disentangled_attention(*[torch.zeros((1, 2))] * 3, [1], 1, None, None, 1.0)
     finally:
         native._library.cache_clear()
 

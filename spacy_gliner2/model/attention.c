@@ -229,35 +229,79 @@ static inline __attribute__((always_inline)) void head_attention(
     }
 }
 
-/* All heads of one sequence: q, k, v are (n, heads * dh) rows of words (row strides ld,
-   v_ld); c2p / p2c (or NULL) are per head (2n - 1, dh) tables (head stride, row stride); rows
-   (or NULL: all) lists m increasing query rows; out is (m, heads * dv) values of the inputs'
-   type, row stride out_ld values. Sizes and strides count 32-bit words but out's. Returns 0,
-   -1 for bad sizes, -2 when scratch memory cannot be allocated. One function per input type
-   (a macro: OpenMP outlines the loop before inlining could make the type a constant). */
+/* Words of scratch one head's attention over n tokens needs (dh, dv in words / values). */
+static long scratch_words(int n, int dh, int dv) {
+    long dv_padded = (dv + PANEL - 1) / PANEL * PANEL, square = (long)n * n;
+    long rows_padded = (2L * n + PANEL) / PANEL * PANEL; /* table rows, padded to panels */
+    long by_key = square > (long)n * dv ? square : (long)n * dv; /* then the context */
+    return rows_padded * dh + BLOCK * (rows_padded + PANEL) + by_key + square + n * dv_padded + n;
+}
+
+/* One head of one sequence of n tokens, its scratch carved out of mine (scratch_words). */
+static inline __attribute__((always_inline)) void one_head(
+        const word *q, const word *k, const word *v, long ld, long v_ld, int n, int dh, const word *c2p,
+        long c2p_ld, const word *p2c, long p2c_ld, float scale, const int *rows, int m, void *out, long out_ld,
+        long col, word *mine, const int bf16) {
+    int dv = bf16 ? 2 * dh : dh;
+    long dv_padded = (dv + PANEL - 1) / PANEL * PANEL, square = (long)n * n;
+    long rows_padded = (2L * n + PANEL) / PANEL * PANEL;
+    long packed = rows_padded * dh, tmp = BLOCK * (rows_padded + PANEL);
+    long by_key = square > (long)n * dv ? square : (long)n * dv;
+    float *scratch = (float *)(mine + packed);
+    head_attention(q, k, v, ld, v_ld, n, dh, c2p, c2p_ld, p2c, p2c_ld, scale, rows, m, out, out_ld, col, mine,
+                   scratch, scratch + tmp, scratch + tmp + by_key, scratch + tmp + by_key + square,
+                   scratch + tmp + by_key + square + n * dv_padded, bf16);
+}
+
+/* All heads of count sequences whose rows follow one another in q, k, v ((tokens, heads * dh)
+   rows of words, row strides ld, v_ld): sequence s has lengths[s] tokens. c2p / p2c (or NULL)
+   are per head (2L - 1, dh) tables for L the longest length (head stride, row stride), one row
+   per distance L - 1 .. -(L - 1): a sequence of n tokens reads the middle 2n - 1. rows (or NULL:
+   all) lists each sequence's query rows to output, row_counts[s] of them, increasing, one
+   sequence after another. out gets the sequences' output rows one after another: (rows,
+   heads * dv) values of the inputs' type, row stride out_ld values. Sizes and strides count
+   32-bit words but out's. Returns 0, -1 for bad sizes, -2 when memory cannot be allocated.
+   (head, sequence) pairs are shared out dynamically, the longest sequences first. One function
+   per input type (a macro: OpenMP outlines the loop before inlining could make the type a constant). */
 #define DEFINE_ATTENTION(NAME, BF16)                                                                         \
-    int NAME(const word *q, const word *k, const word *v, long ld, long v_ld, int n, int heads, int dh,      \
-             const word *c2p, long c2p_head, long c2p_ld, const word *p2c, long p2c_head, long p2c_ld,       \
-             float scale, const int *rows, int m, void *out, long out_ld, int threads) {                    \
-        if (dh <= 0 || n <= 0 || heads <= 0 || threads <= 0 || m < 0 || m > n) return -1;                   \
-        int dv = BF16 ? 2 * dh : dh;                                                                        \
-        long dv_padded = (dv + PANEL - 1) / PANEL * PANEL, square = (long)n * n;                            \
-        long rows_padded = (2L * n + PANEL) / PANEL * PANEL; /* table rows, padded to panels */              \
-        long packed = rows_padded * dh, tmp = BLOCK * (rows_padded + PANEL);                                 \
-        long by_key = square > (long)n * dv ? square : (long)n * dv; /* then the context */                 \
-        long each = packed + tmp + by_key + square + n * dv_padded + n; /* in words */                      \
-        word *base = scratch_for(each, threads);                                                            \
-        if (!base) return -2;                                                                               \
-        _Pragma("omp parallel for num_threads(threads) schedule(static)")                                   \
-        for (int h = 0; h < heads; h++) {                                                                   \
-            word *mine = base + each * omp_get_thread_num();                                                \
-            float *scratch = (float *)(mine + packed);                                                      \
-            head_attention(q + (long)h * dh, k + (long)h * dh, v + (long)h * dh, ld, v_ld, n, dh,           \
-                           c2p ? c2p + h * c2p_head : 0, c2p_ld, p2c ? p2c + h * p2c_head : 0, p2c_ld, scale, \
-                           rows, m, out, out_ld, (long)h * dv, mine, scratch, scratch + tmp,                \
-                           scratch + tmp + by_key, scratch + tmp + by_key + square,                          \
-                           scratch + tmp + by_key + square + n * dv_padded, BF16);                          \
+    int NAME(const word *q, const word *k, const word *v, long ld, long v_ld, int count, const int *lengths,  \
+             int heads, int dh, const word *c2p, long c2p_head, long c2p_ld, const word *p2c, long p2c_head,  \
+             long p2c_ld, float scale, const int *rows, const int *row_counts, void *out, long out_ld,        \
+             int threads) {                                                                                 \
+        if (dh <= 0 || heads <= 0 || threads <= 0 || count < 0) return -1;                                  \
+        int dv = BF16 ? 2 * dh : dh, longest = 0;                                                           \
+        for (int s = 0; s < count; s++) {                                                                   \
+            int n = lengths[s], m = row_counts ? row_counts[s] : n;                                         \
+            if (n < 0 || m < 0 || m > n) return -1;                                                         \
+            if (n > longest) longest = n;                                                                   \
         }                                                                                                   \
+        long *at = malloc(sizeof(long) * 3 * (count + 1)); /* token row, first chosen row, output row */     \
+        word *base = at ? scratch_for(scratch_words(longest, dh, dv), threads) : 0;                         \
+        if (!base) { free(at); return -2; }                                                                 \
+        at[0] = at[1] = at[2] = 0;                                                                          \
+        for (int s = 0; s < count; s++) {                                                                   \
+            int m = row_counts ? row_counts[s] : lengths[s];                                                \
+            at[3 * s + 3] = at[3 * s] + lengths[s];                                                         \
+            at[3 * s + 4] = at[3 * s + 1] + (rows ? m : 0);                                                 \
+            at[3 * s + 5] = at[3 * s + 2] + m;                                                              \
+        }                                                                                                   \
+        long each = scratch_words(longest, dh, dv), tasks = (long)count * heads;                           \
+        _Pragma("omp parallel for num_threads(threads) schedule(dynamic)")                                  \
+        for (long t = 0; t < tasks; t++) {                                                                  \
+            int s = count - 1 - (int)(t / heads), h = (int)(t % heads), n = lengths[s];                     \
+            int m = (int)(at[3 * s + 5] - at[3 * s + 2]);                                                   \
+            if (m == 0) continue;                                                                           \
+            long first = at[3 * s], skip = longest - n; /* the table rows before the middle 2n - 1 */        \
+            one_head(q + first * ld + (long)h * dh, k + first * ld + (long)h * dh,                           \
+                     v + first * v_ld + (long)h * dh, ld, v_ld, n, dh,                                      \
+                     c2p ? c2p + h * c2p_head + skip * c2p_ld : 0, c2p_ld,                                   \
+                     p2c ? p2c + h * p2c_head + skip * p2c_ld : 0, p2c_ld, scale,                            \
+                     rows ? rows + at[3 * s + 1] : 0, m,                                                    \
+                     BF16 ? (void *)((uint16_t *)out + at[3 * s + 2] * out_ld)                              \
+                          : (void *)((float *)out + at[3 * s + 2] * out_ld),                                \
+                     out_ld, (long)h * dv, base + each * omp_get_thread_num(), BF16);                       \
+        }                                                                                                   \
+        free(at);                                                                                           \
         return 0;                                                                                           \
     }
 

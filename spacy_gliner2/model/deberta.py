@@ -217,9 +217,9 @@ class PackedDeberta:
 
         hidden_in = None  # hidden in the layers' input dtype, when the last layer gave it
         for depth, (layer, (pos_key, pos_query)) in enumerate(zip(layers.layer, projected)):
-            # per sequence, the query rows this layer must output (None: all)
-            rows = [keep[b, :n].nonzero().squeeze(1) for b, n in enumerate(lengths)] \
-                if keep is not None and depth == len(layers.layer) - 1 else [None] * B
+            # per sequence, the query rows this layer must output (None: all rows of every sequence)
+            chosen = [keep[b, :n].nonzero().squeeze(1) for b, n in enumerate(lengths)] \
+                if keep is not None and depth == len(layers.layer) - 1 else None
             att = layer.attention.self
             # bf16 layers (fast mode) take bf16 inputs, cast once (not through .weight: a packed bf16 weight unpacks on read)
             low = getattr(att.query_proj, "compute_dtype", None) or att.query_proj.weight.dtype
@@ -235,25 +235,24 @@ class PackedDeberta:
             c2p, p2c = (None if kind not in pos_types else
                         table.index_select(1, index).to(low) if native else table.index_select(1, index).div_(scale)
                         for kind, table, index in (("c2p", pos_key, c2p_index), ("p2c", pos_query, p2c_index)))
-            if rows[0] is not None:
+            if chosen is not None:
                 hidden = pad_rows(hidden[:n_rows][keep[real]])
                 n_rows = int(keep.sum())
             # the kernel writes the next layer's dtype (bf16 in fast mode), torch the states' dtype
             context = hidden.new_empty(hidden.shape, dtype=low if native else hidden.dtype)
             context[n_rows:] = 0  # padding rows
-            at = 0  # the context rows written so far
-            for start, n, selected in zip(starts, lengths, rows):
-                if n == 0:
-                    continue
-                middle = slice(longest - n, longest + n - 1)
-                tables = [None if t is None else t[:, middle] for t in (c2p, p2c)]
-                sequence = [x[start : start + n] for x in (q, k, v)]
-                m = n if selected is None else len(selected)
-                if native:
-                    disentangled_attention(*sequence, H, *tables, 1.0 / scale, selected, out=context[at : at + m])
-                else:
-                    context[at : at + m] = _attention(*sequence, H, *tables, scale, selected)
-                at += m
+            if native:  # every sequence and head in one call
+                disentangled_attention(q, k, v, lengths, H, c2p, p2c, 1.0 / scale, chosen, out=context[:n_rows])
+            else:
+                at = 0  # the context rows written so far
+                for start, n, selected in zip(starts, lengths, chosen or [None] * B):
+                    if n == 0:
+                        continue
+                    middle = slice(longest - n, longest + n - 1)
+                    tables = [None if t is None else t[:, middle] for t in (c2p, p2c)]
+                    m = n if selected is None else len(selected)
+                    context[at : at + m] = _attention(*(x[start : start + n] for x in (q, k, v)), H, *tables, scale, selected)
+                    at += m
             if native:  # dense, then (dropout: none at inference) add and normalise in one pass, in fp32 and low
                 rounded = low != hidden.dtype
                 attended, attended_in = add_layer_norm(layer.attention.output.dense(context), hidden,

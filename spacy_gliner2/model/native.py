@@ -31,7 +31,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -125,7 +125,7 @@ def _library() -> Optional[ctypes.CDLL]:
     P, L, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     for name in ("disentangled_attention_fp32", "disentangled_attention_bf16"):
         function = getattr(library, name)
-        function.argtypes = [P, P, P, L, L, I, I, I, P, L, L, P, L, L, ctypes.c_float, P, I, P, L, I]
+        function.argtypes = [P, P, P, L, L, I, P, I, I, P, L, L, P, L, L, ctypes.c_float, P, P, P, L, I]
         function.restype = I
     for name in ("add_layer_norm_fp32", "add_layer_norm_bf16"):
         function = getattr(library, name)
@@ -159,8 +159,13 @@ def _table(t: Optional[torch.Tensor], n: int, heads: int, dh: int, dtype: torch.
         return None, 0, 0
     if t.dtype != dtype or t.shape != (heads, 2 * n - 1, dh) or not _readable_in_words(t):
         raise ValueError(f"{name} must be a CPU {dtype} ({heads}, {2 * n - 1}, {dh}) table with contiguous rows "
-                         f"(bf16: even strides, 4-byte aligned), got {t.dtype} {tuple(t.shape)} strides {t.stride()}.")
+                         f"(bf16: even strides, 4-byte aligned) for the longest sequence ({n} tokens), got "
+                         f"{t.dtype} {tuple(t.shape)} strides {t.stride()}.")
     return (t.data_ptr(),) + _words(t, (0, 1))
+
+
+def _int32s(values: Sequence[int]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int32)
 
 
 def _kernel(name: str, inputs: torch.dtype, needs: torch.dtype):
@@ -172,49 +177,63 @@ def _kernel(name: str, inputs: torch.dtype, needs: torch.dtype):
     return getattr(_library(), f"{name}_{'bf16' if inputs == torch.bfloat16 else 'fp32'}")
 
 
-def disentangled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, c2p: Optional[torch.Tensor],
-                           p2c: Optional[torch.Tensor], scale: float, rows: Optional[torch.Tensor] = None,
-                           out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """One sequence's attention output ``(m, heads * dh)``: per head, ``softmax_j(s_ij) v_j`` with
-    ``s_ij = (q_i.k_j + q_i.c2p[j-i+n-1] + k_j.p2c[i-j+n-1]) * scale``, in the inputs' dtype.
+def disentangled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: Sequence[int], heads: int,
+                           c2p: Optional[torch.Tensor], p2c: Optional[torch.Tensor], scale: float,
+                           rows: Optional[Sequence[torch.Tensor]] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The attention output of sequences packed one after another, ``(m, heads * dh)``: per
+    sequence and head, ``softmax_j(s_ij) v_j`` with ``s_ij = (q_i.k_j + q_i.c2p[j-i+n-1] +
+    k_j.p2c[i-j+n-1]) * scale`` over its own ``n`` tokens, in the inputs' dtype.
 
-    ``q``, ``k``, ``v``: one sequence's ``(n, heads * dh)`` rows (fp32, or bf16 with an even
-    ``dh``; contiguous within a row; q and k with the same strides); ``c2p``, ``p2c``:
-    ``(heads, 2n - 1, dh)`` position tables of the same dtype, or None; ``rows``: the query rows
-    to output (increasing int64 indices; None: all ``n``); ``out``: where to write (an
-    ``(m, heads * dh)`` tensor with contiguous rows), else a new tensor. Only where
-    :func:`kernels_available`.
+    ``q``, ``k``, ``v``: ``(tokens, heads * dh)`` rows (fp32, or bf16 with an even ``dh``;
+    contiguous within a row; q and k with the same strides), sequence ``s`` the ``lengths[s]``
+    rows after those before it (rows past them are not read); ``c2p``, ``p2c``: ``(heads,
+    2L - 1, dh)`` position tables for ``L = max(lengths)`` (a sequence of ``n`` reads their
+    middle ``2n - 1`` rows), of the same dtype, or None; ``rows``: per sequence, the query rows
+    to output (increasing int64 indices; None: all); ``out``: where to write (an ``(m, heads *
+    dh)`` tensor with contiguous rows: each sequence's rows after the ones before), else a new
+    tensor. Only where :func:`kernels_available`.
     """
     dtype = q.dtype
     kernel = _kernel("disentangled_attention", dtype, dtype)
-    n, width = q.shape
+    tokens, width = q.shape
     per_word = 4 // q.element_size()
+    lengths = [int(n) for n in lengths]
     if k.dtype != dtype or v.dtype != dtype or k.shape != q.shape or v.shape != q.shape or q.stride() != k.stride() \
             or width % heads or (width // heads) % per_word or not all(map(_readable_in_words, (q, k, v))):
         raise ValueError(f"q, k and v must be CPU (n, heads * dh) rows of one dtype with contiguous features, q and "
                          f"k with the same strides (bf16: even dh and strides), got {q.dtype} {tuple(q.shape)} "
                          f"{q.stride()}, {k.dtype} {tuple(k.shape)} {k.stride()} and {v.dtype} {tuple(v.shape)} "
                          f"{v.stride()} for {heads} heads.")
+    if min(lengths, default=0) < 0 or sum(lengths) > tokens:
+        raise ValueError(f"lengths must be token counts (>= 0) of the sequences in q's {tokens} rows, got {lengths}.")
+    counts = None
     if rows is not None:
-        rows = rows.to(torch.int32).contiguous()
-        if rows.dim() != 1 or rows.device.type != "cpu" or (len(rows) and (rows[0] < 0 or rows[-1] >= n)) \
-                or (rows[1:] <= rows[:-1]).any():
-            raise ValueError(f"rows must be increasing indices of the {n} query rows, got {rows.tolist()}.")
-    m = n if rows is None else len(rows)
+        if len(rows) != len(lengths):
+            raise ValueError(f"rows must be one tensor of query rows per sequence ({len(lengths)}), got {len(rows)}.")
+        for chosen, n in zip(rows, lengths):
+            if chosen.dim() != 1 or chosen.device.type != "cpu" or (len(chosen) and (chosen[0] < 0 or chosen[-1] >= n)) \
+                    or (chosen[1:] <= chosen[:-1]).any():
+                raise ValueError(f"rows must be increasing indices of a sequence's {n} query rows, got {chosen.tolist()}.")
+        counts = _int32s([len(chosen) for chosen in rows])
+        rows = torch.cat([chosen.to(torch.int32) for chosen in rows]) if rows else _int32s([])
+    m = sum(lengths) if counts is None else int(counts.sum())
     if out is None:
         out = torch.empty((m, width), dtype=dtype)
     elif out.dtype != dtype or out.shape != (m, width) or out.device.type != "cpu" or out.stride(-1) != 1:
         raise ValueError(f"out must be a CPU {dtype} ({m}, {width}) tensor with contiguous rows, "
                          f"got {out.dtype} {tuple(out.shape)} strides {out.stride()}.")
-    if n == 0 or m == 0:
+    if m == 0:
         return out
     dh = width // heads
-    tables = [x for t, name in ((c2p, "c2p"), (p2c, "p2c")) for x in _table(t, n, heads, dh, dtype, name)]
-    status = kernel(q.data_ptr(), k.data_ptr(), v.data_ptr(), *_words(q, (0,)), *_words(v, (0,)), n, heads,
-                    dh // per_word, *tables, scale, None if rows is None else rows.data_ptr(), m, out.data_ptr(),
-                    out.stride(0), torch.get_num_threads())
+    longest = max(lengths)
+    tables = [x for t, name in ((c2p, "c2p"), (p2c, "p2c")) for x in _table(t, longest, heads, dh, dtype, name)]
+    sizes = _int32s(lengths)  # bound: the kernel reads it
+    status = kernel(q.data_ptr(), k.data_ptr(), v.data_ptr(), *_words(q, (0,)), *_words(v, (0,)), len(lengths),
+                    sizes.data_ptr(), heads, dh // per_word, *tables, scale,
+                    None if rows is None else rows.data_ptr(), None if counts is None else counts.data_ptr(),
+                    out.data_ptr(), out.stride(0), torch.get_num_threads())
     if status != 0:
-        raise MemoryError(f"the attention kernel failed (status {status}) on a sequence of {n} tokens.")
+        raise MemoryError(f"the attention kernel failed (status {status}) on sequences of up to {longest} tokens.")
     return out
 
 
