@@ -84,7 +84,11 @@ def test_span_scorer_packs_its_halves_for_inference_and_follows_weight_updates()
     words, queries = torch.randn(2, 6, 32), torch.randn(2, 4, 32)
 
     def trained() -> torch.Tensor:  # with gradients: plain slices of the weight, nothing cached
-        return scorer.score(words, queries, [6, 4]).detach()
+        scorer.zero_grad()
+        out = scorer.score(words, queries, [6, 4])
+        out[out.isfinite()].sum().backward()
+        assert scorer.out_project[0].weight.grad.abs().sum() > 0  # the gradient reaches the weight
+        return out.detach()
 
     with torch.no_grad():
         packed = scorer.score(words, queries, [6, 4])

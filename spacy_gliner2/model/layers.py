@@ -96,8 +96,8 @@ class SpanMarker(DerivedCache):
         packed once for oneDNN (precision.linear: ~1.4x MKL's speed on the strided halves)."""
         weight = self.out_project[0].weight
         halves = weight[:, :D], weight[:, D:]
-        if weight.device.type != "cpu" or weight.dtype != torch.float32:
-            return halves
+        if torch.is_grad_enabled() or weight.device.type != "cpu" or weight.dtype != torch.float32:
+            return halves  # training multiplies (and differentiates) the plain halves
 
         def packed() -> Tuple[torch.Tensor, torch.Tensor]:
             both = [pack_for_onednn(half.contiguous()) for half in halves]
