@@ -229,28 +229,29 @@ static inline __attribute__((always_inline)) void head_attention(
     }
 }
 
-/* Words of scratch one head's attention over n tokens needs (dh, dv in words / values). */
-static long scratch_words(int n, int dh, int dv) {
+/* One head's scratch over n tokens (dh, dv in words / values), in words: the packed operands,
+   then (fp32) the panel rows, the scores by key (later the context), the scores, the packed
+   values and the inverse row sums. Fills at[0..5] with where each starts; returns the total. */
+static long scratch_layout(int n, int dh, int dv, long at[6]) {
     long dv_padded = (dv + PANEL - 1) / PANEL * PANEL, square = (long)n * n;
     long rows_padded = (2L * n + PANEL) / PANEL * PANEL; /* table rows, padded to panels */
     long by_key = square > (long)n * dv ? square : (long)n * dv; /* then the context */
-    return rows_padded * dh + BLOCK * (rows_padded + PANEL) + by_key + square + n * dv_padded + n;
+    long sizes[6] = {rows_padded * dh, BLOCK * (rows_padded + PANEL), by_key, square, n * dv_padded, n};
+    long total = 0;
+    for (int i = 0; i < 6; i++) at[i] = total, total += sizes[i];
+    return total;
 }
 
-/* One head of one sequence of n tokens, its scratch carved out of mine (scratch_words). */
+/* One head of one sequence of n tokens, its scratch carved out of mine (scratch_layout). */
 static inline __attribute__((always_inline)) void one_head(
         const word *q, const word *k, const word *v, long ld, long v_ld, int n, int dh, const word *c2p,
         long c2p_ld, const word *p2c, long p2c_ld, float scale, const int *rows, int m, void *out, long out_ld,
         long col, word *mine, const int bf16) {
-    int dv = bf16 ? 2 * dh : dh;
-    long dv_padded = (dv + PANEL - 1) / PANEL * PANEL, square = (long)n * n;
-    long rows_padded = (2L * n + PANEL) / PANEL * PANEL;
-    long packed = rows_padded * dh, tmp = BLOCK * (rows_padded + PANEL);
-    long by_key = square > (long)n * dv ? square : (long)n * dv;
-    float *scratch = (float *)(mine + packed);
+    long at[6];
+    scratch_layout(n, dh, bf16 ? 2 * dh : dh, at);
+    float *f = (float *)mine;
     head_attention(q, k, v, ld, v_ld, n, dh, c2p, c2p_ld, p2c, p2c_ld, scale, rows, m, out, out_ld, col, mine,
-                   scratch, scratch + tmp, scratch + tmp + by_key, scratch + tmp + by_key + square,
-                   scratch + tmp + by_key + square + n * dv_padded, bf16);
+                   f + at[1], f + at[2], f + at[3], f + at[4], f + at[5], bf16);
 }
 
 /* All heads of count sequences whose rows follow one another in q, k, v ((tokens, heads * dh)
@@ -276,7 +277,8 @@ static inline __attribute__((always_inline)) void one_head(
             if (n > longest) longest = n;                                                                   \
         }                                                                                                   \
         long *at = malloc(sizeof(long) * 3 * (count + 1)); /* token row, first chosen row, output row */     \
-        word *base = at ? scratch_for(scratch_words(longest, dh, dv), threads) : 0;                         \
+        long parts[6], each = scratch_layout(longest, dh, dv, parts);                                       \
+        word *base = at ? scratch_for(each, threads) : 0;                                                   \
         if (!base) { free(at); return -2; }                                                                 \
         at[0] = at[1] = at[2] = 0;                                                                          \
         for (int s = 0; s < count; s++) {                                                                   \
@@ -285,7 +287,7 @@ static inline __attribute__((always_inline)) void one_head(
             at[3 * s + 4] = at[3 * s + 1] + (rows ? m : 0);                                                 \
             at[3 * s + 5] = at[3 * s + 2] + m;                                                              \
         }                                                                                                   \
-        long each = scratch_words(longest, dh, dv), tasks = (long)count * heads;                           \
+        long tasks = (long)count * heads;                                                                   \
         _Pragma("omp parallel for num_threads(threads) schedule(dynamic)")                                  \
         for (long t = 0; t < tasks; t++) {                                                                  \
             int s = count - 1 - (int)(t / heads), h = (int)(t % heads), n = lengths[s];                     \

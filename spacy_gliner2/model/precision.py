@@ -18,11 +18,10 @@ Which layers become which is the model's choice (``GLiNER2Model.use_bf16_linears
 oneDNN builds and caches a kernel for every input row count it meets (about 0.6 MB each, up
 to 1,024 of them: a long-running process with ever-new batch shapes grew by 1.9 GB over 1,200
 row counts). Both layers therefore run on inputs whose rows are padded (zeros, cut from the
-output) up to the next of :func:`padded_rows`' counts: multiples of ``ROW_STEP`` up to
-``ROW_STEP * ROWS_PER_OCTAVE`` rows, then ``ROWS_PER_OCTAVE`` counts per doubling, which
-bounds the kernels to a few per weight shape while padding wastes at most ~3 % of the rows
-(a fixed multiple of 64 wasted 3.6 % of the encoder's rows on the benchmark's 8 batches of
-751-1,544 tokens). The packed DeBERTa forward pads its token rows once so that its layers need no copy.
+output) up to the next of :func:`padded_rows`' counts: multiples of ``ROW_STEP`` (16) below
+1,024 rows, then ``ROWS_PER_OCTAVE`` (32) counts per doubling, which bounds the kernels to a
+few per weight shape while padding wastes under 1/32 of the rows above 512 (a fixed multiple
+of 64 wasted 3.6 % of the encoder's rows on the benchmark's 8 batches of 751-1,544 tokens). The packed DeBERTa forward pads its token rows once so that its layers need no copy.
 """
 import platform
 from pathlib import Path
