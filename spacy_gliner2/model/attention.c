@@ -202,13 +202,33 @@ static void pack_values(const word *v, long ld, int n, int dv, float *out, const
     }
 }
 
+/* One head's scratch over n tokens (dh, dv in words / values), in words: the packed operands,
+   then (fp32) the panel rows, the scores by key (later the context), the scores, the packed
+   values and the inverse row sums. Fills at[0..5] (unless NULL) with where each starts; returns
+   the total. */
+static long scratch_layout(int n, int dh, int dv, long at[6]) {
+    long dv_padded = (dv + PANEL - 1) / PANEL * PANEL, square = (long)n * n;
+    long rows_padded = (2L * n + PANEL) / PANEL * PANEL; /* table rows, padded to panels */
+    long by_key = square > (long)n * dv ? square : (long)n * dv; /* then the context */
+    long sizes[6] = {rows_padded * dh, BLOCK * (rows_padded + PANEL), by_key, square, n * dv_padded, n};
+    long total = 0;
+    for (int i = 0; i < 6; total += sizes[i++])
+        if (at) at[i] = total;
+    return total;
+}
+
 /* One head's attention output for the m query rows rows[] (all n when rows is NULL), into
-   out (row stride out_ld values of the inputs' type, from column col). */
+   out (row stride out_ld values of the inputs' type, from column col); its scratch is carved
+   out of mine (scratch_layout). */
 static inline __attribute__((always_inline)) void head_attention(
         const word *q, const word *k, const word *v, long ld, long v_ld, int n, int dh, const word *c2p,
         long c2p_ld, const word *p2c, long p2c_ld, float scale, const int *rows, int m, void *out, long out_ld,
-        long col, word *packed, float *tmp, float *by_key, float *scores, float *values, float *inverse,
-        const int bf16) {
+        long col, word *mine, const int bf16) {
+    long at[6];
+    scratch_layout(n, dh, bf16 ? 2 * dh : dh, at);
+    word *packed = mine;
+    float *tmp = (float *)mine + at[1], *by_key = (float *)mine + at[2], *scores = (float *)mine + at[3];
+    float *values = (float *)mine + at[4], *inverse = (float *)mine + at[5];
     head_scores(q, k, ld, n, dh, c2p, c2p_ld, p2c, p2c_ld, scale, scores, packed, tmp, by_key, bf16);
     for (int i = 0; i < m; i++) /* row i of the chosen rows: rows[i] >= i, so no row is read after it is written */
         inverse[i] = softmax_row(scores + (long)(rows ? rows[i] : i) * n, scores + (long)i * n, n);
@@ -229,31 +249,6 @@ static inline __attribute__((always_inline)) void head_attention(
     }
 }
 
-/* One head's scratch over n tokens (dh, dv in words / values), in words: the packed operands,
-   then (fp32) the panel rows, the scores by key (later the context), the scores, the packed
-   values and the inverse row sums. Fills at[0..5] with where each starts; returns the total. */
-static long scratch_layout(int n, int dh, int dv, long at[6]) {
-    long dv_padded = (dv + PANEL - 1) / PANEL * PANEL, square = (long)n * n;
-    long rows_padded = (2L * n + PANEL) / PANEL * PANEL; /* table rows, padded to panels */
-    long by_key = square > (long)n * dv ? square : (long)n * dv; /* then the context */
-    long sizes[6] = {rows_padded * dh, BLOCK * (rows_padded + PANEL), by_key, square, n * dv_padded, n};
-    long total = 0;
-    for (int i = 0; i < 6; i++) at[i] = total, total += sizes[i];
-    return total;
-}
-
-/* One head of one sequence of n tokens, its scratch carved out of mine (scratch_layout). */
-static inline __attribute__((always_inline)) void one_head(
-        const word *q, const word *k, const word *v, long ld, long v_ld, int n, int dh, const word *c2p,
-        long c2p_ld, const word *p2c, long p2c_ld, float scale, const int *rows, int m, void *out, long out_ld,
-        long col, word *mine, const int bf16) {
-    long at[6];
-    scratch_layout(n, dh, bf16 ? 2 * dh : dh, at);
-    float *f = (float *)mine;
-    head_attention(q, k, v, ld, v_ld, n, dh, c2p, c2p_ld, p2c, p2c_ld, scale, rows, m, out, out_ld, col, mine,
-                   f + at[1], f + at[2], f + at[3], f + at[4], f + at[5], bf16);
-}
-
 /* All heads of count sequences whose rows follow one another in q, k, v ((tokens, heads * dh)
    rows of words, row strides ld, v_ld): sequence s has lengths[s] tokens. c2p / p2c (or NULL)
    are per head (2L - 1, dh) tables for L the longest length (head stride, row stride), one row
@@ -264,10 +259,10 @@ static inline __attribute__((always_inline)) void one_head(
    32-bit words but out's. Returns 0, -1 for bad sizes, -2 when memory cannot be allocated.
    (head, sequence) pairs are shared out dynamically, the longest sequences first. One function
    per input type (a macro: OpenMP outlines the loop before inlining could make the type a constant). */
-#define DEFINE_ATTENTION(NAME, BF16)                                                                         \
-    int NAME(const word *q, const word *k, const word *v, long ld, long v_ld, int count, const int *lengths,  \
-             int heads, int dh, const word *c2p, long c2p_head, long c2p_ld, const word *p2c, long p2c_head,  \
-             long p2c_ld, float scale, const int *rows, const int *row_counts, void *out, long out_ld,        \
+#define DEFINE_ATTENTION(NAME, BF16)                                                                        \
+    int NAME(const word *q, const word *k, const word *v, long ld, long v_ld, int count, const int *lengths, \
+             int heads, int dh, const word *c2p, long c2p_head, long c2p_ld, const word *p2c, long p2c_head, \
+             long p2c_ld, float scale, const int *rows, const int *row_counts, void *out, long out_ld,      \
              int threads) {                                                                                 \
         if (dh <= 0 || heads <= 0 || threads <= 0 || count < 0) return -1;                                  \
         int dv = BF16 ? 2 * dh : dh, longest = 0;                                                           \
@@ -276,8 +271,8 @@ static inline __attribute__((always_inline)) void one_head(
             if (n < 0 || m < 0 || m > n) return -1;                                                         \
             if (n > longest) longest = n;                                                                   \
         }                                                                                                   \
-        long *at = malloc(sizeof(long) * 3 * (count + 1)); /* token row, first chosen row, output row */     \
-        long parts[6], each = scratch_layout(longest, dh, dv, parts);                                       \
+        long *at = malloc(sizeof(long) * 3 * (count + 1)); /* token row, first chosen row, output row */    \
+        long each = scratch_layout(longest, dh, dv, 0);                                                     \
         word *base = at ? scratch_for(each, threads) : 0;                                                   \
         if (!base) { free(at); return -2; }                                                                 \
         at[0] = at[1] = at[2] = 0;                                                                          \
@@ -293,15 +288,15 @@ static inline __attribute__((always_inline)) void one_head(
             int s = count - 1 - (int)(t / heads), h = (int)(t % heads), n = lengths[s];                     \
             int m = (int)(at[3 * s + 5] - at[3 * s + 2]);                                                   \
             if (m == 0) continue;                                                                           \
-            long first = at[3 * s], skip = longest - n; /* the table rows before the middle 2n - 1 */        \
-            one_head(q + first * ld + (long)h * dh, k + first * ld + (long)h * dh,                           \
-                     v + first * v_ld + (long)h * dh, ld, v_ld, n, dh,                                      \
-                     c2p ? c2p + h * c2p_head + skip * c2p_ld : 0, c2p_ld,                                   \
-                     p2c ? p2c + h * p2c_head + skip * p2c_ld : 0, p2c_ld, scale,                            \
-                     rows ? rows + at[3 * s + 1] : 0, m,                                                    \
-                     BF16 ? (void *)((uint16_t *)out + at[3 * s + 2] * out_ld)                              \
-                          : (void *)((float *)out + at[3 * s + 2] * out_ld),                                \
-                     out_ld, (long)h * dv, base + each * omp_get_thread_num(), BF16);                       \
+            long first = at[3 * s], skip = longest - n; /* the table rows before the middle 2n - 1 */       \
+            head_attention(q + first * ld + (long)h * dh, k + first * ld + (long)h * dh,                    \
+                           v + first * v_ld + (long)h * dh, ld, v_ld, n, dh,                                \
+                           c2p ? c2p + h * c2p_head + skip * c2p_ld : 0, c2p_ld,                            \
+                           p2c ? p2c + h * p2c_head + skip * p2c_ld : 0, p2c_ld, scale,                     \
+                           rows ? rows + at[3 * s + 1] : 0, m,                                              \
+                           BF16 ? (void *)((uint16_t *)out + at[3 * s + 2] * out_ld)                        \
+                                : (void *)((float *)out + at[3 * s + 2] * out_ld),                          \
+                           out_ld, (long)h * dv, base + each * omp_get_thread_num(), BF16);                 \
         }                                                                                                   \
         free(at);                                                                                           \
         return 0;                                                                                           \
