@@ -281,3 +281,67 @@ def test_builds_are_cached_by_source_and_flags_and_replace_older_ones(monkeypatc
 def test_the_kernel_can_be_switched_off(monkeypatch):
     monkeypatch.setenv(native.ENABLE_VARIABLE, "0")
     assert native._unavailable_because() == f"{native.ENABLE_VARIABLE}=0"
+
+
+def expected_span_scores(starts, ends, lengths, queries, bias, n_queries, out):
+    """span_scores' definition in float64, span by span (entries it does not score keep out's values)."""
+    want, first = out.double().clone(), 0
+    for b, (n, m) in enumerate(zip(lengths, n_queries)):
+        for i in range(n):
+            for w in range(min(out.shape[3], n - i)):
+                hidden = (starts[first + i].double() + ends[first + i + w].double()).relu()
+                want[b, :m, i, w] = queries[b, :m].double() @ hidden + bias[b, :m].double()
+        first += n
+    return want
+
+
+@pytest.mark.parametrize("c", [3072, 20, 1])
+def test_span_scores_match_their_definition(c):
+    """Records of 0, 1, fewer words than widths and more; query counts from 0 to all, over
+    tiles of 4 widths by 6 queries and a feature count that is not a multiple of 16."""
+    torch.manual_seed(c)
+    lengths, n_queries, widths = [5, 0, 1, 13, 2], [7, 3, 0, 13, 1], 6
+    rows = sum(lengths) + 2  # rows past the records are not read
+    starts, ends = torch.randn(rows, 2 * c)[:, :c], torch.randn(rows, 2 * c)[:, c:]  # strided rows
+    queries, bias = torch.randn(len(lengths), 13, c), torch.randn(len(lengths), 13)
+    out = torch.full((len(lengths), 13, max(lengths), widths), float("-inf"))
+    want = expected_span_scores(starts, ends, lengths, queries, bias, n_queries, out)
+    got = native.span_scores(starts, ends, lengths, queries, bias, n_queries, out)
+    assert got is out and torch.equal(got.isfinite(), want.isfinite()) and want.isfinite().sum() > 100
+    assert torch.allclose(got[got.isfinite()].double(), want[want.isfinite()], rtol=1e-5, atol=1e-4)
+
+
+def test_span_scorer_gives_the_same_logits_with_and_without_the_kernel(monkeypatch):
+    from spacy_gliner2.model import layers
+    torch.manual_seed(0)
+    scorer = layers.SpanMarker(32, 5).eval()
+    words, queries = torch.randn(3, 9, 32), torch.randn(3, 4, 32)
+    calls = []
+    monkeypatch.setattr(layers, "span_scores", lambda *args: calls.append(args) or native.span_scores(*args))
+    with torch.inference_mode():
+        kernel = scorer.score(words, queries, [9, 3, 0], n_queries=[4, 2, 4])
+        monkeypatch.setattr(layers, "kernels_available", lambda: False)
+        plain = scorer.score(words, queries, [9, 3, 0], n_queries=[4, 2, 4])
+    assert len(calls) == 1 and torch.equal(kernel.isfinite(), plain.isfinite())
+    assert torch.allclose(kernel[kernel.isfinite()], plain[plain.isfinite()], atol=1e-5)
+    assert kernel.isfinite().sum() == 4 * (9 + 8 + 7 + 6 + 5) + 2 * (3 + 2 + 1)
+
+
+@pytest.mark.parametrize("bad", ["dtype", "query-shape", "strided-out", "too-long", "too-many-queries", "records"])
+def test_span_scores_refuse_bad_inputs_with_the_reason(bad):
+    starts, queries, bias = torch.randn(6, 8), torch.randn(2, 3, 8), torch.randn(2, 3)
+    out, lengths, n_queries = torch.zeros(2, 3, 4, 2), [4, 2], [3, 3]
+    if bad == "dtype":
+        starts = starts.double()
+    elif bad == "query-shape":
+        queries = queries[:, :, :7]
+    elif bad == "strided-out":
+        out = torch.zeros(2, 3, 2, 4).transpose(2, 3)
+    elif bad == "too-long":
+        lengths = [5, 1]
+    elif bad == "too-many-queries":
+        n_queries = [4, 3]
+    else:
+        lengths = [4]
+    with pytest.raises(ValueError, match="span_scores takes|must give"):
+        native.span_scores(starts, starts, lengths, queries, bias, n_queries, out)

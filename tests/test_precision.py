@@ -78,7 +78,7 @@ def test_fused_relus_give_the_same_outputs(kind):
         torch.testing.assert_close(runtime(x), expected)
 
 
-def test_span_scorer_packs_its_halves_for_inference_and_follows_weight_updates():
+def test_span_scorer_packs_its_weights_for_inference_and_follows_weight_updates():
     torch.manual_seed(0)
     scorer = SpanMarker(32, 3, dropout=0.0)
     words, queries = torch.randn(2, 6, 32), torch.randn(2, 4, 32)
@@ -92,7 +92,7 @@ def test_span_scorer_packs_its_halves_for_inference_and_follows_weight_updates()
 
     with torch.no_grad():
         packed = scorer.score(words, queries, [6, 4])
-    assert all(half.is_mkldnn for half in scorer._derived["halves"][1])  # the path under test ran
+    assert all(weight.is_mkldnn for weight in scorer._derived["weights"][1])  # the path under test ran
     assert torch.allclose(packed, trained(), rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         scorer.out_project[0].weight.mul_(-2)  # an optimizer-like in-place update

@@ -163,12 +163,11 @@ class GLiNER2Model(nn.Module):
         if not layout:
             return results
 
-        n_queries = max(sum(x.shape[0] for x in qs) for qs in queries.values())
-        padded = tokens.new_zeros((B, n_queries, D))
+        n_queries = [sum(x.shape[0] for x in queries.get(b, [])) for b in range(B)]
+        padded = tokens.new_zeros((B, max(n_queries), D))
         for b, qs in queries.items():
-            flat = torch.cat(qs)
-            padded[b, : flat.shape[0]] = flat
-        logits = self.span_rep.span_rep_layer.score(words, padded, batch.n_words, mask=counts is None)
+            padded[b, : n_queries[b]] = torch.cat(qs)
+        logits = self.span_rep.span_rep_layer.score(words, padded, batch.n_words, mask=counts is None, n_queries=n_queries)
         if counts is None:
             _skip_blank_boundaries(logits, batch)
         for b, t, count, k, m, offset, row in layout:

@@ -3,12 +3,13 @@
 Parameter names follow the reference checkpoint format so its state dicts load
 unchanged. Nothing here knows about spaCy, tokenizers or schemas.
 """
-from typing import Callable, Sequence, Tuple, TypeVar
+from typing import Callable, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .native import kernels_available, span_scores
 from .precision import linear, pack_for_onednn
 
 MAX_COUNT = 20
@@ -67,43 +68,52 @@ class SpanMarker(DerivedCache):
         self.out_project = projection(2 * hidden, hidden, dropout)
 
     def score(
-        self, words: torch.Tensor, queries: torch.Tensor, n_words: Sequence[int], mask: bool = True
+        self, words: torch.Tensor, queries: torch.Tensor, n_words: Sequence[int], mask: bool = True,
+        n_queries: Optional[Sequence[int]] = None,
     ) -> torch.Tensor:
         """Span logits ``(B, Q, L, W)`` for words ``(B, L, D)`` and queries ``(B, Q, D)``.
 
-        Only spans inside a record's ``n_words`` are scored; the others get ``-inf``
-        with ``mask``, else 0 (training, where the loss leaves them out).
+        Only spans inside a record's ``n_words`` and its first ``n_queries`` queries (default:
+        all) are scored; the others get ``-inf`` with ``mask``, else 0 (training, where the
+        loss leaves them out). At CPU fp32 inference the compiled kernel (native.py) scores
+        them; elsewhere one ``(spans, 4D)`` step per record and width.
         """
         B, L, D = words.shape
-        W = self.max_width
+        Q, W = queries.shape[1], self.max_width
         first, drop, last = self.out_project[0], self.out_project[2], self.out_project[3]
         lengths = [min(int(n), L) for n in n_words]
+        n_queries = [Q] * B if n_queries is None else [min(int(m), Q) for m in n_queries]
         real = words[torch.arange(L, device=words.device) < torch.tensor(lengths, device=words.device)[:, None]]
-        start_half, end_half = self._halves(D)
-        starts = linear(self.project_start(real), start_half, first.bias).split(lengths)
-        ends = linear(self.project_end(real), end_half).split(lengths)
-        folded = (queries @ last.weight).transpose(1, 2)  # (B, 4D, Q)
+        start_half, end_half, folding = self._weights(D)
+        starts = linear(self.project_start(real), start_half, first.bias)
+        ends = linear(self.project_end(real), end_half)
+        folded = linear(queries, folding)  # (B, Q, 4D): the last layer's weight folded into the queries
         query_bias = queries @ last.bias  # (B, Q)
-        logits = words.new_full((B, L, W, queries.shape[1]), float("-inf") if mask else 0.0)
-        for b, (start, end, n) in enumerate(zip(starts, ends, lengths)):
+        logits = words.new_full((B, Q, L, W), float("-inf") if mask else 0.0)
+        if not (torch.is_grad_enabled() or self.training) and starts.device.type == "cpu" \
+                and starts.dtype == torch.float32 and kernels_available():
+            return span_scores(starts, ends, lengths, folded, query_bias, n_queries, logits)
+        folded = folded.transpose(1, 2)  # (B, 4D, Q)
+        for b, (start, end, n, m) in enumerate(zip(starts.split(lengths), ends.split(lengths), lengths, n_queries)):
             for w in range(min(W, n)):
                 hidden = drop(torch.add(start[: n - w], end[w:]).relu_())  # spans (i, i + w)
-                logits[b, : n - w, w] = torch.addmm(query_bias[b], hidden, folded[b])
-        return logits.permute(0, 3, 1, 2)
+                logits[b, :m, : n - w, w] = torch.addmm(query_bias[b, :m], hidden, folded[b, :, :m]).T
+        return logits
 
-    def _halves(self, D: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The first output layer's weight halves (start, end). For CPU fp32 inference they are
-        packed once for oneDNN (precision.linear: ~1.4x MKL's speed on the strided halves)."""
-        weight = self.out_project[0].weight
-        halves = weight[:, :D], weight[:, D:]
-        if torch.is_grad_enabled() or weight.device.type != "cpu" or weight.dtype != torch.float32:
-            return halves  # training multiplies (and differentiates) the plain halves
+    def _weights(self, D: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first output layer's weight halves (start, end) and the last one's weight
+        transposed (``(4D, D)``: ``linear(queries, it)`` folds it into the queries). For CPU
+        fp32 inference they are packed once for oneDNN (precision.linear: ~1.4x MKL's speed)."""
+        first, last = self.out_project[0].weight, self.out_project[3].weight
+        plain = first[:, :D], first[:, D:], last.t()
+        if torch.is_grad_enabled() or first.device.type != "cpu" or first.dtype != torch.float32:
+            return plain  # training multiplies (and differentiates) the plain weights
 
-        def packed() -> Tuple[torch.Tensor, torch.Tensor]:
-            both = [pack_for_onednn(half.contiguous()) for half in halves]
-            return halves if any(half is None for half in both) else tuple(both)
+        def packed() -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            all_packed = [pack_for_onednn(weight.contiguous()) for weight in plain]
+            return plain if any(weight is None for weight in all_packed) else tuple(all_packed)
 
-        return self.derived("halves", [weight], packed)
+        return self.derived("weights", [first, last], packed)
 
 
 class SpanRep(nn.Module):

@@ -1,5 +1,5 @@
-"""Optional compiled kernels: DeBERTa's disentangled attention, one sequence at a time, and
-the residual step's add and layer norm.
+"""Optional compiled kernels: DeBERTa's disentangled attention, the residual step's add and
+layer norm, and the span scorer's logits.
 
 ``attention.c`` computes a sequence's query-key, content-to-position and position-to-content
 scores of every head over cache-sized blocks (torch needs many small products and strided
@@ -11,7 +11,9 @@ arithmetic on those same values in another order, at bf16 speed (torch has no bf
 fp32-out product on CPU). Scores, softmax and the weighted sums of values are fp32; the
 output has the inputs' dtype (the next layer's). ``layer_norm.c`` adds a layer's output to the
 residual stream and normalises the sum in one pass per row, also writing it in bf16 for the
-next bf16 layer (fast mode). Measured in README (Performance).
+next bf16 layer (fast mode). ``spans.c`` scores every span of a record against its queries
+with the span's hidden layer (``ReLU(start + end)``, 4D wide) made in registers, not stored
+once per width. Measured in README (Performance).
 
 The kernels are built on first use with the system's C compiler (``$CC``, else ``cc``) into
 a per-user cache folder and loaded with ctypes; where that cannot happen (no compiler, no
@@ -38,7 +40,7 @@ import torch
 from .precision import cpu_flags
 
 logger = logging.getLogger(__name__)
-SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "layer_norm.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "layer_norm.c", "spans.c")]
 HEADERS = [Path(__file__).with_name("vectors.h")]  # part of the build, so of its hash
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
 ENABLE_VARIABLE = "SPACY_GLINER2_NATIVE"
@@ -131,6 +133,8 @@ def _library() -> Optional[ctypes.CDLL]:
         function = getattr(library, name)
         function.argtypes = [P, L, P, L, I, I, P, P, ctypes.c_float, P, L, P, L, I]
         function.restype = I
+    library.span_scores_fp32.argtypes = [P, P, L, I, I, P, P, P, L, L, P, L, P, I, P, L, L, I]
+    library.span_scores_fp32.restype = I
     return library
 
 
@@ -260,3 +264,41 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, norm: torch.nn.Layer
     if status != 0:
         raise ValueError(f"the layer norm kernel refused ({status}) rows of {d} values.")
     return out, rounded
+
+
+def span_scores(starts: torch.Tensor, ends: torch.Tensor, lengths: Sequence[int], queries: torch.Tensor,
+                bias: torch.Tensor, n_queries: Sequence[int], out: torch.Tensor) -> torch.Tensor:
+    """Span logits written into ``out`` ``(B, Q, L, W)`` (fp32, contiguous): for record ``b``,
+    ``out[b, q, i, w] = bias[b, q] + ReLU(starts[f + i] + ends[f + i + w]) . queries[b, q]``
+    for ``i + w < lengths[b]`` and ``q < n_queries[b]`` (``f``: the rows of the records
+    before); the other entries are left as they are.
+
+    ``starts``, ``ends``: ``(words, C)`` fp32 rows, the records' words one after another;
+    ``queries``: ``(B, Q, C)``; ``bias``: ``(B, Q)``. Only where :func:`kernels_available`.
+    """
+    kernel = _kernel("span_scores", torch.float32, torch.float32)
+    lengths, n_queries = [int(n) for n in lengths], [int(m) for m in n_queries]
+    B, Q, L, W = out.shape
+    C = starts.shape[-1]
+    tensors = (starts, ends, queries, bias, out)
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors) or starts.dim() != 2 \
+            or ends.shape != starts.shape or starts.stride() != ends.stride() or starts.stride(1) != 1 \
+            or queries.shape != (B, Q, C) or queries.stride(2) != 1 or bias.shape != (B, Q) or bias.stride(1) != 1 \
+            or not out.is_contiguous():
+        raise ValueError(f"span_scores takes fp32 CPU tensors: starts and ends (words, C) with the same strides and "
+                         f"contiguous rows, queries (B, Q, C) and bias (B, Q) with contiguous rows, a contiguous out "
+                         f"(B, Q, L, W); got {[(t.dtype, tuple(t.shape), t.stride()) for t in tensors]}.")
+    if len(lengths) != B or len(n_queries) != B or not all(0 <= n <= L for n in lengths) \
+            or not all(0 <= m <= Q for m in n_queries) or sum(lengths) > starts.shape[0]:
+        raise ValueError(f"lengths and n_queries must give each of the {B} records its words (<= {L}, {sum(lengths)} "
+                         f"<= {starts.shape[0]} rows in all) and queries (<= {Q}), got {lengths} and {n_queries}.")
+    first = torch.tensor([0] + lengths[:-1], dtype=torch.int64).cumsum(0)
+    sizes, counts = _int32s(lengths), _int32s(n_queries)  # bound: the kernel reads them
+    if B == 0 or C == 0 or W == 0:
+        return out
+    status = kernel(starts.data_ptr(), ends.data_ptr(), starts.stride(0), C, B, first.data_ptr(), sizes.data_ptr(),
+                    queries.data_ptr(), queries.stride(0), queries.stride(1), bias.data_ptr(), bias.stride(0),
+                    counts.data_ptr(), W, out.data_ptr(), out.stride(0), out.stride(1), torch.get_num_threads())
+    if status != 0:
+        raise ValueError(f"the span kernel refused ({status}) these sizes.")
+    return out
