@@ -120,6 +120,11 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, c2
 _GELU_IN_PLACE = getattr(torch._C._nn, "gelu_", None)
 
 
+def _compute_dtype(linear: nn.Module) -> torch.dtype:
+    """The dtype a linear layer multiplies in (not read through ``.weight``: a packed bf16 weight unpacks on read)."""
+    return getattr(linear, "compute_dtype", None) or linear.weight.dtype
+
+
 def _feed_forward_in(intermediate: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``intermediate(x)``; its exact GELU runs in place (no second (N, 4D) buffer: less memory)."""
     out = intermediate.dense(x)
@@ -169,8 +174,8 @@ class PackedDeberta:
         if key is None or key != self._cache_key:
             rel = layers.get_rel_embedding()[: 2 * _position_span(layers)]
             with torch.no_grad():
-                self._projected = [
-                    tuple(proj(rel).view(rel.shape[0], H, -1).transpose(0, 1).contiguous()
+                self._projected = [  # in the projections' own dtype (bf16 layers: bf16, as the kernel reads them)
+                    tuple(proj(rel.to(_compute_dtype(proj))).view(rel.shape[0], H, -1).transpose(0, 1).contiguous()
                           for proj in (layer.attention.self.key_proj, layer.attention.self.query_proj))
                     for layer in layers.layer
                 ]
@@ -221,8 +226,7 @@ class PackedDeberta:
             chosen = [keep[b, :n].nonzero().squeeze(1) for b, n in enumerate(lengths)] \
                 if keep is not None and depth == len(layers.layer) - 1 else None
             att = layer.attention.self
-            # bf16 layers (fast mode) take bf16 inputs, cast once (not through .weight: a packed bf16 weight unpacks on read)
-            low = getattr(att.query_proj, "compute_dtype", None) or att.query_proj.weight.dtype
+            low = _compute_dtype(att.query_proj)  # bf16 layers (fast mode) take bf16 inputs, cast once
             # the kernel (CPU, fp32 states) takes fp32 values, or the bf16 values that bf16 projections give
             native = hidden.device.type == "cpu" and hidden.dtype == torch.float32 and kernels_available(low) and (
                 low == hidden.dtype or all(getattr(p, "compute_dtype", None) == low for p in (att.key_proj, att.value_proj)))
@@ -230,10 +234,10 @@ class PackedDeberta:
             q, k, v = (proj(layer_in) for proj in (att.query_proj, att.key_proj, att.value_proj))
             if not native:
                 q, k, v = q.to(hidden.dtype), k.to(hidden.dtype), v.to(hidden.dtype)
-            # position rows per distance: as they are for the kernel (bf16 projections give bf16
-            # values, so the cast is exact), divided by the scale for torch's products
-            c2p, p2c = (None if kind not in pos_types else
-                        table.index_select(1, index).to(low) if native else table.index_select(1, index).div_(scale)
+            # position rows per distance: as they are for the kernel (in the projections' dtype),
+            # divided by the scale in the states' dtype for torch's products
+            c2p, p2c = (None if kind not in pos_types else table.index_select(1, index).to(low) if native
+                        else table.index_select(1, index).to(hidden.dtype).div_(scale)
                         for kind, table, index in (("c2p", pos_key, c2p_index), ("p2c", pos_query, p2c_index)))
             if chosen is not None:
                 hidden = pad_rows(hidden[:n_rows][keep[real]])
