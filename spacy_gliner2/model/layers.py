@@ -57,7 +57,8 @@ class SpanMarker(DerivedCache):
     ``rep[i, w] = out(ReLU(cat(start(h_i), end(h_{i+w}))))`` and a span's score for
     query ``q`` is ``<rep[i, w], q>``. The first ``out`` layer is split into its
     start and end halves and the last one folded into the queries, so no ``(L, W, D)``
-    span tensor is built: each record and width is one cache-sized ``(L, 4D)`` step.
+    span tensor is built: at CPU inference the compiled kernel makes each span's ``4D``
+    hidden values in registers; elsewhere each record and width is one ``(L, 4D)`` step.
     """
 
     def __init__(self, hidden: int, max_width: int, dropout: float = 0.1):
