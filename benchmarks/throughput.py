@@ -399,7 +399,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--checkpoint-dir", type=Path,
                         default=Path("/tmp/spacy-gliner2-bench/gliner2-base-random"))
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (best kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best kept)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fast-precision", default="bf16", help="the fast mode timed beside exact mode")
