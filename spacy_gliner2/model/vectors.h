@@ -1,4 +1,4 @@
-/* What both kernels read with: 16-lane AVX-512 masks and loads of fp32 or bf16 values. */
+/* What the kernels read with: 16-lane AVX-512 masks and loads of fp32 or bf16 values. */
 #ifndef SPACY_GLINER2_VECTORS_H
 #define SPACY_GLINER2_VECTORS_H
 #include <immintrin.h>
