@@ -98,6 +98,10 @@ def test_span_scorer_packs_its_weights_for_inference_and_follows_weight_updates(
         scorer.out_project[0].weight.mul_(-2)  # an optimizer-like in-place update
         again = scorer.score(words, queries, [6, 4])
     assert torch.allclose(again, trained(), rtol=1e-5, atol=1e-5) and not torch.allclose(again, packed)
+    with torch.no_grad():
+        scorer.out_project[3].weight.mul_(3)  # the last layer, folded into the queries, too
+        again = scorer.score(words, queries, [6, 4])
+    assert torch.allclose(again, trained(), rtol=1e-5, atol=1e-5)
     twin = copy.deepcopy(scorer)  # the opaque packed tensors are left out of copies
     assert not hasattr(twin, "_derived")
     with torch.no_grad():
