@@ -228,8 +228,8 @@ class PackedDeberta:
             att = layer.attention.self
             low = _compute_dtype(att.query_proj)  # bf16 layers (fast mode) take bf16 inputs, cast once
             # the kernel (CPU, fp32 states) takes fp32 values, or the bf16 values that bf16 projections give
-            native = hidden.device.type == "cpu" and hidden.dtype == torch.float32 and kernels_available(low) and (
-                low == hidden.dtype or all(getattr(p, "compute_dtype", None) == low for p in (att.key_proj, att.value_proj)))
+            native = hidden.device.type == "cpu" and hidden.dtype == torch.float32 and kernels_available(low) \
+                and all(_compute_dtype(p) == low for p in (att.key_proj, att.value_proj))
             layer_in = hidden_in if hidden_in is not None and hidden_in.dtype == low else hidden.to(low)
             q, k, v = (proj(layer_in) for proj in (att.query_proj, att.key_proj, att.value_proj))
             if not native:

@@ -21,7 +21,8 @@ row counts). Both layers therefore run on inputs whose rows are padded (zeros, c
 output) up to the next of :func:`padded_rows`' counts: multiples of ``ROW_STEP`` (16) below
 1,024 rows, then ``ROWS_PER_OCTAVE`` (32) counts per doubling, which bounds the kernels to a
 few per weight shape while padding wastes under 1/32 of the rows above 512 (a fixed multiple
-of 64 wasted 3.6 % of the encoder's rows on the benchmark's 8 batches of 751-1,544 tokens). The packed DeBERTa forward pads its token rows once so that its layers need no copy.
+of 64 wasted 3.6 % of the encoder's rows on the benchmark's 8 batches of 751-1,544 tokens).
+The packed DeBERTa forward pads its token rows once so that its layers need no copy.
 """
 import platform
 from pathlib import Path
