@@ -125,6 +125,8 @@ def test_onednn_sees_few_row_counts(monkeypatch, kind):
     torch.manual_seed(0)
     linear = torch.nn.Linear(32, 16)
     layer = BF16Linear(linear) if kind == "bf16" else copy.deepcopy(linear)
+    if kind == "bf16" and layer._packed is None:
+        pytest.skip("oneDNN runs no bf16 products on this CPU (no AVX512-BF16 or AMX): bf16 layers use torch")
     use_onednn_linears(layer)
     monkeypatch.setattr(precision, "_ONEDNN_LINEAR", recording)
     with torch.inference_mode():
