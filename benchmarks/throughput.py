@@ -171,7 +171,7 @@ def make_nlp(folder: Path, config: dict, precision: str = "fp32"):
     import spacy
     from spacy.language import Language
 
-    import spacy_gliner2.pipe  # noqa: F401 - registers the factory
+    import spacy_gliner2.gliner2.component  # noqa: F401 - registers the factory
 
     settings = Language.get_factory_meta("gliner2").default_config
     mode = {"precision": precision} if "precision" in settings else {}
@@ -203,12 +203,12 @@ def our_runner(folder: Path, config: dict, texts):
 
     Figures: ``tokens``, the encoder's input tokens (summed over the records that
     ``Encoder.encode`` returns); ``encoder_seconds``, time inside ``GLiNER2Model.encode`` (of
-    the model inference runs, ``Extractor.runtime_model``);
+    the model inference runs, ``Runner.runtime_model``);
     ``batches``, (padded length, real lengths) of each encoder call.
     """
     nlp = make_nlp(folder, config)
     list(nlp.pipe(texts[:8]))  # warm-up; the model loads on first use
-    extractor, figures = nlp.get_pipe("gliner2").extractor, {}
+    extractor, figures = nlp.get_pipe("gliner2").runner, {}
     model = extractor.runtime_model
     encode_text, encode_batch = extractor.encoder.encode, model.encode
 
@@ -310,7 +310,7 @@ def encoder_flops(batches, config, padded: bool = False) -> float:
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     """This machine's fp32 matmul speed in GFLOP/s: the best of ``torch.mm`` (the BLAS library)
     and oneDNN's linear (what exact mode runs on CPU) on two n x n matrices."""
-    from spacy_gliner2.model.precision import _ONEDNN_LINEAR
+    from spacy_gliner2.runtime.precision import _ONEDNN_LINEAR
 
     a, b = torch.randn(n, n), torch.randn(n, n)
     kernels = [torch.mm] + ([lambda x, w: _ONEDNN_LINEAR(x, w, None, "none", [], "")] if _ONEDNN_LINEAR else [])

@@ -43,7 +43,7 @@ def _convert(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     nlp = spacy.load(args.pipeline)
-    nlp.get_pipe(args.component).extractor.save(args.output)
+    nlp.get_pipe(args.component).runner.save(args.output)
     print(f"wrote a GLiNER2 checkpoint folder to {args.output} (loadable by gliner2.GLiNER2.from_pretrained)")
 
 

@@ -1,12 +1,8 @@
-"""Shared fixtures: tiny random-weight checkpoints built by the reference package."""
-import sys
+"""Shared fixtures: tiny random-weight checkpoints built by the reference packages."""
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from checkpoints import build_reference_checkpoint  # noqa: E402
+from checkpoints import build_reference_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +41,4 @@ def plain_encoder(tmp_path_factory) -> Path:
     from checkpoints import build_plain_encoder
 
     return build_plain_encoder(tmp_path_factory.mktemp("plain-encoder"))
+

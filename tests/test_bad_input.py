@@ -3,7 +3,7 @@ import pytest
 import spacy
 from confection import ConfigValidationError
 
-from spacy_gliner2.encoding import Encoder
+from spacy_gliner2.gliner2.encoding import Encoder
 from spacy_gliner2.schema import SPECIAL_TOKENS, Schema, SchemaError
 from spacy_gliner2.text import normalized_words, split_words
 
@@ -59,9 +59,9 @@ def test_hundred_thousand_words(bert_checkpoint):
 
 
 def test_special_tokens_in_text_are_plain_words(bert_checkpoint):
-    from spacy_gliner2.inference import Extractor
+    from spacy_gliner2.gliner2.runner import GLiNER2Runner
 
-    extractor = Extractor.load(str(bert_checkpoint))
+    extractor = GLiNER2Runner.load(str(bert_checkpoint))
     encoder = Encoder(extractor.tokenizer)
     schema = Schema.from_config(entities=["x"])
     special = set(extractor.tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS)))
@@ -118,7 +118,7 @@ def test_words_without_sub_tokens_never_bound_a_span(nlp):
     """A control character is a word the encoder cannot see (no sub-tokens): spans never start or
     end on it (they would tie exactly with their neighbour), but it can sit inside one."""
     text = "Tim \x1b Cook \x1b in \x1b Paris \x1b ."
-    encoder = Encoder(nlp.get_pipe("gliner2").extractor.encoder.tokenizer)
+    encoder = Encoder(nlp.get_pipe("gliner2").runner.encoder.tokenizer)
     record = encoder.encode(Schema.from_config(entities=["thing"]), normalized_words(text, split_words(text)))
     assert record.blank_words == [1, 3, 5, 7]  # the control characters (no choices prefix here)
     doc = nlp(text)
@@ -132,8 +132,8 @@ def test_words_without_sub_tokens_never_bound_a_span(nlp):
 def test_blank_word_boundaries_get_minus_infinity():
     import torch
 
-    from spacy_gliner2.encoding import Batch, EncodedText
-    from spacy_gliner2.model.extractor import _skip_blank_boundaries
+    from spacy_gliner2.gliner2.encoding import Batch, EncodedText
+    from spacy_gliner2.gliner2.model import _skip_blank_boundaries
 
     record = EncodedText(input_ids=[1, 2, 3, 4], word_pos=[0, 1, 1, 2, 3], n_prefix=0, prefix=(), tasks=[], blank_words=[1])
     batch = Batch(torch.ones(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.long), torch.tensor([[0, 1, 1, 2, 3]]), [5], [record])

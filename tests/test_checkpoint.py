@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spacy_gliner2.inference import Extractor
-from spacy_gliner2.model.checkpoint import CheckpointError, HubOptions, resolve
+from spacy_gliner2.gliner2.runner import GLiNER2Runner
+from spacy_gliner2.core.checkpoint import CheckpointError, HubOptions, resolve
 from spacy_gliner2.schema import Schema
 from spacy_gliner2.text import split_words
 
@@ -19,7 +19,7 @@ SCHEMA = Schema.from_config(entities=["person", "place"], classifications={"s": 
 
 
 def run(extractor, schema=SCHEMA):
-    return extractor.extract([TEXT], [split_words(TEXT)], schema)[0]
+    return extractor.run([TEXT], [split_words(TEXT)], schema)[0]
 
 
 def test_hub_id_offline_is_a_clear_error(tmp_path):
@@ -27,7 +27,7 @@ def test_hub_id_offline_is_a_clear_error(tmp_path):
         resolve("some-org/not-cached-model", HubOptions(cache_dir=str(tmp_path), local_files_only=True))
     assert "some-org/not-cached-model" in str(err.value)
     code = (
-        "from spacy_gliner2.model.checkpoint import resolve, CheckpointError\n"
+        "from spacy_gliner2.core.checkpoint import resolve, CheckpointError\n"
         "try:\n"
         "    resolve('some-org/not-cached-model', None)\n"
         "except CheckpointError as e:\n"
@@ -45,9 +45,9 @@ def test_missing_folder():
 
 def test_saved_folder_loads_in_the_reference(bert_checkpoint, tmp_path):
     gliner2 = pytest.importorskip("gliner2")
-    ours = Extractor.load(str(bert_checkpoint))
+    ours = GLiNER2Runner.load(str(bert_checkpoint))
     ours.save(tmp_path / "export")
-    reloaded = Extractor.load(str(tmp_path / "export"))
+    reloaded = GLiNER2Runner.load(str(tmp_path / "export"))
     assert run(reloaded) == run(ours)
     ref = gliner2.GLiNER2.from_pretrained(str(tmp_path / "export"))
     got = ref.extract(TEXT, {"entities": ["person", "place"]}, include_confidence=True, include_spans=True)
@@ -65,7 +65,7 @@ def test_pickle_weights_load_with_weights_only(bert_checkpoint, tmp_path):
     shutil.copytree(bert_checkpoint, folder)
     torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
     (folder / "model.safetensors").unlink()
-    assert run(Extractor.load(str(folder))) == run(Extractor.load(str(bert_checkpoint)))
+    assert run(GLiNER2Runner.load(str(folder))) == run(GLiNER2Runner.load(str(bert_checkpoint)))
 
 
 def test_truncated_safetensors(bert_checkpoint, tmp_path):
@@ -74,7 +74,7 @@ def test_truncated_safetensors(bert_checkpoint, tmp_path):
     data = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        Extractor.load(str(folder))
+        GLiNER2Runner.load(str(folder))
 
 
 def test_malicious_pickle_is_refused(bert_checkpoint, tmp_path):
@@ -88,7 +88,7 @@ def test_malicious_pickle_is_refused(bert_checkpoint, tmp_path):
 
     torch.save({"x": Evil()}, folder / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="weights_only"):
-        Extractor.load(str(folder))
+        GLiNER2Runner.load(str(folder))
     assert not (tmp_path / "pwned").exists()
 
 
@@ -107,7 +107,7 @@ def test_unsupported_configs(bert_checkpoint, tmp_path, change, message):
     config.update(change)
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises((CheckpointError, ValueError), match=message):
-        Extractor.load(str(folder))
+        GLiNER2Runner.load(str(folder))
 
 
 def test_unknown_encoder_architecture(bert_checkpoint, tmp_path):
@@ -119,7 +119,7 @@ def test_unknown_encoder_architecture(bert_checkpoint, tmp_path):
     config["auto_map"] = {"AutoModel": "modeling.MyModel"}
     path.write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="Unknown encoder architecture"):
-        Extractor.load(str(folder))
+        GLiNER2Runner.load(str(folder))
 
 
 def test_missing_config(bert_checkpoint, tmp_path):
@@ -127,4 +127,4 @@ def test_missing_config(bert_checkpoint, tmp_path):
     shutil.copytree(bert_checkpoint, folder)
     (folder / "config.json").unlink()
     with pytest.raises(CheckpointError, match="config.json is missing"):
-        Extractor.load(str(folder))
+        GLiNER2Runner.load(str(folder))

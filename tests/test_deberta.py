@@ -4,7 +4,7 @@ import torch
 from transformers import DebertaV2Config, DebertaV2Model
 from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
 
-from spacy_gliner2.model.deberta import PackedDeberta, _buckets, supports_fast_path
+from spacy_gliner2.runtime.deberta import PackedDeberta, _buckets, supports_fast_path
 
 
 def tiny_model(pos_att_type=("p2c", "c2p"), layers: int = 2) -> DebertaV2Model:

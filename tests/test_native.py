@@ -7,9 +7,9 @@ import pytest
 import torch
 from test_deberta import tiny_model
 
-from spacy_gliner2.model import deberta, native
-from spacy_gliner2.model.deberta import PackedDeberta
-from spacy_gliner2.model.precision import use_bf16_linears
+from spacy_gliner2.runtime import deberta, native
+from spacy_gliner2.runtime.deberta import PackedDeberta
+from spacy_gliner2.runtime.precision import use_bf16_linears
 
 COMPILER = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 pytestmark = [
@@ -312,7 +312,7 @@ def test_span_scores_match_their_definition(c):
 
 
 def test_span_scorer_gives_the_same_logits_with_and_without_the_kernel(monkeypatch):
-    from spacy_gliner2.model import layers
+    from spacy_gliner2.gliner2 import layers
     torch.manual_seed(0)
     scorer = layers.SpanMarker(32, 5).eval()
     words, queries = torch.randn(3, 9, 32), torch.randn(3, 4, 32)

@@ -12,9 +12,9 @@ import pytest
 import spacy
 import torch
 
-from spacy_gliner2.encoding import Encoder
-from spacy_gliner2.inference import Extractor
-from spacy_gliner2.model.layers import CountLSTM
+from spacy_gliner2.gliner2.encoding import Encoder
+from spacy_gliner2.gliner2.runner import GLiNER2Runner
+from spacy_gliner2.gliner2.layers import CountLSTM
 from spacy_gliner2.schema import Schema
 from spacy_gliner2.text import normalized_words, split_words
 
@@ -209,7 +209,7 @@ def test_extract_matches_reference(loaded, name):
 
 def test_input_ids_match_reference(loaded):
     path, reference = loaded
-    extractor = Extractor.load(str(path))
+    extractor = GLiNER2Runner.load(str(path))
     encoder = Encoder(extractor.tokenizer)
     for config in SCHEMAS.values():
         schema, ref_schema = reference_schema(config)

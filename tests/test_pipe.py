@@ -248,7 +248,7 @@ def test_empty_batch(nlp):
 def test_windows_halve_when_the_encoder_is_full(bert_checkpoint):
     """Windows longer than the encoder's positions are split, never truncated."""
     nlp = make_nlp(bert_checkpoint, window_size=5000, window_overlap=32, structures=None, relations=None)
-    limit = nlp.get_pipe("gliner2").extractor.max_tokens
+    limit = nlp.get_pipe("gliner2").runner.max_tokens
     text = "Angela Merkel met Tim Cook in Berlin . " * 1000
     assert len(text.split()) > limit
     doc = nlp(text)
@@ -258,7 +258,7 @@ def test_windows_halve_when_the_encoder_is_full(bert_checkpoint):
 
 def test_prompt_longer_than_the_encoder_is_a_clear_error(bert_checkpoint):
     nlp = make_nlp(bert_checkpoint)
-    limit = nlp.get_pipe("gliner2").extractor.max_tokens
+    limit = nlp.get_pipe("gliner2").runner.max_tokens
     labels = {f"label {i}": "a rather long description of this label " * 4 for i in range(limit // 20)}
     with pytest.raises(SchemaError, match="too little room"):
         nlp("A short text.", component_cfg={"gliner2": {"entities": labels}})
@@ -280,7 +280,7 @@ def test_int8_precision_runs_and_saves_fp32(bert_checkpoint, tmp_path):
     doc = nlp(TEXTS[0])
     assert doc._.gliner2["entities"].keys() == {"location", "organization", "person"}
     pipe = nlp.get_pipe("gliner2")
-    assert pipe.extractor.runtime_model is not pipe.extractor.model
+    assert pipe.runner.runtime_model is not pipe.runner.model
     nlp.to_disk(tmp_path / "p")
     saved = load_file(tmp_path / "p" / "gliner2" / "model" / "model.safetensors")
     original = load_file(bert_checkpoint / "model.safetensors")

@@ -6,9 +6,9 @@ import spacy
 import torch
 from test_deberta import tiny_model
 
-from spacy_gliner2.model.deberta import PackedDeberta
-from spacy_gliner2.model.layers import SpanMarker
-from spacy_gliner2.model.precision import (
+from spacy_gliner2.runtime.deberta import PackedDeberta
+from spacy_gliner2.gliner2.layers import SpanMarker
+from spacy_gliner2.runtime.precision import (
     INT8_CHUNK_ROWS, BF16Linear, Int8Linear, OneDNNLinear, fuse_relus, int8_products_available, use_bf16_linears,
     use_onednn_linears,
 )
@@ -111,7 +111,7 @@ def test_span_scorer_packs_its_weights_for_inference_and_follows_weight_updates(
 @pytest.mark.parametrize("kind", ["fp32", "bf16"])
 def test_onednn_sees_few_row_counts(monkeypatch, kind):
     """oneDNN caches a kernel per input row count: the layers pad rows to padded_rows' counts."""
-    from spacy_gliner2.model import precision
+    from spacy_gliner2.runtime import precision
 
     if precision._ONEDNN_LINEAR is None:
         pytest.skip("this torch build has no oneDNN")
@@ -142,7 +142,7 @@ def test_padded_rows_are_few_and_waste_little():
     """Row counts up to 2**14 pad to multiples of 16 below 512 and 32 counts per doubling above,
     wasting under 1/32 of the rows above 512; the int8 layer's padded chunks stay inside its
     padded output."""
-    from spacy_gliner2.model.precision import INT8_CHUNK_ROWS, padded_rows
+    from spacy_gliner2.runtime.precision import INT8_CHUNK_ROWS, padded_rows
 
     padded = [padded_rows(n) for n in range(1, 2**14 + 1)]
     assert padded_rows(0) == 0 and all(p >= n for n, p in enumerate(padded, 1))
@@ -195,7 +195,7 @@ def test_int8_linear_scales_each_row_on_its_own():
 def test_int8_pipeline_quantizes_the_feed_forward_layers_only(bert_checkpoint):
     nlp = spacy.blank("en")
     nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "precision": "int8", **SCHEMA})
-    runtime = nlp.get_pipe("gliner2").extractor.runtime_model
+    runtime = nlp.get_pipe("gliner2").runner.runtime_model
     quantized = {name for name, m in runtime.named_modules() if isinstance(m, Int8Linear)}
     n_layers = runtime.encoder.config.num_hidden_layers
     assert len(quantized) == 2 * n_layers
@@ -208,7 +208,7 @@ def test_cpu_inference_runs_a_copy_with_onednn_linears_sharing_the_weights(check
     nlp = spacy.blank("en")
     nlp.add_pipe("gliner2", config={"model": str(checkpoint_factory("deberta", "count_lstm")), **SCHEMA})
     nlp(TEXT)
-    extractor = nlp.get_pipe("gliner2").extractor
+    extractor = nlp.get_pipe("gliner2").runner
     runtime, model = extractor.runtime_model, extractor.model
     assert runtime is not model
     assert any(type(m) is OneDNNLinear for m in runtime.modules())
@@ -262,7 +262,7 @@ def test_bf16_pipeline_is_close_to_exact_and_saves_fp32(checkpoint_factory, enco
     fast.add_pipe("gliner2", config={"model": str(path), **schema, "precision": "bf16"})
     expected, got = exact(TEXT), fast(TEXT)
     pipe = fast.get_pipe("gliner2")
-    runtime, model = pipe.extractor.runtime_model, pipe.extractor.model
+    runtime, model = pipe.runner.runtime_model, pipe.runner.model
     assert all(type(m) is not torch.nn.Linear for m in runtime.encoder.modules())
     assert any(type(m) is BF16Linear for m in runtime.encoder.modules())
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -293,7 +293,7 @@ def test_bf16_pipeline_is_close_to_exact_and_saves_fp32(checkpoint_factory, enco
 
 
 def test_cpu_bf16_detection_reads_the_flags(tmp_path):
-    from spacy_gliner2.model.precision import cpu_has_bf16_units
+    from spacy_gliner2.runtime.precision import cpu_has_bf16_units
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
@@ -304,7 +304,7 @@ def test_cpu_bf16_detection_reads_the_flags(tmp_path):
 
 
 def test_bf16_without_bf16_units_warns(bert_checkpoint, monkeypatch):
-    from spacy_gliner2 import inference
+    from spacy_gliner2.core import runner as inference
 
     monkeypatch.setattr(inference, "cpu_has_bf16_units", lambda: False)
     nlp = spacy.blank("en")

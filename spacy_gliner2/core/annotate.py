@@ -1,24 +1,19 @@
-"""Result dicts -> Doc annotations: ``doc.ents``, ``doc.spans``, ``doc.cats``, ``doc._.gliner2``.
-
-Knows nothing of torch. Spans are mapped onto tokens with ``Doc.char_span``; a span
-that cannot be aligned stays in ``doc._.gliner2`` and is counted.
-"""
-from typing import Dict, List, Tuple
+"""Doc writing shared by the families: the result extension, ``doc.cats``, ``doc.spans`` and
+the ``doc.ents`` policy. Knows nothing of torch."""
+from typing import Any, Dict, List, Tuple
 
 from spacy.tokens import Doc, Span, SpanGroup
 
-from .decoding import Probs, Result
-from .schema import Schema
+from ..schema import Schema
 
-EXTENSION = "gliner2"
 ENTS_POLICIES = ("keep_existing", "prefer_new", "unchanged")
 ALIGNMENT_MODES = ("strict", "contract", "expand")
 
 
-def register_extension() -> None:
-    """Register ``Doc._.gliner2`` once (plain data: survives DocBin and n_process)."""
-    if not Doc.has_extension(EXTENSION):
-        Doc.set_extension(EXTENSION, default=None)
+def register_extension(name: str) -> None:
+    """Register ``Doc._.<name>`` once (plain data: survives DocBin and n_process)."""
+    if not Doc.has_extension(name):
+        Doc.set_extension(name, default=None)
 
 
 def _overlap(a: Span, b: Span) -> bool:
@@ -44,32 +39,16 @@ def _set_ents(doc: Doc, new: List[Span], policy: str) -> None:
         doc.set_ents(sorted(kept + new, key=lambda s: s.start))
 
 
-def annotate(
-    doc: Doc,
-    result: Result,
-    probs: Probs,
-    schema: Schema,
-    *,
-    spans_key: str,
-    ents_policy: str,
-    alignment_mode: str,
-) -> int:
-    """Write one result onto its Doc; returns how many spans could not be aligned."""
-    doc._.set(EXTENSION, result)
-    scored: List[Tuple[Span, float]] = []
-    unaligned = 0
-    for label, found in result["entities"].items():
-        for item in found:
-            span = doc.char_span(item["start"], item["end"], label=label, alignment_mode=alignment_mode)
-            if span is None or not len(span):
-                unaligned += 1
-            else:
-                scored.append((span, item["confidence"]))
+def write_spans(doc: Doc, scored: List[Tuple[Span, float]], unaligned: int, *, spans_key: str, ents_policy: str) -> None:
+    """All scored spans to ``doc.spans[spans_key]`` (scores and the unaligned count in its
+    attrs); the most confident non-overlapping ones to ``doc.ents`` by ``ents_policy``."""
     group = SpanGroup(doc, name=spans_key, spans=[s for s, _ in scored])
     group.attrs["scores"] = [c for _, c in scored]
     group.attrs["unaligned"] = unaligned
     doc.spans[spans_key] = group
     _set_ents(doc, _non_overlapping(scored), ents_policy)
-    cats: Dict[str, float] = {key: probs[task][label] for task, label, key in schema.cats_keys()}
-    doc.cats.update(cats)
-    return unaligned
+
+
+def write_cats(doc: Doc, probs: Dict[str, Dict[str, Any]], schema: Schema) -> None:
+    """Every class probability to ``doc.cats`` (keys by :meth:`Schema.cats_keys`)."""
+    doc.cats.update({key: probs[task][label] for task, label, key in schema.cats_keys()})

@@ -1,79 +1,113 @@
-"""Texts + schema -> results: windows, length-grouped batches, one forward pass each.
+"""Texts + schema -> results, for any family: windows -> encode -> length-sorted batches ->
+forward -> decode -> merge.
 
-Pure Python/torch; the spaCy component is a thin layer over :class:`Extractor`.
+:class:`Runner` holds a loaded checkpoint (model, tokenizer, raw config) and its runtime
+copy (precision); a family subclasses it with its hooks (``encode``, ``collate``, ``decode``,
+``merge``, the checkpoint format). Pure Python/torch: the spaCy component is a thin layer over it.
 """
 import copy
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, Generic, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 
-from .decoding import Probs, Result, decode, merge_windows
-from .encoding import EncodedText, Encoder, make_batch
-from .memory import return_freed_memory
-from .model.checkpoint import CheckpointError, HubOptions, is_plain_encoder, load_model, new_model, resolve, save_model
-from .model.extractor import GLiNER2Model
-from .model.precision import cpu_has_bf16_units, int8_products_available
-from .schema import Schema, SchemaError
-from .text import DEFAULT_WINDOW_OVERLAP, DEFAULT_WINDOW_WORDS, Word, make_windows, normalized_words
-
+from ..memory import return_freed_memory
+from ..runtime.encoder import EncoderModel
+from ..runtime.precision import cpu_has_bf16_units, int8_products_available
+from ..schema import Schema, SchemaError
+from ..text import DEFAULT_WINDOW_OVERLAP, DEFAULT_WINDOW_WORDS, Word
+from .batching import TextWindow, document_windows, length_batches
+from .checkpoint import FAMILY_NAMES, CheckpointError, HubOptions, is_plain_encoder, resolve
 
 PRECISIONS = ("fp32", "int8", "fp16", "bf16")
+Record = Any  # a family's encoded window (with ``input_ids``)
+Output = TypeVar("Output")  # a family's result for one text (or window)
 
 
-def _batches(order: List[int], lengths: List[int], size: int, max_tokens: int) -> List[List[int]]:
-    """Consecutive groups of the (length-sorted) records: at most ``size`` records and, past
-    the first record, at most ``max_tokens`` padded tokens (bounds memory on long documents)."""
-    batches: List[List[int]] = []
-    for j in order:
-        current = batches[-1] if batches else None
-        if current is None or len(current) >= size or (len(current) + 1) * max(lengths[j], lengths[current[-1]]) > max_tokens:
-            batches.append([j])
-        else:
-            current.append(j)
-    return batches
+class Runner(Generic[Output]):
+    """A loaded checkpoint of one family that runs texts given as words."""
 
+    family: ClassVar[str]  # the factory name ("gliner2", "gliclass")
+    hub_patterns: ClassVar[Sequence[str]]  # the files of a Hub repository to fetch
 
-@dataclass
-class _Job:
-    doc: int
-    raw: List[Word]  # the window's words, offsets into the document text
-    end: int  # where the window's text ends (it is normalised up to here)
-    text: str
-
-    @property
-    def words(self) -> List[Word]:
-        return normalized_words(self.text[: self.end], self.raw)
-
-    @property
-    def start(self) -> int:
-        return self.raw[0][1] if self.raw else 0
-
-    def halves(self, overlap: int) -> List["_Job"]:
-        """Two overlapping windows covering this one's words."""
-        n = len(self.raw)
-        overlap = min(overlap, n // 4)
-        size = (n + overlap + 1) // 2
-        out = []
-        for win in make_windows(self.raw, size, overlap):
-            end = self.raw[win.end_word - 1][2] if win.end_word < n else self.end
-            out.append(_Job(self.doc, self.raw[win.start_word : win.end_word], end, self.text))
-        return out
-
-
-class Extractor:
-    """A loaded GLiNER2 checkpoint that extracts from texts given as words."""
-
-    def __init__(self, model: GLiNER2Model, tokenizer: Any, config: Dict[str, Any]):
+    def __init__(self, model: EncoderModel, tokenizer: Any, config: Dict[str, Any]):
         self.model = model  # fp32 weights: trained and saved
         self.tokenizer = tokenizer
         self.config = config
-        self.encoder = Encoder(tokenizer)
-        self.pad_id = 0
         self.precision = "fp32"
         self._runtime: Optional[torch.nn.Module] = None
+
+    # -- family hooks ------------------------------------------------------
+
+    @classmethod
+    def read(cls, folder: Path) -> Tuple[EncoderModel, Any, Dict[str, Any]]:
+        """Model, tokenizer and raw config of a checkpoint folder of this family."""
+        raise NotImplementedError
+
+    @classmethod
+    def new(cls, folder: Path) -> Tuple[EncoderModel, Any, Dict[str, Any]]:
+        """New heads on the plain pretrained encoder in ``folder`` (training)."""
+        raise NotImplementedError
+
+    def save(self, folder: Path) -> None:
+        """Write the family's reference checkpoint format."""
+        raise NotImplementedError
+
+    def check_schema(self, schema: Schema) -> None:
+        """Raise a :class:`SchemaError` for a schema this family cannot run."""
+
+    def encode(self, schema: Schema, window: TextWindow) -> Record:
+        raise NotImplementedError
+
+    def prompt_tokens(self, schema: Schema) -> int:
+        """Tokens the schema's prompt takes (with the special tokens): what a text cannot use."""
+        raise NotImplementedError
+
+    def collate(self, records: Sequence[Record]) -> Any:
+        """A padded batch (with ``.to(device)``) for the model's forward."""
+        raise NotImplementedError
+
+    def forward(self, model: torch.nn.Module, batch: Any) -> Iterable[Any]:
+        """The model's raw scores of each record of a batch, in order."""
+        return model(batch)
+
+    def decode(self, schema: Schema, record: Record, scores: Any, window: TextWindow) -> Output:
+        raise NotImplementedError
+
+    def merge(self, parts: Sequence[Output]) -> Output:
+        """One document's result from its windows' (in document order)."""
+        raise NotImplementedError
+
+    # -- loading -------------------------------------------------------------
+
+    @classmethod
+    def load(cls, name_or_path: str, hub: Optional[HubOptions] = None, allow_new: bool = False) -> "Runner":
+        """Load a checkpoint of this family (local folder or Hub id).
+
+        With ``allow_new`` (training), a plain pretrained encoder gets fresh heads.
+        """
+        name = FAMILY_NAMES[cls.family]
+        folder = resolve(name_or_path, hub, cls.hub_patterns, name)
+        if is_plain_encoder(folder, cls.family):
+            if not allow_new:
+                raise CheckpointError(
+                    f"{name_or_path!r} is a plain {folder.name} encoder, not a {name} checkpoint: its heads "
+                    f"are untrained. Train it first (spacy train, which starts new heads) or use a {name} checkpoint."
+                )
+            return cls(*cls.new(folder))
+        return cls(*cls.read(folder))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def max_tokens(self) -> Optional[int]:
+        """The longest input the encoder can read (None: no limit)."""
+        return self.model.max_tokens
+
+    # -- precision -----------------------------------------------------------
 
     def set_precision(self, precision: str) -> None:
         """Run inference in ``fp32`` (exact), ``bf16`` (CPU: the encoder's and the heads' MLP
@@ -124,37 +158,16 @@ class Extractor:
             self._runtime = runtime
         return self._runtime
 
-    def _copy_sharing_tensors(self) -> GLiNER2Model:
+    def _copy_sharing_tensors(self) -> EncoderModel:
         """A copy of the (eval-mode) model's modules that shares every parameter and buffer:
         the layers a reduced precision replaces get new weights, nothing else is duplicated
         (DeBERTa-v3-base's embedding table alone is 394 MB)."""
         shared = {id(t): t for t in (*self.model.parameters(), *self.model.buffers())}
         return copy.deepcopy(self.model.eval(), memo=shared)
 
-    @classmethod
-    def load(cls, name_or_path: str, hub: Optional[HubOptions] = None, allow_new: bool = False) -> "Extractor":
-        """Load a GLiNER2 checkpoint (local folder or Hub id).
+    # -- running -------------------------------------------------------------
 
-        With ``allow_new`` (training), a plain pretrained encoder gets fresh heads.
-        """
-        folder = resolve(name_or_path, hub)
-        if is_plain_encoder(folder):
-            if not allow_new:
-                raise CheckpointError(
-                    f"{name_or_path!r} is a plain {folder.name} encoder, not a GLiNER2 checkpoint: its heads "
-                    "are untrained. Train it first (spacy train, which starts new heads) or use a GLiNER2 checkpoint."
-                )
-            return cls(*new_model(folder))
-        return cls(*load_model(folder))
-
-    def save(self, folder: Path) -> None:
-        save_model(self.model, self.tokenizer, self.config, folder)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def extract(
+    def run(
         self,
         texts: Sequence[str],
         words: Sequence[Sequence[Word]],
@@ -163,42 +176,27 @@ class Extractor:
         max_batch_tokens: int = 4096,
         window: int = DEFAULT_WINDOW_WORDS,
         overlap: int = DEFAULT_WINDOW_OVERLAP,
-    ) -> List[Tuple[Result, Probs]]:
-        """Results for each text. ``words`` are its (un-normalised) words."""
-        if schema.is_empty:
-            raise SchemaError(
-                "The schema is empty: configure at least one of entities, classifications, "
-                "structures or relations (in the component config or per call)."
-            )
+    ) -> List[Output]:
+        """The result of each text. ``words`` are its (un-normalised) words."""
+        self.check_schema(schema)
         jobs, encoded = self.windows(texts, words, schema, window, overlap)
         order = sorted(range(len(jobs)), key=lambda j: len(encoded[j].input_ids))
-        parts: List[Optional[Tuple[Result, Probs]]] = [None] * len(jobs)
+        parts: List[Optional[Output]] = [None] * len(jobs)
         if self.model.training:
             self.model.eval()
         model = self.runtime_model
         with torch.inference_mode():
-            chunks = list(_batches(order, [len(r.input_ids) for r in encoded], batch_size, max_batch_tokens))
+            chunks = length_batches(order, [len(r.input_ids) for r in encoded], batch_size, max_batch_tokens)
             for chunk in chunks:
-                batch = make_batch([encoded[j] for j in chunk], self.pad_id).to(self.device)
-                for j, scores in zip(chunk, model(batch)):
-                    parts[j] = decode(schema, encoded[j], scores, jobs[j].words, jobs[j].text)
+                batch = self.collate([encoded[j] for j in chunk]).to(self.device)
+                for j, scores in zip(chunk, self.forward(model, batch)):
+                    parts[j] = self.decode(schema, encoded[j], scores, jobs[j])
                 if len(chunks) > 1:  # several batches (a long document, many texts): keep them from growing the heap
                     return_freed_memory()
-        per_doc: List[List[Tuple[Result, Probs]]] = [[] for _ in texts]  # in document order
+        per_doc: List[List[Output]] = [[] for _ in texts]  # in document order
         for job, part in zip(jobs, parts):
             per_doc[job.doc].append(part)
-        return [merge_windows(p) for p in per_doc]
-
-    @property
-    def max_tokens(self) -> Optional[int]:
-        """The longest input the encoder can read (None: no limit, as DeBERTa's relative positions)."""
-        config = self.model.encoder.config
-        if getattr(config, "position_biased_input", True) is False:
-            return None
-        limit = getattr(config, "max_position_embeddings", None)
-        if limit and config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet"):
-            limit -= 2  # positions start after the padding index
-        return limit
+        return [self.merge(p) for p in per_doc]
 
     def windows(
         self,
@@ -207,25 +205,20 @@ class Extractor:
         schema: Schema,
         window: int = DEFAULT_WINDOW_WORDS,
         overlap: int = DEFAULT_WINDOW_OVERLAP,
-    ) -> Tuple[List["_Job"], List[EncodedText]]:
+    ) -> Tuple[List[TextWindow], List[Record]]:
         """Cut texts into word windows and encode them, halving windows that outgrow
         the encoder (never truncating). Serves inference and training alike."""
-        queue: List[_Job] = []
-        for i, (text, text_words) in enumerate(zip(texts, words)):
-            for win in make_windows(text_words, window, overlap):
-                end = win.end_char if win.end_word < len(text_words) else len(text)
-                queue.append(_Job(i, list(text_words[win.start_word : win.end_word]), end, text))
+        queue = document_windows(texts, words, window, overlap)[::-1]
         limit = self.max_tokens
         jobs, encoded = [], []
-        queue = queue[::-1]
         while queue:
             job = queue.pop()
-            record = self.encoder.encode(schema, job.words)
+            record = self.encode(schema, job)
             if limit is None or len(record.input_ids) <= limit:
                 jobs.append(job)
                 encoded.append(record)
                 continue
-            prompt = len(self.encoder.encode(schema, [(".", 0, 0)]).input_ids) - 1
+            prompt = self.prompt_tokens(schema)
             if prompt >= limit:
                 raise SchemaError(
                     f"The prompt takes {prompt} tokens for this schema and the encoder reads at most "

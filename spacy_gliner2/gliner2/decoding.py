@@ -11,10 +11,11 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
+from ..core.classes import classify, merge_classes
+from ..schema import Schema
+from ..text import Word
 from .encoding import CLASSIFICATION, ENTITIES, RELATION, STRUCTURE, EncodedText
-from .model.extractor import TaskScores
-from .schema import ClassificationTask, Schema
-from .text import Word
+from .model import TaskScores
 
 Span = Dict[str, Any]
 Result = Dict[str, Dict[str, Any]]
@@ -75,25 +76,6 @@ def _choices(
     return {"text": best[0], "confidence": best[1]} if best and best[1] >= threshold else None
 
 
-def _classify(task: ClassificationTask, logits: torch.Tensor) -> Tuple[Any, Dict[str, float]]:
-    if task.multi_label:
-        probs = torch.sigmoid(logits).tolist()
-        chosen = [
-            {"label": label, "confidence": p}
-            for label, p in zip(task.labels, probs)
-            if p >= task.threshold
-        ]
-        if not chosen:
-            best = max(range(len(probs)), key=probs.__getitem__)
-            chosen = [{"label": task.labels[best], "confidence": probs[best]}]
-        decision: Any = chosen
-    else:
-        probs = torch.softmax(logits, dim=-1).tolist()
-        best = max(range(len(probs)), key=probs.__getitem__)
-        decision = {"label": task.labels[best], "confidence": probs[best]}
-    return decision, dict(zip(task.labels, probs))
-
-
 def decode(
     schema: Schema,
     record: EncodedText,
@@ -107,7 +89,7 @@ def decode(
         seg = slots.segment
         if seg.kind == CLASSIFICATION:
             task = schema.classifications[seg.index]
-            result["classifications"][task.name], probs[task.name] = _classify(task, task_scores.logits)
+            result["classifications"][task.name], probs[task.name] = classify(task, task_scores.logits)
             continue
         if seg.kind == ENTITIES:
             thresholds = [schema.threshold if e.threshold is None else e.threshold for e in schema.entities]
@@ -195,8 +177,7 @@ def merge_windows(parts: Sequence[Tuple[Result, Probs]]) -> Tuple[Result, Probs]
 
     Entities: per label, greedy by confidence without overlaps. Structures and
     relations: concatenated, duplicates kept once (highest confidence).
-    Classification: multi-label takes each label's highest probability; single-label
-    takes the window with the most confident decision.
+    Classification: :func:`~..core.classes.merge_classes`.
     """
     if len(parts) == 1:
         return parts[0]
@@ -208,15 +189,6 @@ def merge_windows(parts: Sequence[Tuple[Result, Probs]]) -> Tuple[Result, Probs]
         for name in first[section]:
             result[section][name] = _dedupe([x for r, _ in parts for x in r[section][name]])
     for task in first["classifications"]:
-        decisions = [(r["classifications"][task], p[task]) for r, p in parts]
-        if isinstance(decisions[0][0], list):
-            probs[task] = {label: max(p[label] for _, p in decisions) for label in decisions[0][1]}
-            labels = {d["label"] for decision, _ in decisions for d in decision}
-            result["classifications"][task] = [
-                {"label": label, "confidence": probs[task][label]} for label in probs[task] if label in labels
-            ]
-        else:
-            decision, probs[task] = max(decisions, key=lambda d: d[0]["confidence"])
-            result["classifications"][task] = decision
+        result["classifications"][task], probs[task] = merge_classes([(r["classifications"][task], p[task]) for r, p in parts])
     return result, probs
 

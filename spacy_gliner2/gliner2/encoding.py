@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from .schema import Schema, SPECIAL_TOKENS
-from .text import Word
+from ..schema import Schema, SPECIAL_TOKENS
+from ..text import Word
 
 STRUCTURE, ENTITIES, RELATION, CLASSIFICATION = "structure", "entities", "relation", "classification"
 _MARKER = {STRUCTURE: "[C]", ENTITIES: "[E]", RELATION: "[R]", CLASSIFICATION: "[L]"}

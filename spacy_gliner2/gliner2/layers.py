@@ -3,40 +3,17 @@
 Parameter names follow the reference checkpoint format so its state dicts load
 unchanged. Nothing here knows about spaCy, tokenizers or schemas.
 """
-from typing import Callable, Optional, Sequence, Tuple, TypeVar
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .native import kernels_available, span_scores
-from .precision import linear, pack_for_onednn
+from ..runtime.cache import DerivedCache
+from ..runtime.native import kernels_available, span_scores
+from ..runtime.precision import linear, pack_for_onednn
 
-MAX_COUNT = 20
-T = TypeVar("T")
-
-
-class DerivedCache(nn.Module):
-    """A module that keeps values derived from its weights for inference (no gradients), rebuilt
-    when a source weight changes storage or version (an in-place update bumps it), and left
-    out of copies and pickles (rebuilt on use)."""
-
-    def derived(self, name: str, sources: Sequence[torch.Tensor], build: Callable[[], T]) -> T:
-        """``build()``, cached under ``name`` while ``sources`` stay as they are; under
-        gradients, or on inference tensors (no version counter), built on every call."""
-        if torch.is_grad_enabled():
-            return build()
-        try:
-            key = tuple((t.data_ptr(), t._version) for t in sources)
-        except RuntimeError:  # an inference tensor has no version counter
-            return build()
-        cache = self.__dict__.setdefault("_derived", {})
-        if name not in cache or cache[name][0] != key:
-            cache[name] = (key, build())
-        return cache[name][1]
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in super().__getstate__().items() if k != "_derived"}
+MAX_COUNT = 20  # count head classes: 0..19 instances
 
 
 def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:

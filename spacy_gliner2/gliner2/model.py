@@ -1,4 +1,4 @@
-"""The GLiNER2 extractor: an encoder plus span, count and classification heads.
+"""The GLiNER2 model: an encoder plus span, count and classification heads.
 
 ``forward(batch)`` runs one encoder pass over a padded :class:`~..encoding.Batch`
 and returns raw scores per task; decoding happens elsewhere.
@@ -9,12 +9,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..encoding import CLASSIFICATION, ENTITIES, Batch
-from .deberta import PackedDeberta, supports_fast_path
-from .layers import SpanRep, count_layer, mlp
-from .precision import fuse_relus, use_bf16_linears, use_int8_linears, use_onednn_linears
-
-MAX_COUNT = 20
+from ..runtime.encoder import EncoderModel
+from .encoding import CLASSIFICATION, ENTITIES, Batch
+from .layers import MAX_COUNT, SpanRep, count_layer, mlp
 
 
 @dataclass(frozen=True)
@@ -40,7 +37,7 @@ class TaskScores:
     count_logits: Optional[torch.Tensor] = None  # (MAX_COUNT,) for span tasks
 
 
-class GLiNER2Model(nn.Module):
+class GLiNER2Model(EncoderModel):
     """Encoder + heads with the reference's parameter names."""
 
     def __init__(self, encoder: nn.Module, settings: ModelSettings, dropout: float = 0.1):
@@ -52,55 +49,20 @@ class GLiNER2Model(nn.Module):
         self.classifier = mlp(hidden, 2 * hidden, 1)
         self.count_pred = mlp(hidden, 2 * hidden, MAX_COUNT)
         self.count_embed = count_layer(settings.counting_layer, hidden)
-        self._fast_encoder = PackedDeberta(encoder) if supports_fast_path(encoder) else None
+        self.setup_fast_path()
 
-    def use_bf16_linears(self) -> None:
-        """Fast mode (inference only): the linear layers multiply in bf16 (:mod:`.precision`):
-        the encoder's and the heads' MLPs. The span scorer's output projection (read as
-        weights; in bf16 it moved the trained model's decisions below 99 % agreement), the
-        count transformer, embeddings, attention, layer norms and the GRU stay fp32. Call it
-        on a copy: it replaces modules."""
-        transformers = [m for m in self.modules() if isinstance(m, nn.TransformerEncoder)]  # they read their weights
-        use_bf16_linears(self, skip=[self.span_rep.span_rep_layer.out_project, *transformers])
-        self.invalidate_caches()
-
-    def use_int8_linears(self) -> None:
-        """``int8`` mode (inference only): the encoder's feed-forward layers (two thirds of its
-        multiply-adds) in int8 (:class:`.precision.Int8Linear`); attention projections and
-        the heads stay fp32. Call it on a copy: it replaces modules."""
-        feed_forward = [
-            m for name, m in self.encoder.named_modules() if isinstance(m, nn.Linear) and (
-                name.endswith("intermediate.dense") or (name.endswith("output.dense") and "attention" not in name))]
-        if not feed_forward:
-            raise ValueError(
-                f"precision 'int8' found no feed-forward layers ('...intermediate.dense', '...output.dense') in this "
-                f"{type(self.encoder).__name__} encoder; use precision 'fp32' or 'bf16' with it.")
-        use_int8_linears(self, only=feed_forward)
-
-    def use_onednn_linears(self) -> None:
-        """CPU inference: the fp32 linear layers left (all of them in exact mode) multiply
-        through oneDNN (:mod:`.precision`). Call it on a copy: the training forward is
-        unchanged, but the modules change class; ReLUs after them are fused into them."""
-        use_onednn_linears(self)
-        fuse_relus(self)
-
-    def invalidate_caches(self) -> None:
-        """Drop what is cached from the weights (the fast path's position projections)."""
-        if self._fast_encoder is not None:
-            self._fast_encoder.invalidate()
-
-    @property
-    def hidden_size(self) -> int:
-        return self.encoder.config.hidden_size
+    def fp32_modules(self) -> List[nn.Module]:
+        """In bf16 mode the span scorer's output projection (read as weights; in bf16 it moved
+        the trained model's decisions below 99 % agreement) stays fp32, as do the count
+        transformer, embeddings, attention, layer norms and the GRU (not linear layers)."""
+        return [self.span_rep.span_rep_layer.out_project]
 
     def encode(self, batch: Batch) -> torch.Tensor:
-        """Token embeddings ``(B, T, D)`` from the encoder. DeBERTa inference without gradients
-        takes the packed fast path, whose last layer computes only the rows the heads read
-        (:func:`_read_rows`); the others are zeros."""
-        if not self.training and not torch.is_grad_enabled() and self._fast_encoder is not None:
-            return self._fast_encoder(batch.input_ids, batch.attention_mask, keep=_read_rows(batch))
-        out = self.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        return out.last_hidden_state
+        """Token embeddings ``(B, T, D)``; the fast path computes only the rows the heads read
+        (:func:`_read_rows`)."""
+        fast = self._fast_encoder is not None and not self.training and not torch.is_grad_enabled()
+        keep = _read_rows(batch) if fast else None
+        return self.run_encoder(batch.input_ids, batch.attention_mask, keep=keep)
 
     def forward(self, batch: Batch, counts: Optional[List[List[int]]] = None) -> List[List[TaskScores]]:
         """Scores for every task of every record: ``result[b][t]``.

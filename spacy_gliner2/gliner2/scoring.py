@@ -1,18 +1,18 @@
 """Scores for ``nlp.evaluate`` / ``spacy train``: entities, categories, structures, relations.
 
 Entities: ``ents_p/r/f`` and ``ents_per_type`` (spaCy's NER scorer over ``doc.ents``).
-Categories: spaCy's ``score_cats`` per task (``cats_<task>_*``; one task: plain
-``cats_*``) and ``cats_score``, the mean of the tasks' main scores.
+Categories: :func:`~..core.scoring.score_cats`.
 Structures and relations: micro P/R/F over (name, instance-free field, value)
 facts from ``doc._.gliner2`` (``structures_f``, ``relations_f``).
 """
 from typing import Any, Dict, Iterable, List, Set, Tuple
 
-from spacy.scorer import PRFScore, Scorer, get_ner_prf
+from spacy.scorer import PRFScore, get_ner_prf
 from spacy.training import Example
 
+from ..core.scoring import score_cats
+from ..schema import Schema
 from .annotate import EXTENSION
-from .schema import Schema
 
 
 def _value_facts(value: Any) -> Set[Tuple]:
@@ -55,20 +55,7 @@ def score(examples: Iterable[Example], schema: Schema, **kwargs: Any) -> Dict[st
     """All scores of the component for annotated examples."""
     examples = list(examples)
     scores: Dict[str, Any] = dict(get_ner_prf(examples))
-    keys = schema.cats_keys()
-    many = len(schema.classifications) > 1
-    main = []
-    for task in schema.classifications:
-        labels = [key for name, _, key in keys if name == task.name]
-        task_scores = Scorer.score_cats(
-            examples, "cats", labels=labels, multi_label=task.multi_label, threshold=task.threshold if task.multi_label else 0.0
-        )
-        if many:
-            task_scores = {k.replace("cats_", f"cats_{task.name}_", 1): v for k, v in task_scores.items()}
-        main.append(task_scores[f"cats_{task.name}_score" if many else "cats_score"])
-        scores.update(task_scores)
-    if main:
-        scores["cats_score"] = sum(main) / len(main)
+    scores.update(score_cats(examples, schema))
     scores.update(_prf(examples, _structure_facts, "structures"))
     scores.update(_prf(examples, _relation_facts, "relations"))
     return scores

@@ -3,7 +3,7 @@
 Gold uses the plain-data result shape of :mod:`.decoding` (entities as
 ``(label, start_char, end_char)``, classes as probabilities, structures and
 relations as result dicts). Pure Python/torch: the component calls
-:func:`training_loss` and steps its own optimizer.
+:func:`training_loss` and steps its own optimizer (:mod:`..core.optim`).
 """
 import bisect
 import logging
@@ -14,40 +14,24 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..core.optim import OptimSettings
+from ..schema import ClassificationTask, EntityType, Schema
+from ..text import Word
 from .encoding import CLASSIFICATION, ENTITIES, RELATION, STRUCTURE, EncodedText, make_batch
-from .model.extractor import MAX_COUNT, GLiNER2Model, TaskScores
-from .schema import ClassificationTask, EntityType, Schema
-from .text import Word
+from .layers import MAX_COUNT
+from .model import GLiNER2Model, TaskScores
 
 logger = logging.getLogger(__name__)
 
-CharSpan = Tuple[int, int]
-
-
 @dataclass
-class TrainingSettings:
-    """Optimiser and sampling settings (the component's ``training`` config block)."""
+class TrainingSettings(OptimSettings):
+    """The GLiNER2 ``training`` config block: optimiser settings and example sampling."""
 
-    encoder_lr: float = 1e-5
-    head_lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 0
-    total_steps: Optional[int] = None  # linear decay to 0 after warm-up, when set
-    grad_clip: float = 1.0
     negatives: int = 5  # negative entity labels sampled per example
     label_dropout: float = 0.1  # chance to leave a label out of an example's prompt
     negative_span_mask: float = 0.5  # share of negative spans left out of the loss
     shuffle_labels: bool = True  # shuffle entity and class labels in each example's prompt
     gold_spans_key: Optional[str] = None  # None: gold entities from doc.ents
-    seed: int = 0
-
-    @classmethod
-    def from_config(cls, config: Optional[Dict[str, Any]]) -> "TrainingSettings":
-        config = dict(config or {})
-        unknown = sorted(set(config) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"Unknown training setting(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}.")
-        return cls(**config)
 
 
 @dataclass
@@ -255,23 +239,3 @@ def training_loss(
     parts = {k: v / len(items) for k, v in parts.items()}  # per document: rates and clipping independent of batch size
     total = parts["spans"] + parts["count"] + parts["classes"]
     return total, {k: float(v.detach()) for k, v in parts.items()}, unlearnable
-
-
-def make_optimizer(model: GLiNER2Model, settings: TrainingSettings) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW with one learning rate for the encoder and one for the heads, warm-up and decay."""
-    encoder = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
-    heads = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
-    optimizer = torch.optim.AdamW(
-        [{"params": encoder, "lr": settings.encoder_lr}, {"params": heads, "lr": settings.head_lr}],
-        weight_decay=settings.weight_decay,
-    )
-
-    def factor(step: int) -> float:
-        if settings.warmup_steps and step < settings.warmup_steps:
-            return (step + 1) / settings.warmup_steps
-        if settings.total_steps:
-            left = settings.total_steps - step
-            return max(0.0, left / max(1, settings.total_steps - settings.warmup_steps))
-        return 1.0
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,223 @@
+"""Checkpoint folders of any family: Hub resolution, safe file reading, encoders and tokenizers.
+
+A family's format module (``gliner2/checkpoint.py``, ``gliclass/checkpoint.py``) says which
+files make a checkpoint and how its config maps to a model; everything it reads goes
+through here: weights from safetensors (else a pickle read with ``weights_only=True``),
+encoders built from their config (no remote code, no download by name), tokenizers from
+the folder. A Hub id is resolved through huggingface_hub; a local folder is read directly.
+"""
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CONFIG = "config.json"
+SAFETENSORS = "model.safetensors"
+PICKLE = "pytorch_model.bin"
+
+
+class CheckpointError(OSError):
+    """A checkpoint that cannot be found or read, with what to do about it."""
+
+
+@dataclass
+class HubOptions:
+    """How to resolve a Hub id (ignored for local folders)."""
+
+    revision: Optional[str] = None
+    cache_dir: Optional[str] = None
+    token: Union[str, bool, None] = None
+    local_files_only: bool = False
+
+
+def resolve(
+    name_or_path: Union[str, Path],
+    hub: Optional[HubOptions] = None,
+    patterns: Sequence[str] = ("*.json", SAFETENSORS, "*.model", "*.txt"),
+    what: str = "Model",
+) -> Path:
+    """A local folder holding the checkpoint files (``patterns`` of a Hub repository),
+    downloading them if needed. ``what`` names the kind of model in messages."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise CheckpointError(f"{what} checkpoint folder {name!r} does not exist (or is not a folder).")
+    hub = hub or HubOptions()
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    options = dict(revision=hub.revision, cache_dir=hub.cache_dir, token=hub.token, local_files_only=hub.local_files_only)
+    try:
+        folder = Path(snapshot_download(name, allow_patterns=list(patterns), **options))
+        if not (folder / SAFETENSORS).exists():
+            hf_hub_download(name, PICKLE, **options)
+    except LocalEntryNotFoundError as err:
+        raise CheckpointError(
+            f"{what} model {name!r} is not in the local Hugging Face cache and cannot be "
+            "downloaded (offline: HF_HUB_OFFLINE=1, local_files_only, or no network). "
+            f"Download it once on a connected machine (`hf download {name}`), or pass the "
+            "path of a local checkpoint folder as `model`."
+        ) from err
+    except (HfHubHTTPError, ValueError) as err:
+        raise CheckpointError(f"Could not fetch {what} model {name!r} from the Hugging Face Hub: {err}") from err
+    return folder
+
+
+def read_json(path: Path, what: str = "checkpoint") -> Dict[str, Any]:
+    """A JSON object from a checkpoint file, or a :class:`CheckpointError` saying what is wrong."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: is {path.parent} a {what} folder?")
+    try:
+        data = json.loads(path.read_text(encoding="utf8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); the checkpoint is corrupt.") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object; the checkpoint is corrupt.")
+    return data
+
+
+def build_encoder(encoder_config: Dict[str, Any], where: str = "encoder_config/config.json") -> torch.nn.Module:
+    """An encoder with random weights from its Hugging Face config dict."""
+    from transformers import AutoConfig, AutoModel
+
+    config_dict = dict(encoder_config)
+    model_type = config_dict.pop("model_type", None)
+    try:
+        config = AutoConfig.for_model(model_type, **config_dict)
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"Unknown encoder architecture {model_type!r} in {where}: "
+            "transformers does not know it (remote code is never run)."
+        ) from err
+    for attn in ("sdpa", "eager"):
+        try:
+            return AutoModel.from_config(config, attn_implementation=attn).float()
+        except (ValueError, ImportError):
+            continue
+    return AutoModel.from_config(config).float()
+
+
+def read_weights(folder: Path) -> Dict[str, torch.Tensor]:
+    """The state dict: safetensors first, else a pickle read with ``weights_only``."""
+    if (folder / SAFETENSORS).is_file():
+        try:
+            return load_file(str(folder / SAFETENSORS))
+        except Exception as err:  # safetensors raises several error types
+            raise CheckpointError(
+                f"{folder / SAFETENSORS} cannot be read ({err}); the file is truncated or "
+                "corrupt: download or save the checkpoint again."
+            ) from err
+    if (folder / PICKLE).is_file():
+        try:
+            return torch.load(folder / PICKLE, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise CheckpointError(
+                f"{folder / PICKLE} cannot be read safely ({err}). Only plain tensor pickles are "
+                "accepted (weights_only=True); convert the checkpoint to safetensors."
+            ) from err
+    raise CheckpointError(f"{folder} has neither {SAFETENSORS} nor {PICKLE}: no weights to load.")
+
+
+def write_weights(model: torch.nn.Module, folder: Path) -> None:
+    """The model's state dict as ``model.safetensors``."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / SAFETENSORS))
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """The checkpoint's tokenizer (never remote code)."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # it reads the family's config.json and warns about model_type
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        except AttributeError as err:
+            if "'list' object has no attribute 'keys'" not in str(err):
+                raise
+            return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, extra_special_tokens={})
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"The tokenizer files in {folder} cannot be loaded: {err}") from err
+        finally:
+            hf_logging.set_verbosity(verbosity)
+
+
+def load_pretrained_encoder(folder: Path) -> torch.nn.Module:
+    """A plain pretrained Hugging Face encoder (fp32), for new heads."""
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(str(folder), trust_remote_code=False, use_safetensors=None).float()
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"The encoder in {folder} cannot be loaded: {err}") from err
+
+
+def embedding_key(encoder: torch.nn.Module) -> str:
+    """The state-dict name of the encoder's input embedding matrix."""
+    weight = encoder.get_input_embeddings().weight
+    for name, param in encoder.named_parameters():
+        if param is weight:
+            return name
+    raise CheckpointError("The encoder has no input embedding matrix.")
+
+
+def checkpoint_files(folder: Path) -> Dict[str, bytes]:
+    """Every file of a checkpoint folder, by relative path (for ``to_bytes``)."""
+    return {
+        str(p.relative_to(folder)).replace(os.sep, "/"): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def write_checkpoint_files(files: Dict[str, bytes], folder: Path) -> None:
+    """Write what :func:`checkpoint_files` read, refusing paths outside ``folder``."""
+    for rel, content in files.items():
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise ValueError(f"Refusing to write checkpoint file outside the folder: {rel!r}")
+        target = Path(folder, rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+
+
+# What marks each family's checkpoint folder: the factory that runs it, and a test on the folder
+# and its config.json. A folder of one family given to another's factory gets a clear error.
+FAMILIES = {
+    "gliner2": lambda folder, config: config.get("model_type") == "extractor" or (folder / "encoder_config" / CONFIG).is_file(),
+    "gliclass": lambda folder, config: config.get("model_type") == "GLiClass",
+}
+FAMILY_NAMES = {"gliner2": "GLiNER2", "gliclass": "GLiClass"}
+
+
+def checkpoint_family(folder: Path) -> Optional[str]:
+    """The family (factory name) whose checkpoint ``folder`` holds; None for a plain encoder."""
+    config = read_json(folder / CONFIG)
+    return next((name for name, test in FAMILIES.items() if test(folder, config)), None)
+
+
+def check_family(folder: Path, family: str) -> None:
+    """Refuse another family's checkpoint, naming the factory that runs it."""
+    found = checkpoint_family(folder)
+    if found is not None and found != family:
+        raise CheckpointError(
+            f"{folder} is a {FAMILY_NAMES[found]} checkpoint; use the `{found}` factory "
+            f"(nlp.add_pipe({found!r}, config={{'model': ...}})), not `{family}`."
+        )
+
+
+def is_plain_encoder(folder: Path, family: str) -> bool:
+    """A Hugging Face encoder folder (no heads yet); another family's checkpoint is refused."""
+    check_family(folder, family)
+    if checkpoint_family(folder) is not None:
+        return False
+    return read_json(folder / CONFIG).get("model_type") is not None

@@ -1,0 +1,43 @@
+"""Class decisions from label logits, and their merge over a long text's windows.
+
+A decision is ``{"label", "confidence"}`` (single-label) or a list of those (multi-label);
+the probabilities of every label are returned beside it. Both families classify this way.
+"""
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+
+from ..schema import ClassificationTask
+
+Decision = Any  # {"label", "confidence"} or a list of them
+LabelProbs = Dict[str, float]
+
+
+def classify(task: ClassificationTask, logits: torch.Tensor, at_least_one: bool = True) -> Tuple[Decision, LabelProbs]:
+    """Multi-label: sigmoid, every label at or over the task's threshold (with
+    ``at_least_one``, the best label when none is). Single-label: softmax, the argmax
+    (the first of equal maxima)."""
+    if task.multi_label:
+        probs = torch.sigmoid(logits).tolist()
+        chosen = [{"label": label, "confidence": p} for label, p in zip(task.labels, probs) if p >= task.threshold]
+        if not chosen and at_least_one:
+            best = max(range(len(probs)), key=probs.__getitem__)
+            chosen = [{"label": task.labels[best], "confidence": probs[best]}]
+        decision: Decision = chosen
+    else:
+        probs = torch.softmax(logits, dim=-1).tolist()
+        best = max(range(len(probs)), key=probs.__getitem__)
+        decision = {"label": task.labels[best], "confidence": probs[best]}
+    return decision, dict(zip(task.labels, probs))
+
+
+def merge_classes(parts: Sequence[Tuple[Decision, LabelProbs]]) -> Tuple[Decision, LabelProbs]:
+    """One task's decisions over a text's windows: multi-label takes each label's highest
+    probability (labels chosen in any window); single-label takes the window with the
+    most confident decision."""
+    if isinstance(parts[0][0], list):
+        probs = {label: max(p[label] for _, p in parts) for label in parts[0][1]}
+        labels = {d["label"] for decision, _ in parts for d in decision}
+        merged: List[Dict[str, Any]] = [{"label": label, "confidence": probs[label]} for label in probs if label in labels]
+        return merged, probs
+    return max(parts, key=lambda d: d[0]["confidence"])

@@ -1,0 +1,331 @@
+"""The spaCy component every family shares: config, lazy loading, device and precision,
+per-call schemas, predict/pipe, the update plumbing, and serialization.
+
+A family subclasses :class:`ZeroShotComponent` with its runner, its schema sections and its
+hooks (what a reference Doc teaches, the loss, how a result is written onto a Doc);
+Docs -> words -> runner -> results -> Doc annotations.
+"""
+import contextlib
+import json
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Type, Union
+
+import srsly
+import torch
+from spacy.language import Language
+from spacy.pipeline import TrainablePipe
+from spacy.tokens import Doc
+from spacy.training import Example, validate_examples
+from spacy.util import minibatch
+from thinc.api import PyTorchWrapper_v2
+
+from ..schema import Schema, SchemaError
+from ..text import Word, split_words, words_from_tokens
+from .checkpoint import HubOptions, checkpoint_files, write_checkpoint_files
+from .optim import OptimSettings, TrainingState
+from .runner import PRECISIONS, Runner
+
+logger = logging.getLogger(__name__)  # warnings reach stderr unless logging is configured
+
+
+def check_choice(value: Any, allowed: Iterable[Any], key: str) -> None:
+    """A clear error for a config value outside ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}.")
+
+
+class ZeroShotComponent(TrainablePipe):
+    """A zero-shot component of one model family (see the family's subclass)."""
+
+    runner_type: ClassVar[Type[Runner]]
+    settings_type: ClassVar[Type[OptimSettings]] = OptimSettings
+    schema_keys: ClassVar[Tuple[str, ...]]  # the schema sections of the config
+    learned_keys: ClassVar[Tuple[str, ...]] = ()  # cfg keys that initialize() fills from data
+
+    def __init__(
+        self,
+        vocab: Any,
+        *,
+        name: str,
+        model: str,
+        schema: Dict[str, Any],
+        batch_size: int = 8,
+        max_batch_tokens: int = 2048,
+        window_size: int = 384,
+        window_overlap: int = 64,
+        device: Optional[str] = None,
+        precision: str = "fp32",
+        hub: Optional[Dict[str, Any]] = None,
+        training: Optional[Dict[str, Any]] = None,
+        **options: Any,
+    ):
+        check_choice(precision, PRECISIONS, "precision")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if not 0 <= window_overlap < window_size:
+            raise ValueError(
+                f"Need 0 <= window_overlap < window_size, got {window_overlap} and {window_size}."
+            )
+        self.vocab = vocab
+        self.name = name
+        self.schema = self.parse_schema(schema)
+        self.cfg: Dict[str, Any] = {
+            "model": model,
+            "schema": schema,
+            "batch_size": batch_size,
+            "max_batch_tokens": max_batch_tokens,
+            **options,
+            "window_size": window_size,
+            "window_overlap": window_overlap,
+            "device": device,
+            "precision": precision,
+            "hub": dict(hub or {}),
+            "training": dict(training or {}),
+            **{key: [] for key in self.learned_keys},
+        }
+        self.training = self.settings_type.from_config(self.cfg["training"])
+        self.model = None  # a thinc wrapper of the torch model, once loaded
+        self._runner: Optional[Runner] = None
+        self._state: Optional[TrainingState] = None
+        self._overrides: Dict[str, Schema] = {}
+        self._pid = os.getpid()
+
+    # -- family hooks --------------------------------------------------------
+
+    @classmethod
+    def parse_schema(cls, config: Dict[str, Any]) -> Schema:
+        """The schema of the config's schema sections (and threshold)."""
+        return Schema.from_config(**config)
+
+    def _learn_labels(self, examples: List[Example]) -> Dict[str, Any]:
+        """``initialize`` with data: fill ``learned_keys`` of cfg and return the schema
+        config with the sections left empty filled from the data."""
+        return dict(self.cfg["schema"])
+
+    def _write(self, doc: Doc, output: Any, schema: Schema) -> int:
+        """Write one result onto its Doc; returns how many spans could not be aligned."""
+        raise NotImplementedError
+
+    def _report_unaligned(self, count: int) -> None:
+        """Tell the user about spans of a batch that could not be aligned to tokens."""
+
+    def _loss(self, examples: Sequence[Example], rng: random.Random, generator: torch.Generator) -> Tuple[Optional[torch.Tensor], Dict[str, float]]:
+        """The training loss of ``examples`` (None when they teach nothing) and its parts."""
+        raise NotImplementedError
+
+    def score(self, examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    # -- model -------------------------------------------------------------
+
+    @property
+    def runner(self) -> Runner:
+        """The loaded checkpoint (loaded from ``cfg["model"]`` on first access)."""
+        if self._runner is None:
+            self._set_runner(self.runner_type.load(self.cfg["model"], HubOptions(**self.cfg["hub"])))
+        return self._runner
+
+    def _set_runner(self, runner: Runner) -> None:
+        device = self.cfg["device"]
+        if device is None:
+            from thinc.api import get_current_ops
+
+            device = "cuda" if type(get_current_ops()).__name__ == "CupyOps" else "cpu"
+        runner.model.to(torch.device(device))
+        runner.set_precision(self.cfg["precision"])
+        self._runner = runner
+        self.model = PyTorchWrapper_v2(runner.model)
+        self._state = None
+
+    def initialize(self, get_examples: Optional[Callable] = None, *, nlp: Optional[Language] = None) -> None:
+        """Load the checkpoint (or start new heads on a plain encoder) and read the labels
+        of the training data (see the family's ``_learn_labels``)."""
+        if self._runner is None:
+            self._set_runner(self.runner_type.load(self.cfg["model"], HubOptions(**self.cfg["hub"]), allow_new=True))
+        if get_examples is None:
+            return
+        examples = list(get_examples())
+        validate_examples(examples, f"{type(self).__name__}.initialize")
+        schema = self._learn_labels(examples)
+        self.schema = self.parse_schema(schema)
+        self.cfg["schema"] = schema
+        self._overrides = {}
+
+    # -- prediction --------------------------------------------------------
+
+    def _schema_for(self, overrides: Dict[str, Any]) -> Schema:
+        if not overrides:
+            return self.schema
+        allowed = self.schema_keys + ("threshold",)
+        unknown = [k for k in overrides if k not in allowed]
+        if unknown:
+            raise SchemaError(
+                f"Unknown per-call option(s) {unknown} for {self.name!r}; allowed: {list(allowed)}."
+            )
+        key = json.dumps(overrides, sort_keys=True, default=str)
+        if key not in self._overrides:
+            if len(self._overrides) > 32:
+                self._overrides.clear()
+            self._overrides[key] = self.schema.with_overrides(overrides)
+        return self._overrides[key]
+
+    def _words(self, doc: Doc) -> List[Word]:
+        if self.cfg.get("use_doc_tokens"):
+            return words_from_tokens((t.text, t.idx) for t in doc)
+        return split_words(doc.text)
+
+    def predict(self, docs: Iterable[Doc], schema: Optional[Schema] = None) -> List[Any]:
+        """One result per Doc; writes nothing."""
+        docs = list(docs)
+        if not docs:
+            return []
+        if os.getpid() != self._pid:  # a forked or spawned worker (nlp.pipe(n_process=...))
+            torch.set_num_threads(1)
+            self._pid = os.getpid()
+        return self.runner.run(
+            [d.text for d in docs],
+            [self._words(d) for d in docs],
+            schema or self.schema,
+            batch_size=self.cfg["batch_size"],
+            max_batch_tokens=self.cfg["max_batch_tokens"],
+            window=self.cfg["window_size"],
+            overlap=self.cfg["window_overlap"],
+        )
+
+    def set_annotations(self, docs: Iterable[Doc], predictions: List[Any], schema: Optional[Schema] = None) -> None:
+        """Write results onto the Docs (see README: where each output goes)."""
+        unaligned = sum(self._write(doc, output, schema or self.schema) for doc, output in zip(docs, predictions))
+        if unaligned:
+            self._report_unaligned(unaligned)
+
+    def __call__(self, doc: Doc, **overrides: Any) -> Doc:
+        overrides.pop("batch_size", None)  # Language.pipe adds it to a shared component_cfg
+        schema = self._schema_for(overrides)
+        self.set_annotations([doc], self.predict([doc], schema), schema)
+        return doc
+
+    def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128, **overrides: Any) -> Iterator[Doc]:
+        """Annotate a stream; each chunk of ``batch_size`` Docs is length-sorted into forward batches."""
+        schema = self._schema_for(overrides)
+        for docs in minibatch(stream, size=batch_size):
+            self.set_annotations(docs, self.predict(docs, schema), schema)
+            yield from docs
+
+    # -- training ------------------------------------------------------------
+
+    def _training_state(self) -> TrainingState:
+        if self._state is None:
+            self._state = TrainingState(self.runner.model, self.training)
+        return self._state
+
+    def update(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd: Any = None,
+        losses: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, float]:
+        """Accumulate gradients of the family's losses; step when ``sgd`` is given.
+
+        The component steps its own AdamW (``training`` settings: encoder and head
+        learning rates, warm-up, clipping); spaCy's optimizer only triggers the step.
+        """
+        losses = {} if losses is None else losses
+        losses.setdefault(self.name, 0.0)
+        examples = list(examples)
+        validate_examples(examples, f"{type(self).__name__}.update")
+        state = self._training_state()
+        model = self.runner.model
+        model.train()
+        try:
+            loss, _ = self._loss(examples, state.rng, state.generator)
+            if loss is not None:
+                loss.backward()
+                losses[self.name] += float(loss.detach())
+        finally:
+            model.eval()
+        if sgd not in (None, False):
+            self.finish_update(sgd)
+        return losses
+
+    def get_loss(self, examples: Iterable[Example], scores: Any = None) -> Dict[str, float]:
+        """The losses of ``examples`` (total and parts) without updating anything."""
+        examples = list(examples)
+        validate_examples(examples, f"{type(self).__name__}.get_loss")
+        rng, generator = random.Random(self.training.seed), torch.Generator().manual_seed(self.training.seed)
+        with torch.no_grad():
+            loss, parts = self._loss(examples, rng, generator)
+        return {"total": float(loss) if loss is not None else 0.0, **parts}
+
+    def finish_update(self, sgd: Any = None) -> None:
+        """Clip, step the optimizer and the learning-rate schedule, clear gradients."""
+        self._training_state().step()
+        self.runner.invalidate()
+
+    @contextlib.contextmanager
+    def use_params(self, params: Dict) -> Iterator[None]:
+        """No parameter averaging: the torch optimizer holds the weights."""
+        yield
+
+    def add_label(self, label: str) -> int:
+        raise NotImplementedError("Labels are set by the schema (config or per call), not add_label.")
+
+    # -- serialization -----------------------------------------------------
+
+    def _cfg_bytes(self) -> bytes:
+        return srsly.json_dumps(self.cfg).encode("utf8")
+
+    def _load_cfg(self, data: bytes) -> None:
+        """Restore what training learned; settings come from the (possibly overridden) config.
+
+        Saved: the ``learned_keys`` (labels read from the corpus), and schema sections that
+        ``initialize`` filled from the data (used where the config leaves that section empty).
+        """
+        saved = srsly.json_loads(data)
+        for key in self.learned_keys:
+            self.cfg[key] = saved.get(key, [])
+        schema = dict(self.cfg["schema"])
+        for key, value in saved.get("schema", {}).items():
+            if key in self.schema_keys and not schema.get(key) and value:
+                schema[key] = value
+        self.cfg["schema"] = schema
+        self.schema = self.parse_schema(schema)
+        self._overrides = {}
+
+    def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
+        """Write cfg and the whole checkpoint (weights as safetensors, tokenizer, configs)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "cfg").write_bytes(self._cfg_bytes())
+        if "model" not in exclude:
+            self.runner.save(path / "model")
+
+    def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "ZeroShotComponent":
+        """Load from a folder written by :meth:`to_disk`; never touches the network."""
+        path = Path(path)
+        self._load_cfg((path / "cfg").read_bytes())
+        if "model" not in exclude and (path / "model").is_dir():
+            self._set_runner(self.runner_type.load(str(path / "model")))
+        return self
+
+    def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
+        data: Dict[str, Any] = {"cfg": self._cfg_bytes()}
+        if "model" not in exclude:
+            with tempfile.TemporaryDirectory() as tmp:
+                self.runner.save(Path(tmp))
+                data["model"] = checkpoint_files(Path(tmp))
+        return srsly.msgpack_dumps(data)
+
+    def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "ZeroShotComponent":
+        data = srsly.msgpack_loads(bytes_data)
+        self._load_cfg(data["cfg"])
+        if "model" in data and "model" not in exclude:
+            with tempfile.TemporaryDirectory() as tmp:
+                write_checkpoint_files(data["model"], Path(tmp))
+                self._set_runner(self.runner_type.load(tmp))
+        return self

@@ -1,0 +1,59 @@
+"""The GLiNER2 hooks of the shared runner: prompt encoding, batches, decoding and window merge."""
+from pathlib import Path
+from typing import Any, Dict, Sequence, Tuple
+
+from ..core.batching import TextWindow
+from ..core.runner import Runner
+from ..schema import Schema, SchemaError
+from .checkpoint import HUB_PATTERNS, load_model, new_model, save_model
+from .decoding import Probs, Result, decode, merge_windows
+from .encoding import Batch, EncodedText, Encoder, make_batch
+from .model import GLiNER2Model, TaskScores
+
+Output = Tuple[Result, Probs]
+
+
+class GLiNER2Runner(Runner[Output]):
+    """A loaded GLiNER2 checkpoint that extracts from texts given as words."""
+
+    family = "gliner2"
+    hub_patterns = HUB_PATTERNS
+    model: GLiNER2Model
+
+    def __init__(self, model: GLiNER2Model, tokenizer: Any, config: Dict[str, Any]):
+        super().__init__(model, tokenizer, config)
+        self.encoder = Encoder(tokenizer)
+        self.pad_id = 0
+
+    @classmethod
+    def read(cls, folder: Path) -> Tuple[GLiNER2Model, Any, Dict[str, Any]]:
+        return load_model(folder)
+
+    @classmethod
+    def new(cls, folder: Path) -> Tuple[GLiNER2Model, Any, Dict[str, Any]]:
+        return new_model(folder)
+
+    def save(self, folder: Path) -> None:
+        save_model(self.model, self.tokenizer, self.config, folder)
+
+    def check_schema(self, schema: Schema) -> None:
+        if schema.is_empty:
+            raise SchemaError(
+                "The schema is empty: configure at least one of entities, classifications, "
+                "structures or relations (in the component config or per call)."
+            )
+
+    def encode(self, schema: Schema, window: TextWindow) -> EncodedText:
+        return self.encoder.encode(schema, window.words)
+
+    def prompt_tokens(self, schema: Schema) -> int:
+        return len(self.encoder.encode(schema, [(".", 0, 0)]).input_ids) - 1
+
+    def collate(self, records: Sequence[EncodedText]) -> Batch:
+        return make_batch(records, self.pad_id)
+
+    def decode(self, schema: Schema, record: EncodedText, scores: Sequence[TaskScores], window: TextWindow) -> Output:
+        return decode(schema, record, scores, window.words, window.text)
+
+    def merge(self, parts: Sequence[Output]) -> Output:
+        return merge_windows(parts)
