@@ -6,7 +6,7 @@ Knows nothing of torch or spaCy.
 """
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 SPECIAL_TOKENS: Tuple[str, ...] = (
     "[SEP_STRUCT]",
@@ -44,7 +44,7 @@ class ClassificationTask:
     multi_label: bool = False
     threshold: float = DEFAULT_THRESHOLD
     prompt: Optional[str] = None
-    examples: Tuple[Tuple[str, str], ...] = ()
+    examples: Tuple[Tuple[str, Union[str, Tuple[str, ...]]], ...] = ()  # (text, label or labels)
 
 
 @dataclass(frozen=True)
@@ -297,11 +297,21 @@ def _parse_task(name: Any, config: Any) -> ClassificationTask:
     examples = []
     for example in config.get("examples") or ():
         if not isinstance(example, (list, tuple)) or len(example) != 2:
-            raise SchemaError(f"Each example of {where} must be [input_text, label], got {example!r}.")
+            raise SchemaError(
+                f"Each example of {where} must be [input_text, label] (or [input_text, [labels]] "
+                f"for a multi-label task), got {example!r}."
+            )
         text, out = _text(example[0], f"example input of {where}"), example[1]
-        if out not in labels:
-            raise SchemaError(f"Example output {out!r} of {where} is not one of its labels {labels}.")
-        examples.append((text, out))
+        outputs = out if isinstance(out, (list, tuple)) else [out]
+        if isinstance(out, (list, tuple)) and (not multi or not out):
+            raise SchemaError(
+                f"Example output {out!r} of {where}: a list of labels needs a multi-label task "
+                "(multi_label: true) and at least one label."
+            )
+        for label in outputs:
+            if label not in labels:
+                raise SchemaError(f"Example output {label!r} of {where} is not one of its labels {labels}.")
+        examples.append((text, tuple(out) if isinstance(out, (list, tuple)) else out))
     return ClassificationTask(
         name=name,
         labels=tuple(labels),

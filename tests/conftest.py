@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 from checkpoints import build_reference_checkpoint
+from gliclass_checkpoints import build_gliclass_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +43,10 @@ def plain_encoder(tmp_path_factory) -> Path:
 
     return build_plain_encoder(tmp_path_factory.mktemp("plain-encoder"))
 
+
+@pytest.fixture(scope="session")
+def gliclass_checkpoint(tmp_path_factory) -> Path:
+    """A GLiClass checkpoint built by ``gliclass``: BERT encoder (256 positions), labels first,
+    average text pooling (padding-sensitive in the reference), mlp scorer."""
+    folder = tmp_path_factory.mktemp("gliclass-bert")
+    return build_gliclass_checkpoint(folder, "bert", prompt_first=True, pooling_strategy="avg", scorer_type="mlp")

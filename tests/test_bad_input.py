@@ -142,3 +142,12 @@ def test_blank_word_boundaries_get_minus_infinity():
     ruled_out = {(i, w) for i in range(5) for w in range(3) if logits[0, 0, i, w] == float("-inf")}
     assert ruled_out == {(1, 0), (1, 1), (1, 2), (0, 1)}  # starts on word 1, or ends on it (0 + 1)
     assert torch.equal(logits[0, 0], logits[0, 1])  # every query alike
+
+
+def test_gliner2_examples_take_one_label(bert_checkpoint):
+    """The reference drops GLiNER2 examples whose output is a list; we refuse them."""
+    nlp = spacy.blank("en")
+    task = {"labels": ["a", "b"], "multi_label": True, "examples": [["some text", ["a", "b"]]]}
+    nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "classifications": {"t": task}})
+    with pytest.raises(SchemaError, match="one label per example"):
+        nlp("text")

@@ -1,16 +1,10 @@
-"""The spaCy contract of the ``gliner2`` component."""
-import json
+"""The ``gliner2`` component beyond the shared spaCy contract (test_contract.py): outputs, policies, options."""
 import logging
-import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 import spacy
 import torch
 from equality import close
-from spacy.tokens import DocBin
 
 from spacy_gliner2.schema import SchemaError
 
@@ -51,29 +45,6 @@ def nlp(bert_checkpoint):
     return make_nlp(bert_checkpoint)
 
 
-def run_python(code: str, **env) -> str:
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **env},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
-def test_entry_point_finds_factory_without_import(bert_checkpoint):
-    code = (
-        "import spacy, sys\n"
-        "nlp = spacy.blank('en')\n"
-        f"nlp.add_pipe('gliner2', config={{'model': {str(bert_checkpoint)!r}, 'entities': ['person']}})\n"
-        "assert 'spacy_gliner2' in sys.modules\n"
-        "print(type(nlp.get_pipe('gliner2')).__name__, nlp('Tim Cook works at Apple.')._.gliner2 is not None)\n"
-    )
-    assert run_python(code).split() == ["GLiNER2Component", "True"]
-
-
 def test_annotations(nlp):
     doc = nlp(TEXTS[0])
     result = doc._.gliner2
@@ -95,12 +66,6 @@ def test_annotations(nlp):
             assert doc.text[span["start"] : span["end"]] == span["text"]
 
 
-def test_pipe_equals_call(nlp):
-    piped = outputs(nlp.pipe(TEXTS, batch_size=3))
-    single = outputs(nlp(t) for t in TEXTS)
-    assert close(piped, single)
-
-
 def test_component_cfg_overrides_schema(nlp):
     docs = list(nlp.pipe(TEXTS, component_cfg={"gliner2": {"entities": ["city"], "classifications": None}}))
     for doc in docs:
@@ -111,44 +76,6 @@ def test_component_cfg_overrides_schema(nlp):
     assert {e.label_ for e in doc.ents} <= {"location"}
     with pytest.raises(SchemaError, match="Unknown per-call option"):
         nlp(TEXTS[0], component_cfg={"gliner2": {"labels": ["x"]}})
-
-
-def test_config_round_trip(nlp):
-    config = nlp.config
-    nlp2 = spacy.util.load_model_from_config(config, auto_fill=True)
-    assert nlp2.pipe_names == ["gliner2"]
-    assert nlp2.get_pipe("gliner2").cfg == nlp.get_pipe("gliner2").cfg
-    assert close(outputs([nlp2(t) for t in TEXTS]), outputs([nlp(t) for t in TEXTS]))
-    reparsed = spacy.util.load_model_from_config(spacy.util.load_config_from_str(config.to_str()))
-    assert reparsed.get_pipe("gliner2").schema == nlp.get_pipe("gliner2").schema
-
-
-def test_to_disk_offline_without_source(bert_checkpoint, tmp_path):
-    source = tmp_path / "checkpoint"
-    shutil.copytree(bert_checkpoint, source)
-    nlp = make_nlp(source)
-    expected = outputs([nlp(t) for t in TEXTS])
-    nlp.to_disk(tmp_path / "pipeline")
-    shutil.rmtree(source)
-    code = (
-        "import spacy, json, sys\n"
-        f"nlp = spacy.load({str(tmp_path / 'pipeline')!r})\n"
-        f"texts = json.loads({json.dumps(json.dumps(TEXTS))})\n"
-        "docs = [nlp(t) for t in texts]\n"
-        "print(json.dumps([[d._.gliner2, [(e.start_char, e.end_char, e.label_) for e in d.ents], "
-        "[(s.start_char, s.end_char, s.label_) for s in d.spans['gliner2']], d.cats] for d in docs]))\n"
-    )
-    out = json.loads(run_python(code, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
-    assert out == json.loads(json.dumps(expected))
-    files = {p.name for p in (tmp_path / "pipeline" / "gliner2" / "model").rglob("*")}
-    assert "model.safetensors" in files and "pytorch_model.bin" not in files
-
-
-def test_to_bytes_from_bytes(nlp):
-    data = nlp.to_bytes()
-    nlp2 = spacy.blank("en").from_config(nlp.config)
-    nlp2.from_bytes(data)
-    assert close(outputs([nlp2(t) for t in TEXTS]), outputs([nlp(t) for t in TEXTS]))
 
 
 def test_existing_ents_policies(bert_checkpoint):
@@ -172,36 +99,6 @@ def test_existing_ents_policies(bert_checkpoint):
     )  # a new entity replaced the ruler's overlapping one
     unchanged = run("unchanged")
     assert {(e.text, e.label_) for e in unchanged.ents} == {("Paris", "GPE"), ("Tim Cook", "PERSON")}
-
-
-def test_docbin_keeps_extension(nlp):
-    docs = list(nlp.pipe(TEXTS))
-    data = DocBin(docs=docs, store_user_data=True).to_bytes()
-    restored = list(DocBin().from_bytes(data).get_docs(nlp.vocab))
-    for a, b in zip(docs, restored):
-        assert json.dumps(b._.gliner2) == json.dumps(a._.gliner2)
-        assert b.to_bytes() == a.to_bytes()
-
-
-def test_n_process(nlp):
-    nlp(TEXTS[0])  # torch has run in the parent before forking
-    expected = outputs(nlp.pipe(TEXTS))
-    got = outputs(nlp.pipe(TEXTS * 2, n_process=2, batch_size=2))
-    assert close(got, expected * 2)
-
-
-def test_long_text_gets_entities_near_its_end(bert_checkpoint):
-    sentence = "Angela Merkel met Tim Cook in Berlin on Monday to discuss trade with Google and Siemens . "
-    text = sentence * (20_000 // len(sentence.split()) + 1)
-    assert len(text.split()) >= 20_000
-    nlp = make_nlp(bert_checkpoint, structures=None, relations=None, classifications=None)
-    doc = nlp(text)
-    spans = [s for found in doc._.gliner2["entities"].values() for s in found]
-    assert max(s["end"] for s in spans) > 0.98 * len(text)
-    assert min(s["start"] for s in spans) < 0.02 * len(text)
-    for found in doc._.gliner2["entities"].values():  # merged windows: no overlaps within a label
-        ordered = sorted(found, key=lambda s: s["start"])
-        assert all(a["end"] <= b["start"] for a, b in zip(ordered, ordered[1:]))
 
 
 def test_unaligned_spans_are_kept_and_counted(bert_checkpoint, caplog):

@@ -76,6 +76,9 @@ def test_field_specs(spec, expected):
         ({"classifications": {"t": ["a", "a"]}}, "Duplicate"),
         ({"classifications": {"t": {"labels": ["a"], "multi": True}}}, "Unknown key"),
         ({"classifications": {"t": {"labels": ["a"], "examples": [["text", "b"]]}}}, "not one of its labels"),
+        ({"classifications": {"t": {"labels": ["a", "b"], "examples": [["text", ["a"]]]}}}, "needs a multi-label task"),
+        ({"classifications": {"t": {"labels": ["a"], "multi_label": True, "examples": [["text", []]]}}}, "at least one label"),
+        ({"classifications": {"t": {"labels": ["a"], "multi_label": True, "examples": [["text", ["a", "c"]]]}}}, "'c'.*not one of its labels"),
         ({"classifications": {"a": ["b:c"], "a:b": ["c"]}}, "same doc.cats key"),
         ({"structures": {"s": []}}, "non-empty list"),
         ({"structures": {"s": ["a::[x|y"]}}, "Malformed choices"),
@@ -90,6 +93,12 @@ def test_field_specs(spec, expected):
 def test_errors(kwargs, message):
     with pytest.raises(SchemaError, match=message):
         Schema.from_config(**kwargs)
+
+
+def test_multi_label_examples_take_label_lists():
+    task = Schema.from_config(classifications={"t": {"labels": ["a", "b"], "multi_label": True,
+                                                      "examples": [["x", ["a", "b"]], ["y", "b"]]}}).classifications[0]
+    assert task.examples == (("x", ("a", "b")), ("y", "b"))
 
 
 def test_empty_and_overrides():

@@ -94,6 +94,14 @@ class ZeroShotComponent(TrainablePipe):
         self._overrides: Dict[str, Schema] = {}
         self._pid = os.getpid()
 
+    @classmethod
+    def from_factory(cls, nlp: Language, name: str, **config: Any) -> "ZeroShotComponent":
+        """The component from its factory's arguments: the schema sections and ``threshold``
+        become ``schema``, ``revision``, ``cache_dir`` and ``local_files_only`` become ``hub``."""
+        schema = {key: config.pop(key) for key in (*cls.schema_keys, "threshold")}
+        hub = {key: config.pop(key) for key in ("revision", "cache_dir", "local_files_only")}
+        return cls(nlp.vocab, name=name, schema=schema, hub=hub, **config)
+
     # -- family hooks --------------------------------------------------------
 
     @classmethod

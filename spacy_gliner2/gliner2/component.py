@@ -84,30 +84,7 @@ def make_gliner2(
     training: Dict[str, Any],
 ) -> "GLiNER2Component":
     """Build the component; the checkpoint is loaded on first use (or by from_disk)."""
-    return GLiNER2Component(
-        nlp.vocab,
-        name=name,
-        model=model,
-        schema={
-            "entities": entities,
-            "classifications": classifications,
-            "structures": structures,
-            "relations": relations,
-            "threshold": threshold,
-        },
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
-        spans_key=spans_key,
-        ents_policy=ents_policy,
-        alignment_mode=alignment_mode,
-        use_doc_tokens=use_doc_tokens,
-        window_size=window_size,
-        window_overlap=window_overlap,
-        device=device,
-        precision=precision,
-        hub={"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only},
-        training=training,
-    )
+    return GLiNER2Component.from_factory(**locals())
 
 
 class GLiNER2Component(ZeroShotComponent):

@@ -42,6 +42,12 @@ class GLiNER2Runner(Runner[Output]):
                 "The schema is empty: configure at least one of entities, classifications, "
                 "structures or relations (in the component config or per call)."
             )
+        for task in schema.classifications:
+            if any(not isinstance(out, str) for _, out in task.examples):
+                raise SchemaError(
+                    f"Examples of classification task {task.name!r} give a list of labels; GLiNER2 "
+                    "prompts take one label per example ([input_text, label])."
+                )
 
     def encode(self, schema: Schema, window: TextWindow) -> EncodedText:
         return self.encoder.encode(schema, window.words)

@@ -1,0 +1,1 @@
+"""GLiClass (uni-encoder) zero-shot text classification: settings, prompt and torch model."""

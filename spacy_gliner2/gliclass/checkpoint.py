@@ -1,0 +1,82 @@
+"""The GLiClass checkpoint folder format (written by the reference's ``save_pretrained``).
+
+A checkpoint is ``config.json`` (``model_type: "GLiClass"``, the head settings and the
+encoder's Hugging Face config under ``encoder_config``), ``model.safetensors`` (else
+``pytorch_model.bin``) and the tokenizer files with the ``<<LABEL>>``, ``<<SEP>>`` and
+``<<EXAMPLE>>`` markers; reading goes through :mod:`..core.checkpoint`.
+"""
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+from ..core.checkpoint import (
+    CONFIG,
+    SAFETENSORS,
+    CheckpointError,
+    build_encoder,
+    check_family,
+    embedding_key,
+    load_tokenizer,
+    read_json,
+    read_weights,
+    write_weights,
+)
+from .config import GLiClassSettings, encoder_config
+from .model import GLiClassModel
+from .prompt import EXAMPLE, LABEL, SEP
+
+logger = logging.getLogger(__name__)
+
+HUB_PATTERNS = (CONFIG, SAFETENSORS, "*.json", "*.model", "*.txt")
+PREFIX = "model.encoder_model."  # where the encoder's weights sit in the state dict
+IGNORED = ("position_ids", "pooler.dense.weight", "pooler.dense.bias")  # kept by some encoders, unused
+
+
+def load_model(folder: Path) -> Tuple[GLiClassModel, Any, Dict[str, Any]]:
+    """Model (eval mode, on CPU), tokenizer and raw config from a GLiClass checkpoint folder."""
+    check_family(folder, "gliclass")
+    raw = read_json(folder / CONFIG, "GLiClass checkpoint")
+    settings = GLiClassSettings.from_config(raw, str(folder / CONFIG))
+    encoder = build_encoder(encoder_config(raw), where=f"{folder / CONFIG} (encoder_config)")
+    state = read_weights(folder)
+    key = PREFIX + embedding_key(encoder)
+    if key not in state:
+        raise CheckpointError(f"{folder}: the weights lack {key!r}; not a GLiClass checkpoint of this encoder.")
+    if encoder.get_input_embeddings().weight.shape[0] != state[key].shape[0]:
+        encoder.resize_token_embeddings(state[key].shape[0], mean_resizing=False)
+    model = GLiClassModel(settings, encoder)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(IGNORED)]
+    unexpected = [k for k in unexpected if not k.endswith(IGNORED)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"The weights in {folder} do not match its config.json (scorer_type, use_lstm, "
+            f"use_segment_embeddings, encoder): missing {missing[:5]}, unexpected {unexpected[:5]}."
+        )
+    tokenizer = load_tokenizer(folder)
+    _check_markers(tokenizer, settings, folder)
+    return model.eval(), tokenizer, raw
+
+
+def _check_markers(tokenizer: Any, settings: GLiClassSettings, folder: Path) -> None:
+    """The tokenizer's marker ids must be the config's (else every label would be misread)."""
+    expected = {LABEL: settings.class_token_index, SEP: settings.text_token_index}
+    vocab = tokenizer.get_vocab()
+    if EXAMPLE in vocab:
+        expected[EXAMPLE] = settings.example_token_index
+    found = {marker: vocab.get(marker) for marker in expected}
+    if found != expected:
+        raise CheckpointError(
+            f"The tokenizer in {folder} gives the markers ids {found}, but config.json says {expected} "
+            "(class/text/example_token_index): the checkpoint is inconsistent."
+        )
+
+
+def save_model(model: GLiClassModel, tokenizer: Any, raw_config: Dict[str, Any], folder: Path) -> None:
+    """Write the reference folder format (loadable by ``gliclass`` itself)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG).write_text(json.dumps(raw_config, indent=2), encoding="utf8")
+    write_weights(model, folder)
+    tokenizer.save_pretrained(str(folder))
+    logger.debug("saved GLiClass checkpoint to %s", folder)

@@ -1,0 +1,102 @@
+"""The ``gliclass`` spaCy component: the factory and the GLiClass hooks of the shared component.
+
+Docs -> words -> :class:`~.runner.GLiClassRunner` -> ``doc.cats`` and ``doc._.gliclass``
+(per task: ``{"label", "confidence"}``, a list of them for multi-label tasks).
+"""
+import random
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+
+import torch
+from spacy.language import Language
+from spacy.tokens import Doc
+from spacy.training import Example, validate_examples
+
+from ..core.annotate import register_extension, write_cats
+from ..core.component import ZeroShotComponent
+from ..core.runner import Runner
+from ..core.scoring import score_cats
+from ..schema import Schema
+from .runner import GLiClassRunner
+
+EXTENSION = "gliclass"
+DEFAULT_MODEL = "knowledgator/gliclass-base-v3.0"
+
+
+@Language.factory(
+    "gliclass",
+    assigns=["doc.cats", "doc._.gliclass"],
+    default_config={
+        "model": DEFAULT_MODEL,
+        "classifications": None,
+        "threshold": 0.5,
+        "masked_pooling": True,
+        "batch_size": 8,
+        "max_batch_tokens": 4096,
+        "window_size": 384,
+        "window_overlap": 64,
+        "device": None,
+        "precision": "fp32",
+        "revision": None,
+        "cache_dir": None,
+        "local_files_only": False,
+        "training": {},
+    },
+    default_score_weights={"cats_score": 1.0},
+)
+def make_gliclass(
+    nlp: Language,
+    name: str,
+    model: str,
+    classifications: Optional[Any],
+    threshold: float,
+    masked_pooling: bool,
+    batch_size: int,
+    max_batch_tokens: int,
+    window_size: int,
+    window_overlap: int,
+    device: Optional[str],
+    precision: str,
+    revision: Optional[str],
+    cache_dir: Optional[str],
+    local_files_only: bool,
+    training: Dict[str, Any],
+) -> "GLiClassComponent":
+    """Build the component; the checkpoint is loaded on first use (or by from_disk)."""
+    return GLiClassComponent.from_factory(**locals())
+
+
+class GLiClassComponent(ZeroShotComponent):
+    """Zero-shot text classification from a GLiClass (uni-encoder) checkpoint."""
+
+    runner_type = GLiClassRunner
+    schema_keys = ("classifications",)
+    runner: GLiClassRunner
+
+    def __init__(self, vocab: Any, *, name: str = "gliclass", model: str = DEFAULT_MODEL,
+                 schema: Dict[str, Any], masked_pooling: bool = True, **settings: Any):
+        if not isinstance(masked_pooling, bool):
+            raise ValueError(f"masked_pooling must be true or false, got {masked_pooling!r}.")
+        super().__init__(vocab, name=name, model=model, schema=schema, masked_pooling=masked_pooling, **settings)
+        register_extension(EXTENSION)
+
+    @classmethod
+    def parse_schema(cls, config: Dict[str, Any]) -> Schema:
+        return Schema.from_config(**config)
+
+    def _set_runner(self, runner: Runner) -> None:
+        super()._set_runner(runner)
+        runner.model.masked_pooling = self.cfg["masked_pooling"]
+
+    def _write(self, doc: Doc, output: Any, schema: Schema) -> int:
+        decisions, probs = output
+        doc._.set(EXTENSION, decisions)
+        write_cats(doc, probs, schema)
+        return 0
+
+    def _loss(self, examples: Sequence[Example], rng: random.Random, generator: torch.Generator) -> Tuple[Optional[torch.Tensor], Dict[str, float]]:
+        raise NotImplementedError("Training the gliclass component is not supported yet.")
+
+    def score(self, examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
+        """Categories per task (spaCy's ``score_cats``) and ``cats_score``."""
+        validate_examples(examples, "GLiClassComponent.score")
+        return score_cats(list(examples), self.schema)

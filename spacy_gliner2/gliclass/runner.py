@@ -1,0 +1,134 @@
+"""The GLiClass hooks of the shared runner: one input per (window, classification task),
+padded batches, and class decisions merged over a long text's windows.
+
+Each task of the schema is its own encoder pass over
+``<<LABEL>>l1<<LABEL>>l2...<<SEP>>prompt text examples`` (:mod:`.prompt`): GLiClass scores
+one label set per pass. Label descriptions extend the label's text (``"label: description"``).
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
+
+import torch
+
+from ..core.batching import TextWindow
+from ..core.checkpoint import CheckpointError
+from ..core.classes import LabelProbs, classify, merge_classes
+from ..core.runner import Runner
+from ..schema import ClassificationTask, Schema, SchemaError
+from .checkpoint import HUB_PATTERNS, load_model, save_model
+from .model import GLiClassModel
+from .prompt import Example, build_input, check_labels, tokenize
+
+Decisions = Dict[str, Any]  # task -> {"label", "confidence"} or a list of them
+Output = Tuple[Decisions, Dict[str, LabelProbs]]
+
+
+@dataclass
+class ClassRecord:
+    """One window's inputs: a token-id sequence per classification task."""
+
+    sequences: List[List[int]]
+
+    @property
+    def input_ids(self) -> List[int]:
+        """The longest sequence (what the encoder limit and length sorting look at)."""
+        return max(self.sequences, key=len)
+
+
+@dataclass
+class ClassBatch:
+    """Right-padded rows of every record's tasks, and how many rows each record has."""
+
+    input_ids: torch.Tensor  # (R, T)
+    attention_mask: torch.Tensor  # (R, T)
+    rows: List[int]
+
+    def to(self, device: torch.device) -> "ClassBatch":
+        return ClassBatch(self.input_ids.to(device), self.attention_mask.to(device), self.rows)
+
+
+def label_texts(task: ClassificationTask) -> List[str]:
+    """The text of each label slot: the label, with its description after a colon when it has one."""
+    descriptions = dict(task.descriptions)
+    return [f"{label}: {descriptions[label]}" if label in descriptions else label for label in task.labels]
+
+
+def task_examples(task: ClassificationTask) -> List[Example]:
+    return [Example(text, (out,) if isinstance(out, str) else tuple(out)) for text, out in task.examples]
+
+
+class GLiClassRunner(Runner[Output]):
+    """A loaded GLiClass checkpoint that classifies texts given as words."""
+
+    family = "gliclass"
+    hub_patterns = HUB_PATTERNS
+    model: GLiClassModel
+
+    def __init__(self, model: GLiClassModel, tokenizer: Any, config: Dict[str, Any]):
+        super().__init__(model, tokenizer, config)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @classmethod
+    def read(cls, folder: Path) -> Tuple[GLiClassModel, Any, Dict[str, Any]]:
+        return load_model(folder)
+
+    @classmethod
+    def new(cls, folder: Path) -> Tuple[GLiClassModel, Any, Dict[str, Any]]:
+        raise CheckpointError(
+            f"{folder} is a plain encoder; new GLiClass heads cannot be trained on it yet. "
+            "Use a GLiClass checkpoint (e.g. knowledgator/gliclass-base-v3.0)."
+        )
+
+    def save(self, folder: Path) -> None:
+        save_model(self.model, self.tokenizer, self.config, folder)
+
+    def check_schema(self, schema: Schema) -> None:
+        if not schema.classifications:
+            raise SchemaError(
+                "The schema has no classification task: configure at least one under "
+                "classifications (in the component config or per call)."
+            )
+
+    def _sequence(self, task: ClassificationTask, text: str) -> List[int]:
+        settings = self.model.settings
+        string = build_input(text, label_texts(task), prompt_first=settings.prompt_first,
+                             prompt=task.prompt or "", examples=task_examples(task))
+        ids = tokenize(self.tokenizer, string)
+        check_labels(ids, len(task.labels), settings.class_token_index)
+        return ids
+
+    def encode(self, schema: Schema, window: TextWindow) -> ClassRecord:
+        text = window.span_text
+        return ClassRecord([self._sequence(task, text) for task in schema.classifications])
+
+    def prompt_tokens(self, schema: Schema) -> int:
+        return max(len(self._sequence(task, "")) for task in schema.classifications)
+
+    def collate(self, records: Sequence[ClassRecord]) -> ClassBatch:
+        rows = [seq for record in records for seq in record.sequences]
+        width = max((len(r) for r in rows), default=0)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, : len(row)] = 1
+        return ClassBatch(input_ids, attention_mask, [len(r.sequences) for r in records])
+
+    def forward(self, model: torch.nn.Module, batch: ClassBatch) -> Iterator[torch.Tensor]:
+        logits = model(batch.input_ids, batch.attention_mask).logits.float()
+        yield from logits.split(batch.rows)
+
+    def decode(self, schema: Schema, record: ClassRecord, scores: torch.Tensor, window: TextWindow) -> Output:
+        decisions, probs = {}, {}
+        for task, logits in zip(schema.classifications, scores):
+            decisions[task.name], probs[task.name] = classify(task, logits[: len(task.labels)], at_least_one=False)
+        return decisions, probs
+
+    def merge(self, parts: Sequence[Output]) -> Output:
+        if len(parts) == 1:
+            return parts[0]
+        decisions, probs = {}, {}
+        for task in parts[0][0]:
+            decisions[task], probs[task] = merge_classes([(d[task], p[task]) for d, p in parts])
+        return decisions, probs

@@ -1,0 +1,89 @@
+"""The ``gliclass`` component: outputs against the reference pipeline, schemas, checkpoints of the wrong family."""
+import json
+import shutil
+
+import pytest
+import spacy
+from gliclass_checkpoints import EXAMPLES, LABELS, PROMPT, TEXTS, run_reference
+
+from spacy_gliner2.core.checkpoint import CheckpointError
+from spacy_gliner2.schema import SchemaError
+
+
+def make_nlp(path, **config):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliclass", config={"model": str(path), **config})
+    return nlp
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+@pytest.mark.parametrize("with_examples", [False, True])
+def test_component_matches_the_reference_pipeline(gliclass_checkpoint, multi_label, with_examples):
+    """doc.cats and doc._.gliclass equal the reference's scores (1e-5) and decisions, batched."""
+    examples = [e for e in EXAMPLES if multi_label or len(e["labels"]) == 1 and e["labels"][0] in LABELS]
+    config = {"labels": LABELS, "multi_label": multi_label, "prompt": PROMPT, "threshold": 0.4}
+    if with_examples:
+        config["examples"] = [[e["text"], [label for label in e["labels"] if label in LABELS]] if multi_label
+                              else [e["text"], e["labels"][0]] for e in examples]
+        examples = [{"text": text, "labels": out if isinstance(out, list) else [out]} for text, out in config["examples"]]
+    nlp = make_nlp(gliclass_checkpoint, classifications={"topic": config})
+    docs = list(nlp.pipe(TEXTS, batch_size=8))
+    ref = run_reference(gliclass_checkpoint, TEXTS, LABELS, prompt=PROMPT, examples=examples if with_examples else None,
+                        threshold=0.4, classification_type="multi-label" if multi_label else "single-label", batch_size=1)
+    for doc, scores, predicted in zip(docs, ref.scores, ref.predictions):
+        if multi_label:
+            assert [doc.cats[label] for label in LABELS] == pytest.approx(scores, abs=1e-5)
+            assert [d["label"] for d in doc._.gliclass["topic"]] == [p["label"] for p in predicted]
+        else:
+            assert sum(doc.cats.values()) == pytest.approx(1.0, abs=1e-5)
+            assert doc._.gliclass["topic"]["label"] == predicted[0]["label"]
+            assert doc._.gliclass["topic"]["confidence"] == pytest.approx(predicted[0]["score"], abs=1e-5)
+
+
+def test_several_tasks_and_per_call_schemas(gliclass_checkpoint):
+    nlp = make_nlp(gliclass_checkpoint, classifications={"topic": LABELS, "mood": ["happy", "sad"]})
+    doc = nlp(TEXTS[0])
+    assert set(doc.cats) == {f"topic:{label}" for label in LABELS} | {"mood:happy", "mood:sad"}
+    assert set(doc._.gliclass) == {"topic", "mood"}
+    alone = make_nlp(gliclass_checkpoint, classifications={"mood": ["happy", "sad"]})(TEXTS[0])
+    assert doc._.gliclass["mood"] == alone._.gliclass["mood"]  # each task is its own pass
+    other = nlp(TEXTS[0], component_cfg={"gliclass": {"classifications": {"x": ["sport", "travel"]}}})
+    assert set(other.cats) == {"sport", "travel"}
+    with pytest.raises(SchemaError, match="Unknown per-call option"):
+        nlp(TEXTS[0], component_cfg={"gliclass": {"entities": ["person"]}})
+    with pytest.raises(SchemaError, match="no classification task"):
+        make_nlp(gliclass_checkpoint)(TEXTS[0])
+
+
+def test_too_many_labels_is_a_clear_error_not_a_dropped_label(gliclass_checkpoint):
+    labels = [f"label number {i} of a long list" for i in range(60)]  # > 256 positions for the labels alone
+    nlp = make_nlp(gliclass_checkpoint, classifications={"t": labels})
+    with pytest.raises(SchemaError, match="fewer labels"):
+        nlp(TEXTS[0])
+
+
+def test_markers_in_labels_and_text_add_no_label(gliclass_checkpoint):
+    nlp = make_nlp(gliclass_checkpoint, classifications={"t": {"labels": ["sport<<LABEL>>x", "travel"], "multi_label": True}})
+    doc = nlp("a goal <<SEP>> in <<LABEL>> extra time")
+    assert set(doc.cats) == {"sport<<LABEL>>x", "travel"}
+
+
+@pytest.mark.parametrize("factory, other", [("gliner2", "gliclass"), ("gliclass", "gliner2")])
+def test_a_checkpoint_of_the_other_family_names_its_factory(factory, other, bert_checkpoint, gliclass_checkpoint):
+    folder = {"gliner2": bert_checkpoint, "gliclass": gliclass_checkpoint}[other]
+    nlp = spacy.blank("en")
+    nlp.add_pipe(factory, config={"model": str(folder), "classifications": {"t": ["a", "b"]}})
+    name = {"gliner2": "GLiNER2", "gliclass": "GLiClass"}[other]
+    with pytest.raises(CheckpointError, match=f"is a {name} checkpoint; use the `{other}` factory"):
+        nlp("text")
+
+
+@pytest.mark.parametrize("architecture", ["bi-encoder", "encoder-decoder", "decoder-kv"])
+def test_other_architectures_are_refused_by_name(gliclass_checkpoint, tmp_path, architecture):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(gliclass_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["architecture_type"] = architecture
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=f"architecture_type '{architecture}' is not supported.*uni-encoder"):
+        make_nlp(folder, classifications={"t": ["a", "b"]})("text")
