@@ -6,6 +6,7 @@
     python -m spacy_gliner2 convert bio train.conll train.spacy
     python -m spacy_gliner2 convert cls train.csv train.spacy --text-field text --label-field label
     python -m spacy_gliner2 export training/model-best exported/   # a reference-format checkpoint
+    python -m spacy_gliner2 export training/model-best exported/ --component gliclass
 """
 import argparse
 import random
@@ -43,8 +44,11 @@ def _convert(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     nlp = spacy.load(args.pipeline)
-    nlp.get_pipe(args.component).runner.save(args.output)
-    print(f"wrote a GLiNER2 checkpoint folder to {args.output} (loadable by gliner2.GLiNER2.from_pretrained)")
+    pipe = nlp.get_pipe(args.component)
+    pipe.runner.save(args.output)
+    loader = {"gliner2": "gliner2.GLiNER2.from_pretrained", "gliclass": "gliclass.GLiClassModel.from_pretrained"}
+    family = pipe.runner.family
+    print(f"wrote a {family} checkpoint folder to {args.output} (loadable by {loader[family]})")
 
 
 def main() -> None:
@@ -68,7 +72,7 @@ def main() -> None:
                       help="lower-case entity and class labels (e.g. to merge 'Location' and 'location')")
     conv.add_argument("--seed", type=int, default=0)
     conv.set_defaults(run=_convert)
-    exp = sub.add_parser("export", help="write a pipeline's component as a reference GLiNER2 checkpoint")
+    exp = sub.add_parser("export", help="write a pipeline's component as a reference checkpoint (gliner2 or gliclass)")
     exp.add_argument("pipeline", type=Path)
     exp.add_argument("output", type=Path)
     exp.add_argument("--component", default="gliner2")

@@ -89,20 +89,20 @@ gpu_allocator = null
 
 [nlp]
 lang = "en"
-pipeline = ["gliner2"]
+pipeline = ["{factory}"]
 batch_size = 16
 
 [components]
 
-[components.gliner2]
-factory = "gliner2"
+[components.{factory}]
+factory = "{factory}"
 model = "{model}"
 
-[components.gliner2.training]
+[components.{factory}.training]
 encoder_lr = 0.001
 head_lr = 0.001
 warmup_steps = 2
-negatives = 1
+negatives = {negatives}
 
 [corpora]
 
@@ -161,7 +161,7 @@ def test_spacy_train_evaluate_export(start, request, tmp_path):
     model = request.getfixturevalue(start)
     data = write_gliner_json(tmp_path / "data.json")
     run_module("spacy_gliner2", "convert", "gliner", str(data), str(tmp_path / "train.spacy"))
-    (tmp_path / "base.cfg").write_text(TRAIN_CFG.format(model=model))
+    (tmp_path / "base.cfg").write_text(TRAIN_CFG.format(factory="gliner2", model=model, negatives=1))
     run_module("spacy", "init", "fill-config", str(tmp_path / "base.cfg"), str(tmp_path / "config.cfg"))
     run_module(
         "spacy", "train", str(tmp_path / "config.cfg"), "--output", str(tmp_path / "out"),

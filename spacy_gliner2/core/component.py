@@ -38,6 +38,17 @@ def check_choice(value: Any, allowed: Iterable[Any], key: str) -> None:
         raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}.")
 
 
+def category_task(examples: Iterable[Example]) -> Optional[Dict[str, Any]]:
+    """A ``classifications`` section read from the data: one task ``"category"`` over every
+    label of the references' ``doc.cats`` (multi-label when a Doc has more than one label at or
+    over 0.5); None when no Doc has cats."""
+    labels, multi = set(), False
+    for eg in examples:
+        labels.update(eg.reference.cats)
+        multi = multi or sum(v >= 0.5 for v in eg.reference.cats.values()) > 1
+    return {"category": {"labels": sorted(labels), "multi_label": multi}} if labels else None
+
+
 class ZeroShotComponent(TrainablePipe):
     """A zero-shot component of one model family (see the family's subclass)."""
 

@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
+import torch
+
 from ..core.checkpoint import (
     CONFIG,
     SAFETENSORS,
@@ -17,6 +19,7 @@ from ..core.checkpoint import (
     build_encoder,
     check_family,
     embedding_key,
+    load_pretrained_encoder,
     load_tokenizer,
     read_json,
     read_weights,
@@ -80,3 +83,44 @@ def save_model(model: GLiClassModel, tokenizer: Any, raw_config: Dict[str, Any],
     write_weights(model, folder)
     tokenizer.save_pretrained(str(folder))
     logger.debug("saved GLiClass checkpoint to %s", folder)
+
+
+def new_model(folder: Path) -> Tuple[GLiClassModel, Any, Dict[str, Any]]:
+    """A new GLiClass model on the pretrained encoder in ``folder``: the three markers added to
+    its tokenizer, fresh heads in the layout of the released v3.0 models (labels first, first-token
+    pooling, mlp scorer), and a ``config.json`` the reference reads."""
+    encoder_dict = read_json(folder / CONFIG, "encoder")
+    encoder = load_pretrained_encoder(folder)
+    tokenizer = load_tokenizer(folder)
+    base = len(tokenizer)
+    tokenizer.add_tokens([LABEL, SEP, EXAMPLE], special_tokens=True)
+    ids = tokenizer.convert_tokens_to_ids([LABEL, SEP, EXAMPLE])
+    encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    hidden = encoder.config.hidden_size
+    raw = {
+        "model_type": "GLiClass",
+        "architectures": ["GLiClassModel"],
+        "architecture_type": "uni-encoder",
+        "encoder_model": encoder_dict.get("_name_or_path") or folder.name,
+        "encoder_config": encoder.config.to_dict(),
+        "vocab_size": len(tokenizer),
+        "class_token_index": ids[0],
+        "text_token_index": ids[1],
+        "example_token_index": ids[2],
+        "hidden_size": hidden,
+        "prompt_first": True,
+        "pooling_strategy": "first",
+        "class_token_pooling": "first",
+        "scorer_type": "mlp",
+        "problem_type": "multi_label_classification",
+    }
+    settings = GLiClassSettings.from_config(raw, f"new GLiClass heads on {folder}")
+    model = GLiClassModel(settings, encoder)
+    std = getattr(encoder.config, "initializer_range", 0.02)
+    for name, param in model.named_parameters():  # the reference's initialisation of its heads
+        if not name.startswith(PREFIX) and param.dim() > 1:
+            torch.nn.init.normal_(param, std=std)
+        elif not name.startswith(PREFIX) and name.endswith("bias"):
+            torch.nn.init.zeros_(param)
+    logger.info("new GLiClass heads on the encoder in %s (%d tokens, markers from %d)", folder, len(tokenizer), base)
+    return model.eval(), tokenizer, raw

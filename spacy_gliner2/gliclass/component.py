@@ -4,7 +4,7 @@ Docs -> words -> :class:`~.runner.GLiClassRunner` -> ``doc.cats`` and ``doc._.gl
 (per task: ``{"label", "confidence"}``, a list of them for multi-label tasks).
 """
 import random
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from spacy.language import Language
@@ -12,11 +12,12 @@ from spacy.tokens import Doc
 from spacy.training import Example, validate_examples
 
 from ..core.annotate import register_extension, write_cats
-from ..core.component import ZeroShotComponent
+from ..core.component import ZeroShotComponent, category_task
 from ..core.runner import Runner
 from ..core.scoring import score_cats
 from ..schema import Schema
 from .runner import GLiClassRunner
+from .training import GLiClassTraining, gold_items, training_loss
 
 EXTENSION = "gliclass"
 DEFAULT_MODEL = "knowledgator/gliclass-base-v3.0"
@@ -69,8 +70,10 @@ class GLiClassComponent(ZeroShotComponent):
     """Zero-shot text classification from a GLiClass (uni-encoder) checkpoint."""
 
     runner_type = GLiClassRunner
+    settings_type = GLiClassTraining
     schema_keys = ("classifications",)
     runner: GLiClassRunner
+    training: GLiClassTraining
 
     def __init__(self, vocab: Any, *, name: str = "gliclass", model: str = DEFAULT_MODEL,
                  schema: Dict[str, Any], masked_pooling: bool = True, **settings: Any):
@@ -93,8 +96,29 @@ class GLiClassComponent(ZeroShotComponent):
         write_cats(doc, probs, schema)
         return 0
 
+    def _learn_labels(self, examples: List[Example]) -> Dict[str, Any]:
+        """Without configured tasks, one task ``"category"`` over every label of the data's
+        ``doc.cats`` (multi-label when a Doc has more than one label at or over 0.5)."""
+        schema = dict(self.cfg["schema"])
+        task = None if schema.get("classifications") else category_task(examples)
+        if task:
+            schema["classifications"] = task
+        return schema
+
     def _loss(self, examples: Sequence[Example], rng: random.Random, generator: torch.Generator) -> Tuple[Optional[torch.Tensor], Dict[str, float]]:
-        raise NotImplementedError("Training the gliclass component is not supported yet.")
+        """The GLiClass losses (:mod:`.training`) over every window of every (Doc, task) input."""
+        runner, items, records = self.runner, [], []
+        for eg in examples:
+            doc = eg.reference
+            for item in gold_items(doc.cats, self.schema, self.training, rng):
+                _, encoded = runner.windows([doc.text], [self._words(doc)], Schema(classifications=(item.task,)),
+                                            self.cfg["window_size"], self.cfg["window_overlap"])
+                records += encoded
+                items += [item] * len(encoded)
+        if not items:
+            return None, {}
+        batch = runner.collate(records).to(runner.device)
+        return training_loss(runner.model, batch.input_ids, batch.attention_mask, items, self.training)
 
     def score(self, examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
         """Categories per task (spaCy's ``score_cats``) and ``cats_score``."""

@@ -12,11 +12,10 @@ from typing import Any, Dict, Iterator, List, Sequence, Tuple
 import torch
 
 from ..core.batching import TextWindow
-from ..core.checkpoint import CheckpointError
 from ..core.classes import LabelProbs, classify, merge_classes
 from ..core.runner import Runner
 from ..schema import ClassificationTask, Schema, SchemaError
-from .checkpoint import HUB_PATTERNS, load_model, save_model
+from .checkpoint import HUB_PATTERNS, load_model, new_model, save_model
 from .model import GLiClassModel
 from .prompt import Example, build_input, check_labels, tokenize
 
@@ -75,10 +74,7 @@ class GLiClassRunner(Runner[Output]):
 
     @classmethod
     def new(cls, folder: Path) -> Tuple[GLiClassModel, Any, Dict[str, Any]]:
-        raise CheckpointError(
-            f"{folder} is a plain encoder; new GLiClass heads cannot be trained on it yet. "
-            "Use a GLiClass checkpoint (e.g. knowledgator/gliclass-base-v3.0)."
-        )
+        return new_model(folder)
 
     def save(self, folder: Path) -> None:
         save_model(self.model, self.tokenizer, self.config, folder)

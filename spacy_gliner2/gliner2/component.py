@@ -12,7 +12,7 @@ from spacy.tokens import Doc
 from spacy.training import Example, validate_examples
 
 from ..core.annotate import ALIGNMENT_MODES, ENTS_POLICIES, register_extension
-from ..core.component import ZeroShotComponent, check_choice
+from ..core.component import ZeroShotComponent, category_task, check_choice
 from ..schema import SCHEMA_KEYS, Schema
 from .annotate import EXTENSION, annotate
 from .runner import GLiNER2Runner
@@ -129,18 +129,16 @@ class GLiNER2Component(ZeroShotComponent):
         """Every entity label of the data becomes a possible negative, and schema sections
         left empty in the config are filled from the data (entity labels, one
         classification task ``"category"`` over the cats)."""
-        entity_labels, cat_labels, multi = set(), set(), False
+        entity_labels = set()
         for eg in examples:
-            gold = self._gold(eg.reference)
-            entity_labels.update(label for label, _, _ in gold.entities)
-            cat_labels.update(gold.cats)
-            multi = multi or sum(v >= 0.5 for v in gold.cats.values()) > 1
+            entity_labels.update(label for label, _, _ in self._gold(eg.reference).entities)
         self.cfg["entity_labels"] = sorted(entity_labels | {e.name for e in self.schema.entities})
         schema = dict(self.cfg["schema"])
         if not schema.get("entities") and entity_labels:
             schema["entities"] = sorted(entity_labels)
-        if not schema.get("classifications") and cat_labels:
-            schema["classifications"] = {"category": {"labels": sorted(cat_labels), "multi_label": multi}}
+        task = None if schema.get("classifications") else category_task(examples)
+        if task:
+            schema["classifications"] = task
         return schema
 
     def _write(self, doc: Doc, output: Any, schema: Schema) -> int:
