@@ -306,8 +306,10 @@ def input_lengths(tokenizer, labels, texts, prompt_first: bool):
     return [len(ids) for ids in tokenizer(strings)["input_ids"]]
 
 
-def measure(encoder: str, folder: Path, texts, labels_by_count, repeats: int) -> dict:
-    """Per label count: both speeds, decision agreement, probability differences."""
+def measure(encoder: str, folder: Path, texts, labels_by_count, repeats: int, out: dict, save,
+            probability_checks: bool = True) -> None:
+    """Per label count into ``out``: both speeds, decision agreement, probability differences;
+    ``save()`` after each, so that an interrupted run keeps what it measured."""
     from gliclass import GLiClassModel, ZeroShotClassificationPipeline
     from transformers import AutoTokenizer
 
@@ -315,22 +317,23 @@ def measure(encoder: str, folder: Path, texts, labels_by_count, repeats: int) ->
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     pipe = ZeroShotClassificationPipeline(model, tokenizer, classification_type="multi-label", device="cpu",
                                           progress_bar=False)
-    out = {}
     for count, labels in labels_by_count.items():
         since, start = cpu_seconds(), time.perf_counter()
         nlp, ours = our_runner(folder, labels, texts)
         ref = reference_runner(pipe, labels, texts)
         (seconds, our_results), (ref_seconds, ref_results) = best_of([ours, ref], repeats)
         load = other_load(since, time.perf_counter() - start)
-        ref8, ref1 = (reference_scores(pipe, labels, texts, b) for b in (BATCH_SIZE, 1))
         our_probs = [p for _, p in our_results]
         ours_chosen = [c for c, _ in our_results]
         ref_chosen = [c for c, _ in ref_results]
         same = [a == b for a, b in zip(ours_chosen, ref_chosen)]
-        ref1_chosen = [{l for l, p in zip(labels, row) if p >= THRESHOLD} for row in ref1]
+        # untimed passes of the reference at batch 8 and 1 (all probabilities), unless --timing-only
+        ref8, ref1 = (reference_scores(pipe, labels, texts, b) for b in (BATCH_SIZE, 1)) \
+            if probability_checks else (None, None)
+        ref1_chosen = [{l for l, p in zip(labels, row) if p >= THRESHOLD} for row in ref1] if ref1 else None
 
         def max_diff(a, b):
-            return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+            return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)) if a and b else None
 
         lengths = input_lengths(tokenizer, labels, texts, model.config.prompt_first)
         runtime_model = nlp.get_pipe("gliclass").runner.model
@@ -339,7 +342,8 @@ def measure(encoder: str, folder: Path, texts, labels_by_count, repeats: int) ->
             ours_texts_per_s=len(texts) / seconds, reference_texts_per_s=len(texts) / ref_seconds,
             ratio=ref_seconds / seconds,
             identical_decisions=sum(same) / len(same), differing_texts=[i for i, s in enumerate(same) if not s],
-            identical_decisions_vs_reference_batch_1=sum(a == b for a, b in zip(ours_chosen, ref1_chosen)) / len(same),
+            identical_decisions_vs_reference_batch_1=(sum(a == b for a, b in zip(ours_chosen, ref1_chosen)) / len(same)
+                                                      if ref1_chosen else None),
             max_prob_diff_vs_reference_batch_8=max_diff(our_probs, ref8),
             max_prob_diff_vs_reference_batch_1=max_diff(our_probs, ref1),
             reference_max_prob_diff_batch_8_vs_1=max_diff(ref8, ref1),
@@ -351,7 +355,7 @@ def measure(encoder: str, folder: Path, texts, labels_by_count, repeats: int) ->
         print(f"  {encoder} {count} labels: ours {r['ours_texts_per_s']:.2f}, reference "
               f"{r['reference_texts_per_s']:.2f} texts/s ({r['ratio']:.2f}x); other load {load:.2f}", flush=True)
         del nlp
-    return out
+        save()
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -376,6 +380,10 @@ def environment(args) -> dict:
                 threshold=THRESHOLD, precision="fp32")
 
 
+def _figure(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=64, help="AG News test items to classify (default 64)")
@@ -387,6 +395,8 @@ def main() -> None:
                         help="where checkpoints are built and reused")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="also write every figure to this JSON file")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="skip the untimed reference passes that compare probabilities (batch 8 and 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
@@ -414,14 +424,20 @@ def main() -> None:
     texts = load_texts(args.texts)
     calibration = load_texts(16, offset=1000)
     out["encoders"] = {}
+
+    def save() -> None:
+        if args.out:
+            args.out.write_text(json.dumps(out, indent=2))
+
     for encoder in encoders:
         folder = args.cache / ENCODERS[encoder][0]
         seconds, status = timed(build_checkpoint, folder, encoder, args.seed, calibration, list(all_labels.values()))
         print(f"{encoder}: checkpoint {folder} {status} ({seconds:.0f} s); tokenizer: {TOKENIZER_NOTE[encoder]}",
               flush=True)
         out["encoders"][encoder] = dict(
-            checkpoint=str(folder), tokenizer=TOKENIZER_NOTE[encoder], layout=ENCODERS[encoder][2],
-            label_counts=measure(encoder, folder, texts, {c: all_labels[c] for c in counts}, args.repeats))
+            checkpoint=str(folder), tokenizer=TOKENIZER_NOTE[encoder], layout=ENCODERS[encoder][2], label_counts={})
+        measure(encoder, folder, texts, {c: all_labels[c] for c in counts}, args.repeats,
+                out["encoders"][encoder]["label_counts"], save, not args.timing_only)
     out["uptime_after"] = uptime()
 
     print(f"\n{args.texts} AG News texts, multi-label (threshold {THRESHOLD}), batch size {BATCH_SIZE}, "
@@ -433,14 +449,15 @@ def main() -> None:
         for count, s in e["label_counts"].items():
             print(f"{encoder:<11}{count:>7}{s['mean_input_tokens']:>8.0f}{s['ours_texts_per_s']:>10.2f}"
                   f"{s['reference_texts_per_s']:>9.2f}{s['ratio']:>7.2f}{s['identical_decisions']:>8.1%}"
-                  f"{s['identical_decisions_vs_reference_batch_1']:>8.1%}"
-                  f"{s['max_prob_diff_vs_reference_batch_8']:>10.1e}{s['max_prob_diff_vs_reference_batch_1']:>10.1e}"
+                  f"{_figure(s['identical_decisions_vs_reference_batch_1'], '.1%'):>8}"
+                  f"{_figure(s['max_prob_diff_vs_reference_batch_8'], '.1e'):>10}"
+                  f"{_figure(s['max_prob_diff_vs_reference_batch_1'], '.1e'):>10}"
                   f"{s['other_load']:>6.2f}")
     print("tokens: mean encoder input; same: texts whose chosen labels equal the reference's (batch 8; @1: "
           "the reference at batch 1); diff: max |probability difference| vs the reference at batch 8 / 1")
     print(f"load after: {out['uptime_after']}")
     if args.out:
-        args.out.write_text(json.dumps(out, indent=2))
+        save()
         print(f"wrote {args.out}")
 
 

@@ -239,11 +239,28 @@ class GLiClassModel(EncoderModel):
         without ``masked_pooling``: the reference pools padding rows, which the fast path leaves out."""
         encoder = self.model.encoder_model
         if segment_ids is None and self.masked_pooling:
-            return self.run_encoder(input_ids, attention_mask)
+            return self.run_encoder(input_ids, attention_mask, keep=self._read_rows(input_ids, attention_mask))
         if segment_ids is None:
             return encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
         embeds = encoder.get_input_embeddings()(input_ids) + self.model.segment_embeddings(segment_ids)
         return encoder(inputs_embeds=embeds, attention_mask=attention_mask)[0]
+
+    def _read_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Optional[torch.Tensor]:
+        """``(B, T)`` bool: the only rows the heads read when both poolings are ``first`` (each label's
+        marker or the token after it, and the text's first token), so that the fast path's last layer
+        computes those alone; None (every row) otherwise or off the fast path."""
+        s = self.settings
+        if (self._fast_encoder is None or self.training or torch.is_grad_enabled() or s.use_lstm
+                or s.pooling_strategy != "first" or s.class_token_pooling != "first"):
+            return None
+        mask = attention_mask.bool()
+        rows = input_ids == s.class_token_index
+        if not s.embed_class_token:
+            rows = torch.cat([torch.zeros_like(rows[:, :1]), rows[:, :-1]], dim=1)
+        first = ((input_ids == s.text_token_index).int().argmax(-1) if s.extract_text_features
+                 else torch.zeros_like(input_ids[:, 0]))
+        rows[torch.arange(len(rows), device=rows.device), first] = True
+        return rows & mask
 
     def segment_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Segment ids as gliclass 0.1.21 makes them: 0 before the first <<SEP>>, 1 from it on. With an

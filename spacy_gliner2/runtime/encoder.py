@@ -1,16 +1,17 @@
-"""What every family's torch model shares: an encoder (packed DeBERTa fast path at inference)
+"""What every family's torch model shares: an encoder (packed DeBERTa or ModernBERT fast path at inference)
 and the precision conversions of its runtime copies.
 
 A family model subclasses :class:`EncoderModel`, sets ``self.encoder`` and calls
 :meth:`EncoderModel.setup_fast_path`; its heads are its own. Nothing here knows of spaCy,
 tokenizers or schemas.
 """
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import torch
 from torch import nn
 
 from .deberta import PackedDeberta, supports_fast_path
+from .modernbert import PackedModernBert, supports_modernbert_path
 from .precision import fuse_relus, use_bf16_linears, use_int8_linears, use_onednn_linears
 
 
@@ -18,11 +19,12 @@ class EncoderModel(nn.Module):
     """An encoder plus heads; inference copies change precision (:mod:`.precision`)."""
 
     encoder: nn.Module
-    _fast_encoder: Optional[PackedDeberta] = None
+    _fast_encoder: Optional[Union[PackedDeberta, PackedModernBert]] = None
 
     def setup_fast_path(self) -> None:
-        """Use the packed DeBERTa path at inference when the encoder allows it."""
-        self._fast_encoder = PackedDeberta(self.encoder) if supports_fast_path(self.encoder) else None
+        """Use a packed path at inference (DeBERTa-v2/v3, ModernBERT) when the encoder allows it."""
+        self._fast_encoder = PackedDeberta(self.encoder) if supports_fast_path(self.encoder) else \
+            PackedModernBert(self.encoder) if supports_modernbert_path(self.encoder) else None
 
     def fp32_modules(self) -> List[nn.Module]:
         """Modules whose linear layers stay fp32 in bf16 mode (a family's override)."""
@@ -78,8 +80,8 @@ class EncoderModel(nn.Module):
 
     def run_encoder(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Token embeddings ``(B, T, D)``. DeBERTa inference without gradients takes the packed
-        fast path; with ``keep`` (``(B, T)`` bool), its last layer computes only those rows
+        """Token embeddings ``(B, T, D)``. DeBERTa and ModernBERT inference without gradients
+        takes a packed fast path; with ``keep`` (``(B, T)`` bool), its last layer computes only those rows
         (the others are zeros)."""
         if not self.training and not torch.is_grad_enabled() and self._fast_encoder is not None:
             return self._fast_encoder(input_ids, attention_mask, keep=keep)

@@ -1,0 +1,136 @@
+"""A faster inference forward for Hugging Face ModernBERT encoders (same weights, same maths).
+
+``transformers`` runs ModernBERT on the padded ``(B, T)`` batch with masks. Here:
+
+- Per-token layers (projections, GeGLU feed-forward, layer norms) run on the real tokens only,
+  packed as ``(N, D)``; attention runs per sequence at its own length, with the local layers'
+  band (``|i - j| <= local_attention // 2``) only where the sequence is longer than it.
+- Rotary angles are computed once per call for the packed tokens, per layer type.
+- With ``keep`` the last layer computes queries, output, feed-forward and the final norm for
+  the rows the caller reads only.
+
+None of this changes the result beyond float rounding. Run it without gradients; training
+uses the encoder's own forward.
+"""
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .precision import pad_rows
+
+
+def supports_modernbert_path(encoder: nn.Module) -> bool:
+    """True for a ModernBERT encoder whose features this forward covers."""
+    config = getattr(encoder, "config", None)
+    return (type(encoder).__name__ == "ModernBertModel" and config is not None
+            and set(config.layer_types) <= {"full_attention", "sliding_attention"}
+            and all(getattr(encoder.rotary_emb, "rope_type", {}).get(t, "default") == "default"
+                    for t in set(config.layer_types)))
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of ``x`` ``(N, H, dh)`` with per-token ``cos``/``sin`` ``(N, 1, dh)``."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def _band(n: int, reach: int, device: torch.device) -> torch.Tensor:
+    """``(n, n)`` bool: True where ``|i - j| <= reach``."""
+    index = torch.arange(n, device=device)
+    return (index[:, None] - index[None, :]).abs() <= reach
+
+
+class PackedModernBert:
+    """Inference forward over the real tokens of a right- or left-padded batch.
+
+    Holds the ``ModernBertModel`` (its modules may be replaced by precision copies: they
+    are called, never read as weights).
+    """
+
+    def __init__(self, encoder: nn.Module):
+        self.encoder = encoder
+
+    def invalidate(self) -> None:
+        """Nothing is cached from the weights."""
+
+    def _angles(self, positions: torch.Tensor) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer type, ``cos`` and ``sin`` ``(N, 1, dh)`` at each packed token's position."""
+        rotary = self.encoder.rotary_emb
+        out = {}
+        for kind in set(self.encoder.config.layer_types):
+            frequencies = positions[:, None].float() * getattr(rotary, f"{kind}_inv_freq").float()
+            angles = torch.cat((frequencies, frequencies), dim=-1)
+            scale = getattr(rotary, f"{kind}_attention_scaling")
+            out[kind] = ((angles.cos() * scale).unsqueeze(1), (angles.sin() * scale).unsqueeze(1))
+        return out
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Last hidden states ``(B, T, D)`` (zeros at padding).
+
+        ``keep`` (``(B, T)`` bool, within the real tokens): the only rows the caller reads;
+        the last layer outputs those rows only and the others are zeros.
+        """
+        encoder, config = self.encoder, self.encoder.config
+        B, T = input_ids.shape
+        real = attention_mask.bool()
+        if keep is not None and (keep.dtype != torch.bool or (keep & ~real).any()):
+            raise ValueError("keep must be a bool mask of real tokens (it selects padding, or is not bool).")
+        H = config.num_attention_heads
+        D = config.hidden_size
+        lengths: List[int] = real.sum(1).tolist()
+        n_rows = sum(lengths)
+        if n_rows == 0:
+            return encoder.embeddings.norm.weight.new_zeros((B, T, D))
+        # positions are column indices, as transformers gives them (padding included)
+        positions = torch.arange(T, device=input_ids.device).expand(B, T)[real]
+        hidden = pad_rows(encoder.embeddings(input_ids=input_ids[real].unsqueeze(0))[0])
+        angles = self._angles(positions)
+        reach = config.local_attention // 2
+        starts = [0]
+        for n in lengths[:-1]:
+            starts.append(starts[-1] + n)
+
+        last = len(encoder.layers) - 1
+        for depth, layer in enumerate(encoder.layers):
+            attention = layer.attn
+            qkv = attention.Wqkv(layer.attn_norm(hidden))[:n_rows].float().view(n_rows, 3, H, -1)
+            cos, sin = angles[layer.attention_type]
+            q, k, v = _rotate(qkv[:, 0], cos, sin), _rotate(qkv[:, 1], cos, sin), qkv[:, 2]
+            chosen = keep[real] if keep is not None and depth == last else None
+            local = layer.attention_type == "sliding_attention"
+            context = []
+            for start, n in zip(starts, lengths):
+                if n == 0:
+                    continue
+                rows = slice(start, start + n)
+                q_seq = q[rows]
+                mask = _band(n, reach, q.device) if local and n > reach + 1 else None
+                if chosen is not None:
+                    picked = chosen[rows]
+                    q_seq = q_seq[picked]
+                    mask = None if mask is None else mask[picked]
+                    if q_seq.shape[0] == 0:
+                        continue
+                # (1, H, n, dh) each; the scale is transformers' head_dim ** -0.5 (SDPA's default)
+                out = F.scaled_dot_product_attention(
+                    q_seq.transpose(0, 1).unsqueeze(0), k[rows].transpose(0, 1).unsqueeze(0),
+                    v[rows].transpose(0, 1).unsqueeze(0), attn_mask=mask)
+                context.append(out[0].transpose(0, 1).reshape(-1, D))
+            if chosen is not None:
+                hidden = hidden[:n_rows][chosen]
+                n_rows = hidden.shape[0]
+                if n_rows == 0:
+                    return hidden.new_zeros((B, T, D))
+                hidden = pad_rows(hidden)
+            attended = pad_rows(torch.cat(context).to(hidden.dtype))
+            hidden = hidden + attention.Wo(attended)
+            hidden = hidden + layer.mlp(layer.mlp_norm(hidden))
+
+        hidden = encoder.final_norm(hidden[:n_rows])
+        out = hidden.new_zeros((B, T, D))
+        out[real if keep is None else keep] = hidden
+        return out

@@ -1,0 +1,76 @@
+"""The packed ModernBERT forward equals transformers' own, local attention bands included."""
+import pytest
+import torch
+from transformers import BertConfig, BertModel, ModernBertConfig, ModernBertModel
+
+from spacy_gliner2.runtime.modernbert import PackedModernBert, supports_modernbert_path
+
+LENGTHS = [3, 70, 1, 9, 33, 17]
+
+
+def tiny_model(local_attention: int = 16, layers: int = 4) -> ModernBertModel:
+    """A random ModernBERT: global attention every third layer, a local window of ``local_attention``."""
+    config = ModernBertConfig(
+        vocab_size=300, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=48,
+        local_attention=local_attention, global_attn_every_n_layers=3, max_position_embeddings=256,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    return ModernBertModel(config).eval()
+
+
+def batch(lengths, right_padded: bool = True):
+    ids = torch.randint(5, 300, (len(lengths), max(lengths)))
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        if right_padded:
+            mask[i, :n] = 1
+        else:
+            mask[i, mask.shape[1] - n:] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("local_attention", [16, 128])
+@pytest.mark.parametrize("right_padded", [True, False])
+def test_forward_matches_transformers(local_attention, right_padded):
+    torch.manual_seed(0)
+    model = tiny_model(local_attention)
+    assert supports_modernbert_path(model)
+    ids, mask = batch(LENGTHS, right_padded)
+    with torch.inference_mode():
+        expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = PackedModernBert(model)(ids, mask)
+    real = mask.bool()
+    assert torch.allclose(got[real], expected[real], atol=1e-5)
+    assert not got[~real].any()
+
+
+def test_band_is_what_changes_long_sequences():
+    """A sequence longer than the local window gives other states than with one wide window."""
+    torch.manual_seed(0)
+    narrow = tiny_model(16)
+    wide = tiny_model(256)
+    wide.load_state_dict(narrow.state_dict())
+    ids, mask = batch([60])
+    with torch.inference_mode():
+        assert not torch.allclose(PackedModernBert(narrow)(ids, mask), PackedModernBert(wide)(ids, mask), atol=1e-3)
+
+
+def test_kept_rows_equal_the_full_forward():
+    torch.manual_seed(0)
+    model = tiny_model()
+    ids, mask = batch(LENGTHS)
+    keep = torch.zeros_like(mask, dtype=torch.bool)
+    keep[:, 0] = True
+    keep[1, 30:40] = True
+    keep[4, 32] = True
+    with torch.inference_mode():
+        full = PackedModernBert(model)(ids, mask)
+        kept = PackedModernBert(model)(ids, mask, keep=keep)
+    assert torch.allclose(kept[keep], full[keep], atol=1e-6)
+    assert not kept[~keep].any()
+    with pytest.raises(ValueError, match="keep must be a bool mask of real tokens"):
+        PackedModernBert(model)(ids, mask, keep=~mask.bool())
+
+
+def test_other_encoders_take_the_standard_path():
+    assert not supports_modernbert_path(
+        BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)))
