@@ -1,4 +1,4 @@
-"""Command line: ``python -m spacy_gliner2 convert|export ...``.
+"""Command line: ``python -m spacy_gliner2 convert|export|feedback ...``.
 
     python -m spacy_gliner2 convert gliner train.json train.spacy
     python -m spacy_gliner2 convert gliner a.json b.json dev.spacy --shuffle --limit 200          # 200 of each
@@ -7,14 +7,17 @@
     python -m spacy_gliner2 convert cls train.csv train.spacy --text-field text --label-field label
     python -m spacy_gliner2 export training/model-best exported/   # a reference-format checkpoint
     python -m spacy_gliner2 export training/model-best exported/ --component gliclass
+    python -m spacy_gliner2 feedback training/model-best verdicts.jsonl improved/ --component gliclass
 """
 import argparse
+import dataclasses
 import random
 from pathlib import Path
 
 import spacy
 
 from . import convert
+from .core.feedback import agreement, feedback_examples, read_feedback
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -51,6 +54,28 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote a {family} checkpoint folder to {args.output} (loadable by {loader[family]})")
 
 
+def _feedback(args: argparse.Namespace) -> None:
+    nlp = spacy.load(args.pipeline)
+    pipe = nlp.get_pipe(args.component)
+    judged = read_feedback(args.feedback, pipe.schema)
+    examples = feedback_examples(nlp, args.feedback, pipe.schema)
+    # PPO with the verdicts as reward for this run only: the saved config keeps its own training block
+    pipe.training = dataclasses.replace(pipe.training, objective="ppo", reward=args.reward, seed=args.seed,
+                                        **({"encoder_lr": args.encoder_lr} if args.encoder_lr is not None else {}),
+                                        **({"head_lr": args.head_lr} if args.head_lr is not None else {}))
+    before = agreement(nlp, judged, pipe.schema)
+    rng = random.Random(args.seed)
+    for epoch in range(args.epochs):
+        rng.shuffle(examples)
+        losses: dict = {}
+        for batch in spacy.util.minibatch(examples, args.batch_size):
+            pipe.update(batch, sgd=True, losses=losses)
+        print(f"epoch {epoch + 1}: loss {losses.get(pipe.name, 0.0):.4f}")
+    after = agreement(nlp, judged, pipe.schema)
+    nlp.to_disk(args.output)
+    print(f"{len(examples)} texts; agreement with the verdicts {before:.3f} -> {after:.3f}; wrote {args.output}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m spacy_gliner2", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,6 +102,19 @@ def main() -> None:
     exp.add_argument("output", type=Path)
     exp.add_argument("--component", default="gliner2")
     exp.set_defaults(run=_export)
+    fb = sub.add_parser("feedback", help="improve a pipeline's classifier from accept/reject verdicts (PPO)")
+    fb.add_argument("pipeline", type=Path)
+    fb.add_argument("feedback", type=Path, help="JSONL: {\"text\", \"task\" (optional), \"accept\": [...], \"reject\": [...]}")
+    fb.add_argument("output", type=Path, help="where the improved pipeline is written")
+    fb.add_argument("--component", default="gliner2")
+    fb.add_argument("--epochs", type=int, default=3)
+    fb.add_argument("--batch-size", type=int, default=8)
+    fb.add_argument("--reward", default="accuracy", help="'accuracy' (agreement with the verdicts), 'f1', "
+                    "or a reward registered in spaCy's misc registry")
+    fb.add_argument("--encoder-lr", type=float, default=None, help="default: the component's training block")
+    fb.add_argument("--head-lr", type=float, default=None, help="default: the component's training block")
+    fb.add_argument("--seed", type=int, default=0)
+    fb.set_defaults(run=_feedback)
     args = parser.parse_args()
     args.run(args)
 

@@ -149,6 +149,14 @@ class Schema:
             seen.add(key)
         return keys
 
+    def judged(self, cats: Dict[str, float]) -> Dict[str, Dict[str, float]]:
+        """Per task, the labels that ``cats`` (a ``doc.cats``, keys by :meth:`cats_keys`) gives a value."""
+        out: Dict[str, Dict[str, float]] = {task.name: {} for task in self.classifications}
+        for task, label, key in self.cats_keys():
+            if key in cats:
+                out[task][label] = float(cats[key])
+        return out
+
 
 # -- parsing -----------------------------------------------------------------
 

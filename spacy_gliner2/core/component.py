@@ -27,6 +27,7 @@ from ..schema import Schema, SchemaError
 from ..text import Word, split_words, words_from_tokens
 from .checkpoint import HubOptions, checkpoint_files, write_checkpoint_files
 from .optim import OptimSettings, TrainingState
+from .rl import ClassRow, class_rows, ppo_update, resolve_reward
 from .runner import PRECISIONS, Runner
 
 logger = logging.getLogger(__name__)  # warnings reach stderr unless logging is configured
@@ -134,6 +135,10 @@ class ZeroShotComponent(TrainablePipe):
 
     def _loss(self, examples: Sequence[Example], rng: random.Random, generator: torch.Generator) -> Tuple[Optional[torch.Tensor], Dict[str, float]]:
         """The training loss of ``examples`` (None when they teach nothing) and its parts."""
+        raise NotImplementedError
+
+    def _class_logits(self, model: torch.nn.Module, batch: Any, rows: Sequence[ClassRow]) -> List[torch.Tensor]:
+        """Hook (PPO): the label logits (prompt order) of each (record, task) of a collated batch, in order."""
         raise NotImplementedError
 
     def score(self, examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
@@ -262,15 +267,45 @@ class ZeroShotComponent(TrainablePipe):
         model = self.runner.model
         model.train()
         try:
-            loss, _ = self._loss(examples, state.rng, state.generator)
+            if self.training.objective == "ppo":
+                loss, _ = self._ppo(examples, state)
+            else:
+                loss, _ = self._loss(examples, state.rng, state.generator)
             if loss is not None:
-                loss.backward()
+                if loss.requires_grad:
+                    loss.backward()
                 losses[self.name] += float(loss.detach())
         finally:
             model.eval()
         if sgd not in (None, False):
             self.finish_update(sgd)
         return losses
+
+    def _class_batch(self, groups: Sequence[Tuple[Doc, Sequence[Any]]]) -> Tuple[Any, List[Any]]:
+        """A collated batch of classification inputs: per (Doc, items with a ``.task``) every window of
+        the Doc's text prompted with those tasks together (as inference prompts them), and the item of
+        each (window, task) in the batch's order (a window teaches what its text does)."""
+        runner, records, rows = self.runner, [], []
+        for doc, items in groups:
+            schema = Schema(classifications=tuple(item.task for item in items))
+            _, encoded = runner.windows([doc.text], [self._words(doc)], schema, self.cfg["window_size"],
+                                        self.cfg["window_overlap"])
+            records += encoded
+            rows += list(items) * len(encoded)
+        return runner.collate(records).to(runner.device), rows
+
+    def _ppo(self, examples: Sequence[Example], state: TrainingState) -> Tuple[Optional[torch.Tensor], Dict[str, float]]:
+        """One PPO update on the classification tasks of ``examples`` (:mod:`.rl`): gradients
+        of its last epoch are left for :meth:`finish_update`."""
+        groups = [(eg.reference, rows) for eg in examples
+                  for rows in [class_rows(eg.reference.cats, self.schema, self.training.shuffle_labels, state.rng)]
+                  if rows]
+        if not groups:
+            return None, {}
+        batch, rows = self._class_batch(groups)
+        runner = self.runner
+        return ppo_update(runner.model, state.frozen_copy(), rows, lambda m: self._class_logits(m, batch, rows),
+                          self.training.ppo(), resolve_reward(self.training.reward), state.step, state.generator)
 
     def get_loss(self, examples: Iterable[Example], scores: Any = None) -> Dict[str, float]:
         """The losses of ``examples`` (total and parts) without updating anything."""

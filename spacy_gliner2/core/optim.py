@@ -3,6 +3,7 @@ warm-up and linear decay, gradient clipping, and the seeded random sources of sa
 
 Pure torch: the component keeps one :class:`TrainingState` and steps it in ``finish_update``.
 """
+import copy
 import random
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Type, TypeVar
@@ -10,8 +11,10 @@ from typing import Any, Dict, Optional, Type, TypeVar
 import torch
 
 from ..runtime.encoder import EncoderModel
+from .ppo import BASELINES, PPOSettings
 
 S = TypeVar("S", bound="OptimSettings")
+OBJECTIVES = ("supervised", "ppo")
 
 
 @dataclass
@@ -25,6 +28,27 @@ class OptimSettings:
     total_steps: Optional[int] = None  # linear decay to 0 after warm-up, when set
     grad_clip: float = 1.0
     seed: int = 0
+    shuffle_labels: bool = True  # shuffle the labels of each example's prompt (no position is learned)
+    objective: str = "supervised"  # "supervised" (the family's losses) or "ppo" (classification tasks, :mod:`.rl`)
+    reward: str = "f1"  # ppo: "f1", "accuracy", or a name in spaCy's misc registry
+    ppo_epochs: int = 4  # ppo: clipped epochs (optimizer steps) per batch
+    ppo_clip: float = 0.2
+    kl_coef: float = 0.05  # ppo: weight of the exact KL to the starting model
+    entropy_coef: float = 0.01  # ppo: weight of the entropy bonus
+    baseline: str = "mean"  # ppo: advantage = reward - batch mean ("mean") or reward ("none")
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"training.objective must be one of {list(OBJECTIVES)}, got {self.objective!r}.")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"training.baseline must be one of {list(BASELINES)}, got {self.baseline!r}.")
+        if self.ppo_epochs < 1 or not 0 < self.ppo_clip < 1:
+            raise ValueError(f"training.ppo_epochs must be >= 1 and ppo_clip in (0, 1); got {self.ppo_epochs}, "
+                             f"{self.ppo_clip}.")
+
+    def ppo(self) -> PPOSettings:
+        """The PPO settings of this block."""
+        return PPOSettings(self.ppo_epochs, self.ppo_clip, self.kl_coef, self.entropy_coef, self.baseline)
 
     @classmethod
     def from_config(cls: Type[S], config: Optional[Dict[str, Any]]) -> S:
@@ -53,6 +77,13 @@ class TrainingState:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._factor)
         self.rng = random.Random(settings.seed)
         self.generator = torch.Generator().manual_seed(settings.seed)
+        self._frozen: Optional[EncoderModel] = None
+
+    def frozen_copy(self) -> EncoderModel:
+        """The model as it was at the first call, frozen (PPO's KL reference); kept while training."""
+        if self._frozen is None:
+            self._frozen = copy.deepcopy(self.model).eval().requires_grad_(False)
+        return self._frozen
 
     def _factor(self, step: int) -> float:
         settings = self.settings

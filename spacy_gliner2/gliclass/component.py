@@ -13,6 +13,7 @@ from spacy.training import Example, validate_examples
 
 from ..core.annotate import register_extension, write_cats
 from ..core.component import ZeroShotComponent, category_task
+from ..core.rl import ClassRow
 from ..core.runner import Runner
 from ..core.scoring import score_cats
 from ..schema import Schema
@@ -107,18 +108,16 @@ class GLiClassComponent(ZeroShotComponent):
 
     def _loss(self, examples: Sequence[Example], rng: random.Random, generator: torch.Generator) -> Tuple[Optional[torch.Tensor], Dict[str, float]]:
         """The GLiClass losses (:mod:`.training`) over every window of every (Doc, task) input."""
-        runner, items, records = self.runner, [], []
-        for eg in examples:
-            doc = eg.reference
-            for item in gold_items(doc.cats, self.schema, self.training, rng):
-                _, encoded = runner.windows([doc.text], [self._words(doc)], Schema(classifications=(item.task,)),
-                                            self.cfg["window_size"], self.cfg["window_overlap"])
-                records += encoded
-                items += [item] * len(encoded)
-        if not items:
+        groups = [(eg.reference, [item]) for eg in examples
+                  for item in gold_items(eg.reference.cats, self.schema, self.training, rng)]
+        if not groups:
             return None, {}
-        batch = runner.collate(records).to(runner.device)
-        return training_loss(runner.model, batch.input_ids, batch.attention_mask, items, self.training)
+        batch, items = self._class_batch(groups)
+        return training_loss(self.runner.model, batch.input_ids, batch.attention_mask, items, self.training)
+
+    def _class_logits(self, model: torch.nn.Module, batch: Any, rows: Sequence[ClassRow]) -> List[torch.Tensor]:
+        logits = model(batch.input_ids, batch.attention_mask).logits
+        return [row_logits[: len(row.targets)] for row_logits, row in zip(logits, rows)]
 
     def score(self, examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
         """Categories per task (spaCy's ``score_cats``) and ``cats_score``."""

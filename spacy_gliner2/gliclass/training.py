@@ -25,12 +25,12 @@ class GLiClassTraining(OptimSettings):
     """The gliclass ``training`` config block: optimiser settings, label sampling and the loss."""
 
     negatives: int = 5  # negative labels sampled per example and task (-1: all of the task's labels)
-    shuffle_labels: bool = True  # shuffle each example's labels (the model must not learn positions)
     loss: str = "bce"  # multi-label loss: "bce" or "focal"
     focal_alpha: float = 0.25  # weight of positives in the focal loss (negatives: 1 - alpha; < 0: none)
     focal_gamma: float = 2.0  # focusing exponent of the focal loss: (1 - p_t) ** gamma
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.loss not in LOSSES:
             raise ValueError(f"training.loss must be one of {list(LOSSES)}, got {self.loss!r}.")
 
@@ -45,12 +45,10 @@ class Item:
 
 def gold_items(cats: Dict[str, float], schema: Schema, settings: GLiClassTraining, rng: random.Random) -> List[Item]:
     """The training inputs of one Doc's ``doc.cats`` (keys by :meth:`Schema.cats_keys`)."""
-    keys: Dict[str, Dict[str, str]] = {}
-    for task_name, label, key in schema.cats_keys():
-        keys.setdefault(task_name, {})[label] = key
+    judged = schema.judged(cats)
     items = []
     for task in schema.classifications:
-        gold = {label: float(cats[key]) for label, key in keys[task.name].items() if key in cats}
+        gold = judged[task.name]
         positives = [label for label in task.labels if gold.get(label, 0.0) >= 0.5]
         if not gold or (not task.multi_label and len(positives) != 1):
             continue  # nothing annotated for this task (or no single gold class)

@@ -13,6 +13,7 @@ from spacy.training import Example, validate_examples
 
 from ..core.annotate import ALIGNMENT_MODES, ENTS_POLICIES, register_extension
 from ..core.component import ZeroShotComponent, category_task, check_choice
+from ..core.rl import ClassRow
 from ..schema import SCHEMA_KEYS, Schema
 from .annotate import EXTENSION, annotate
 from .runner import GLiNER2Runner
@@ -205,6 +206,9 @@ class GLiNER2Component(ZeroShotComponent):
                 self.runner.model.settings.max_width,
             )
         return loss, parts
+
+    def _class_logits(self, model: torch.nn.Module, batch: Any, rows: Sequence[ClassRow]) -> List[torch.Tensor]:
+        return [task.logits for record in model(batch) for task in record]  # classification tasks only
 
     def score(self, examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
         """Entity P/R/F (per type), categories per task, structure and relation F1."""

@@ -30,7 +30,6 @@ class TrainingSettings(OptimSettings):
     negatives: int = 5  # negative entity labels sampled per example
     label_dropout: float = 0.1  # chance to leave a label out of an example's prompt
     negative_span_mask: float = 0.5  # share of negative spans left out of the loss
-    shuffle_labels: bool = True  # shuffle entity and class labels in each example's prompt
     gold_spans_key: Optional[str] = None  # None: gold entities from doc.ents
 
 
