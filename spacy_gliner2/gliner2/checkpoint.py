@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
+import torch
+
 from ..core.checkpoint import (
     CONFIG,
     SAFETENSORS,
@@ -31,24 +33,48 @@ ENCODER_CONFIG = "encoder_config/config.json"
 HUB_PATTERNS = (CONFIG, ENCODER_CONFIG, SAFETENSORS, "*.json", "*.model", "*.txt")
 
 
+ARCHITECTURES = ("span", "boundary")
+
+
 def read_settings(folder: Path) -> Tuple[ModelSettings, Dict[str, Any]]:
-    """Head settings from ``config.json`` (and the raw dict, to write back)."""
+    """Head settings from ``config.json`` (and the raw dict, to write back). The ``architecture``
+    field picks span (GLiNER2; missing means span) or boundary (GLiNER2.5), as ``AutoExtractor``."""
     raw = read_json(folder / CONFIG, "GLiNER2 checkpoint")
     arch = raw.get("architecture") or "span"
-    if arch != "span":
+    if arch not in ARCHITECTURES:
         raise CheckpointError(
-            f"{folder / CONFIG} declares architecture {arch!r}; spacy-gliner2 runs the GLiNER2 "
-            "'span' architecture (the released fastino/gliner2-* checkpoints)."
+            f"{folder / CONFIG} declares architecture {arch!r}; spacy-gliner2 runs {list(ARCHITECTURES)} "
+            "(GLiNER2 and GLiNER2.5 checkpoints)."
         )
     pooling = raw.get("token_pooling") or "first"
     if pooling != "first":
         raise CheckpointError(f"token_pooling {pooling!r} in {folder / CONFIG} is not supported; only 'first'.")
+    if arch == "boundary":
+        head = raw.get("boundary_head") or {}
+        temperature = float(head.get("classification_temperature", 1.0))
+        if temperature <= 0:
+            raise CheckpointError(f"boundary_head.classification_temperature in {folder / CONFIG} must be > 0.")
+        return ModelSettings(architecture="boundary", classification_temperature=temperature,
+                             classifier_dropout=float(head.get("dropout", 0.1))), raw
     span_head = raw.get("span_head") or {}
     max_width = span_head.get("max_width", raw.get("max_width") or 8)
     mode = span_head.get("span_mode", "markerV0")
     if mode != "markerV0":
         raise CheckpointError(f"span_mode {mode!r} in {folder / CONFIG} is not supported; only 'markerV0'.")
     return ModelSettings(int(max_width), raw.get("counting_layer") or "count_lstm"), raw
+
+
+def keep_tensors(model: torch.nn.Module, tensors: Dict[str, torch.Tensor]) -> None:
+    """Hold weights the model does not run (a boundary checkpoint's extraction heads) as buffers
+    under their own names, so that saving writes the checkpoint back whole."""
+    for name, tensor in tensors.items():
+        *path, leaf = name.split(".")
+        module = model
+        for part in path:
+            if not hasattr(module, part):
+                module.add_module(part, torch.nn.Module())
+            module = getattr(module, part)
+        module.register_buffer(leaf, tensor)
 
 
 def load_model(folder: Path) -> Tuple[GLiNER2Model, Any, Dict[str, Any]]:
@@ -65,6 +91,9 @@ def load_model(folder: Path) -> Tuple[GLiNER2Model, Any, Dict[str, Any]]:
     model = GLiNER2Model(encoder, settings)
     missing, unexpected = model.load_state_dict(state, strict=False)
     unexpected = [k for k in unexpected if not k.endswith("position_ids")]
+    if settings.architecture == "boundary" and not missing:
+        keep_tensors(model, {k: state[k] for k in unexpected})
+        unexpected = []
     if missing or unexpected:
         raise CheckpointError(
             f"The weights in {folder} do not match its config (max_width, counting_layer, "

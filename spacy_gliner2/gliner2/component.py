@@ -13,6 +13,7 @@ from spacy.training import Example, validate_examples
 
 from ..core.annotate import ALIGNMENT_MODES, ENTS_POLICIES, register_extension
 from ..core.component import ZeroShotComponent, category_task, check_choice
+from ..core.optim import TrainingState
 from ..core.rl import ClassRow
 from ..schema import SCHEMA_KEYS, Schema
 from .annotate import EXTENSION, annotate
@@ -164,6 +165,14 @@ class GLiNER2Component(ZeroShotComponent):
         )
 
     # -- training ------------------------------------------------------------
+
+    def _training_state(self) -> TrainingState:
+        if not self.runner.model.extracts:
+            raise ValueError(
+                f"Component {self.name!r} holds a GLiNER2.5 'boundary' checkpoint; training supports GLiNER2 "
+                "'span' checkpoints (and new heads on a plain encoder) so far."
+            )
+        return super()._training_state()
 
     def _gold(self, doc: Doc) -> Gold:
         """What a reference Doc teaches (entities, cats, structures, relations)."""

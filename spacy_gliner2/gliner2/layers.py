@@ -16,9 +16,11 @@ from ..runtime.precision import linear, pack_for_onednn
 MAX_COUNT = 20  # count head classes: 0..19 instances
 
 
-def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
-    """``Linear-ReLU-Linear`` (classifier, count predictor)."""
-    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Linear(d_hidden, d_out))
+def mlp(d_in: int, d_hidden: int, d_out: int, dropout: float = 0.0) -> nn.Sequential:
+    """``Linear-ReLU-Linear`` (classifier, count predictor); ``Linear-ReLU-Dropout-Linear`` with
+    ``dropout`` (the boundary architecture's classifier: its keys are ``.0`` and ``.3``)."""
+    middle = [nn.ReLU(), nn.Dropout(dropout)] if dropout > 0 else [nn.ReLU()]
+    return nn.Sequential(nn.Linear(d_in, d_hidden), *middle, nn.Linear(d_hidden, d_out))
 
 
 def projection(d_in: int, d_out: int, dropout: float, relu_out: bool = False) -> nn.Sequential:

@@ -20,6 +20,9 @@ class ModelSettings:
 
     max_width: int = 8
     counting_layer: str = "count_lstm"
+    architecture: str = "span"  # "boundary" (GLiNER2.5): classification heads only, for now
+    classification_temperature: float = 1.0  # boundary: class logits are divided by it
+    classifier_dropout: float = 0.0  # boundary: > 0 puts a Dropout in the classifier (keys .0/.3)
 
 
 @dataclass
@@ -45,17 +48,23 @@ class GLiNER2Model(EncoderModel):
         self.settings = settings
         self.encoder = encoder
         hidden = encoder.config.hidden_size
-        self.span_rep = SpanRep(hidden, settings.max_width, dropout)
-        self.classifier = mlp(hidden, 2 * hidden, 1)
-        self.count_pred = mlp(hidden, 2 * hidden, MAX_COUNT)
-        self.count_embed = count_layer(settings.counting_layer, hidden)
+        self.classifier = mlp(hidden, 2 * hidden, 1, settings.classifier_dropout)
+        if settings.architecture == "span":
+            self.span_rep = SpanRep(hidden, settings.max_width, dropout)
+            self.count_pred = mlp(hidden, 2 * hidden, MAX_COUNT)
+            self.count_embed = count_layer(settings.counting_layer, hidden)
         self.setup_fast_path()
+
+    @property
+    def extracts(self) -> bool:
+        """Whether the model has span heads (entities, structures, relations): span checkpoints."""
+        return self.settings.architecture == "span"
 
     def fp32_modules(self) -> List[nn.Module]:
         """In bf16 mode the span scorer's output projection (read as weights; in bf16 it moved
         the trained model's decisions below 99 % agreement) stays fp32, as do the count
         transformer, embeddings, attention, layer norms and the GRU (not linear layers)."""
-        return [self.span_rep.span_rep_layer.out_project]
+        return [self.span_rep.span_rep_layer.out_project] if self.extracts else []
 
     def encode(self, batch: Batch) -> torch.Tensor:
         """Token embeddings ``(B, T, D)``; the fast path computes only the rows the heads read
@@ -88,7 +97,7 @@ class GLiNER2Model(EncoderModel):
 
         if cls_refs:
             rows = torch.tensor(cls_rows, device=device)
-            logits = self.classifier(tokens[rows[:, 0], rows[:, 1]]).squeeze(-1)
+            logits = self.classifier(tokens[rows[:, 0], rows[:, 1]]).squeeze(-1) / self.settings.classification_temperature
             for (b, t, n), chunk in zip(cls_refs, logits.split([n for *_, n in cls_refs])):
                 results[b][t] = TaskScores(0, chunk)
         if not span_refs:

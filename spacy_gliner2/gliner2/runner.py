@@ -42,6 +42,12 @@ class GLiNER2Runner(Runner[Output]):
                 "The schema is empty: configure at least one of entities, classifications, "
                 "structures or relations (in the component config or per call)."
             )
+        if not self.model.extracts and (schema.entities or schema.structures or schema.relations):
+            raise SchemaError(
+                "This is a GLiNER2.5 'boundary' checkpoint: spacy-gliner2 runs its classification tasks only "
+                "so far. Remove entities, structures and relations from the schema, or use a GLiNER2 'span' "
+                "checkpoint (fastino/gliner2-*) for them."
+            )
         for task in schema.classifications:
             if any(not isinstance(out, str) for _, out in task.examples):
                 raise SchemaError(

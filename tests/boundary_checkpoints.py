@@ -1,0 +1,53 @@
+"""Tiny random GLiNER2.5 ("boundary") checkpoints built and saved by ``gliner2`` 2.1.0 itself.
+
+Variants set the ``boundary_head`` flags that shape the saved weights and the classification
+path: ``released`` (what exports of fastino/gliner2.5-*-v1 require: shared pool, span content,
+abstention, count, records, relations), ``default`` (the library's defaults), ``hot`` (``released``
+with classification temperature 0.5) and ``no_dropout`` (head dropout 0: classifier keys
+``.0``/``.2`` instead of ``.0``/``.3``). Head weights are redrawn N(0, 1/fan_in) so that class
+decisions are well separated.
+"""
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from checkpoints import _bert_tokenizer, _encoder_config, _init_weights
+
+TINY_HEAD = dict(boundary_dim=16, pair_dim=16, multihead_pair_compat_heads=4, content_dim=8, record_dim=16,
+                 record_instance_queries=4)
+RELEASED = dict(candidate_pool="shared", enable_span_content=True, content_soft_max_pool=False,
+                candidate_attention_layers=0, query_attention_layers=0, use_inside_evidence=True,
+                enable_abstention=True, enable_count_head=True, enable_records=True, enable_relations=True,
+                overlap_policy="flat", pool_boundary_top_k=16, pool_size=48, min_pool_per_query=4)
+CLASS_LOGIT_SCALE = 6.0
+VARIANTS = {
+    "released": RELEASED,
+    "default": {},
+    "hot": dict(RELEASED, classification_temperature=0.5),
+    "no_dropout": dict(RELEASED, dropout=0.0),
+}
+
+
+def build_boundary_checkpoint(path: "str | Path", variant: str = "released", seed: int = 0) -> Path:
+    """Save a tiny BERT-encoder boundary checkpoint of ``variant`` to ``path`` (the reference's files plus
+    ``vocab.txt``) and check that ``AutoExtractor`` loads it as a ``BoundaryExtractor``."""
+    from gliner2 import AutoExtractor, ExtractorConfig
+    from gliner2.models.boundary.engine import BoundaryExtractor
+
+    path = Path(path)
+    generator = torch.Generator().manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = _bert_tokenizer(Path(tmp))
+        encoder_config = _encoder_config("bert", len(tokenizer), 32, 2, 2)
+        config = ExtractorConfig(model_name=f"tiny-boundary-{variant}", architecture="boundary",
+                                 token_pooling="first", boundary_head={**TINY_HEAD, **VARIANTS[variant]})
+        model = BoundaryExtractor(config, encoder_config=encoder_config, tokenizer=tokenizer).eval()
+        _init_weights(model, generator, encoder_config.initializer_range)
+        with torch.no_grad():  # class logits with std ~2: decisions well away from thresholds
+            model.classifier[-1].weight.mul_(CLASS_LOGIT_SCALE)
+        model.save_pretrained(str(path))
+        shutil.copy(Path(tmp) / "vocab.txt", path / "vocab.txt")
+    loaded = AutoExtractor.from_pretrained(str(path))
+    assert type(loaded).__name__ == "BoundaryExtractor", type(loaded)
+    return path
