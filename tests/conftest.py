@@ -50,3 +50,12 @@ def gliclass_checkpoint(tmp_path_factory) -> Path:
     average text pooling (padding-sensitive in the reference), mlp scorer."""
     folder = tmp_path_factory.mktemp("gliclass-bert")
     return build_gliclass_checkpoint(folder, "bert", prompt_first=True, pooling_strategy="avg", scorer_type="mlp")
+
+
+@pytest.fixture(scope="session")
+def boundary_checkpoint(tmp_path_factory) -> Path:
+    """A GLiNER2.5 boundary checkpoint built by ``gliner2`` (as exports of the released ones require)."""
+    pytest.importorskip("gliner2")
+    from boundary_checkpoints import build_boundary_checkpoint
+
+    return build_boundary_checkpoint(tmp_path_factory.mktemp("boundary-released"), "released")

@@ -51,21 +51,35 @@ def gliner2_long(nlp, doc: Doc) -> None:
         assert all(a["end"] <= b["start"] for a, b in zip(ordered, ordered[1:]))
 
 
-def gliclass_long(nlp, doc: Doc) -> None:
+def classes_long(nlp, doc: Doc) -> None:
     """Nothing is truncated: the document's scores are the merge of its windows', each run alone
     (multi-label: every label's highest probability; single-label: the most confident window)."""
-    pipe = nlp.get_pipe("gliclass")
+    name = nlp.pipe_names[0]
+    pipe = nlp.get_pipe(name)
+
+    def decisions(d: Doc) -> Dict[str, Any]:
+        return d._.gliclass if name == "gliclass" else d._.gliner2["classifications"]
+
     jobs, _ = pipe.runner.windows([doc.text], [pipe._words(doc)], pipe.schema, pipe.cfg["window_size"], pipe.cfg["window_overlap"])
     assert len(jobs) > 20 and jobs[-1].end == len(doc.text)
     alone = [nlp(job.span_text) for job in jobs]
     topic = {label: max(d.cats[f"topic:{label}"] for d in alone) for label in ("sport", "politics", "travel")}
     assert topic == {label: doc.cats[f"topic:{label}"] for label in topic}
-    best = max(alone, key=lambda d: d._.gliclass["sentiment"]["confidence"])
-    assert doc._.gliclass["sentiment"] == best._.gliclass["sentiment"]
+    best = max(alone, key=lambda d: decisions(d)["sentiment"]["confidence"])
+    assert decisions(doc)["sentiment"] == decisions(best)["sentiment"]
 
 
-@pytest.fixture(scope="module", params=["gliner2", "gliclass"])
+CLASSES = {"classifications": {
+    "topic": {"labels": {"sport": None, "politics": "elections and government", "travel": None}, "multi_label": True,
+              "threshold": 0.3},
+    "sentiment": {"labels": ["positive", "negative"], "prompt": "How does the writer feel?"},
+}}
+
+
+@pytest.fixture(scope="module", params=["gliner2", "gliclass", "gliner2-boundary"])
 def family(request, bert_checkpoint, gliclass_checkpoint) -> Family:
+    if request.param == "gliner2-boundary":  # GLiNER2.5: classification tasks only
+        return Family("gliner2", request.getfixturevalue("boundary_checkpoint"), CLASSES, classes_long)
     if request.param == "gliner2":
         config = {
             "entities": {"person": "a human being", "organization": None, "location": {"threshold": 0.4}},
@@ -74,12 +88,7 @@ def family(request, bert_checkpoint, gliclass_checkpoint) -> Family:
             "relations": ["works_for"],
         }
         return Family("gliner2", bert_checkpoint, config, gliner2_long)
-    config = {"classifications": {
-        "topic": {"labels": {"sport": None, "politics": "elections and government", "travel": None}, "multi_label": True,
-                  "threshold": 0.3},
-        "sentiment": {"labels": ["positive", "negative"], "prompt": "How does the writer feel?"},
-    }}
-    return Family("gliclass", gliclass_checkpoint, config, gliclass_long)
+    return Family("gliclass", gliclass_checkpoint, CLASSES, classes_long)
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +181,6 @@ def test_20000_word_text(family):
     sentence = "Angela Merkel met Tim Cook in Berlin on Monday to discuss trade, elections and football with Google . "
     text = sentence * (20_000 // len(sentence.split()) + 1)
     assert len(text.split()) >= 20_000
-    config = {"structures": None, "relations": None, "classifications": None} if family.factory == "gliner2" else {}
+    config = {"structures": None, "relations": None, "classifications": None} if family.check_long is gliner2_long else {}
     nlp = family.make_nlp(**config)
     family.check_long(nlp, nlp(text))
