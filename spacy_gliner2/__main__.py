@@ -58,7 +58,7 @@ def _feedback(args: argparse.Namespace) -> None:
     nlp = spacy.load(args.pipeline)
     pipe = nlp.get_pipe(args.component)
     judged = read_feedback(args.feedback, pipe.schema)
-    examples = feedback_examples(nlp, args.feedback, pipe.schema)
+    examples = feedback_examples(nlp, judged)
     # PPO with the verdicts as reward for this run only: the saved config keeps its own training block
     pipe.training = dataclasses.replace(pipe.training, objective="ppo", reward=args.reward, seed=args.seed,
                                         **({"encoder_lr": args.encoder_lr} if args.encoder_lr is not None else {}),

@@ -123,7 +123,7 @@ def test_feedback_becomes_partial_cats(tmp_path):
     path.write_text('{"text": "A", "task": "topic", "accept": ["sport"], "reject": ["travel"]}\n\n'
                     '{"text": "A", "task": "mood", "accept": ["positive"]}\n')
     assert read_feedback(path, SCHEMA) == {"A": {"topic:sport": 1.0, "topic:travel": 0.0, "mood:positive": 1.0}}
-    [example] = feedback_examples(spacy.blank("en"), path, SCHEMA)
+    [example] = feedback_examples(spacy.blank("en"), read_feedback(path, SCHEMA))
     assert example.reference.cats == {"topic:sport": 1.0, "topic:travel": 0.0, "mood:positive": 1.0}
     assert example.predicted.text == "A" and not example.predicted.cats
 

@@ -85,10 +85,10 @@ def read_feedback(path: Union[str, Path], schema: Schema) -> Dict[str, Dict[str,
     return judged
 
 
-def feedback_examples(nlp: Language, path: Union[str, Path], schema: Schema) -> List[Example]:
-    """Training Examples of the verdicts in ``path`` (the reference Docs carry them as ``doc.cats``)."""
+def feedback_examples(nlp: Language, judged: Dict[str, Dict[str, float]]) -> List[Example]:
+    """Training Examples of verdicts read by :func:`read_feedback` (the reference Docs carry them as ``doc.cats``)."""
     examples = []
-    for text, cats in read_feedback(path, schema).items():
+    for text, cats in judged.items():
         reference = nlp.make_doc(text)
         reference.cats = cats
         examples.append(Example(nlp.make_doc(text), reference))
