@@ -95,7 +95,8 @@ def test_malicious_pickle_is_refused(bert_checkpoint, tmp_path):
 @pytest.mark.parametrize(
     "change,message",
     [
-        ({"architecture": "boundary"}, "architecture 'boundary'"),
+        ({"architecture": "sequence"}, "architecture 'sequence'"),
+        ({"architecture": "boundary"}, r"do not match its config \(architecture 'boundary'"),  # span weights
         ({"counting_layer": "count_gru"}, "Unknown counting_layer"),
         ({"token_pooling": "mean"}, "token_pooling"),
     ],

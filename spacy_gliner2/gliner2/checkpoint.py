@@ -96,8 +96,8 @@ def load_model(folder: Path) -> Tuple[GLiNER2Model, Any, Dict[str, Any]]:
         unexpected = []
     if missing or unexpected:
         raise CheckpointError(
-            f"The weights in {folder} do not match its config (max_width, counting_layer, "
-            f"encoder): missing {missing[:5]}, unexpected {unexpected[:5]}."
+            f"The weights in {folder} do not match its config (architecture {settings.architecture!r}, max_width, "
+            f"counting_layer, boundary_head.dropout, encoder): missing {missing[:5]}, unexpected {unexpected[:5]}."
         )
     tokenizer = load_tokenizer(folder)
     if len(tokenizer) > state[key].shape[0]:
