@@ -87,3 +87,46 @@ def test_other_architectures_are_refused_by_name(gliclass_checkpoint, tmp_path, 
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=f"architecture_type '{architecture}' is not supported.*uni-encoder"):
         make_nlp(folder, classifications={"t": ["a", "b"]})("text")
+
+
+def byte_level_tokenizer(sequence: bool = False):
+    """A tiny byte-level BPE tokenizer (as ModernBERT's) with the GLiClass markers, prefix space off."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([level]) if sequence else level
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["[PAD]", "[CLS]", "[SEP]"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["travel sport politics One two three the match was great"] * 20, trainer)
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]")
+    out.add_special_tokens({"additional_special_tokens": ["<<LABEL>>", "<<SEP>>"]})
+    return out
+
+
+@pytest.mark.parametrize("sequence", [False, True])
+def test_add_prefix_space_reaches_the_byte_level_pre_tokenizer(sequence):
+    from spacy_gliner2.gliclass.prompt import set_prefix_space
+
+    tokenizer = byte_level_tokenizer(sequence)
+    string = "<<LABEL>>travel<<SEP>>One"
+    before = tokenizer.tokenize(string)
+    set_prefix_space(tokenizer, True)
+    after = tokenizer.tokenize(string)
+    assert "Ġt" in after[1] or after[1].startswith("Ġ")  # each piece after a marker starts with a space
+    assert after[-1] == "ĠOne" and before[-1] != "ĠOne"
+    set_prefix_space(tokenizer, False)
+    assert tokenizer.tokenize(string) == before
+
+
+def test_add_prefix_space_on_a_wordpiece_checkpoint_is_a_clear_error(gliclass_checkpoint):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliclass", config={"model": str(gliclass_checkpoint), "add_prefix_space": True,
+                                     "classifications": {"topic": ["sport", "politics"]}})
+    assert nlp.config["components"]["gliclass"]["add_prefix_space"] is True
+    with pytest.raises(ValueError, match="add_prefix_space applies to byte-level BPE tokenizers"):
+        nlp("A match in the stadium.")
+    with pytest.raises(ValueError, match="add_prefix_space"):  # spaCy's config validation
+        spacy.blank("en").add_pipe("gliclass", config={"model": str(gliclass_checkpoint), "add_prefix_space": "yes"})

@@ -17,6 +17,7 @@ from ..core.rl import ClassRow
 from ..core.runner import Runner
 from ..core.scoring import score_cats
 from ..schema import Schema
+from .prompt import set_prefix_space
 from .runner import GLiClassRunner
 from .training import GLiClassTraining, gold_items, training_loss
 
@@ -38,6 +39,7 @@ DEFAULT_MODEL = "knowledgator/gliclass-base-v3.0"
         "window_overlap": 64,
         "device": None,
         "precision": "fp32",
+        "add_prefix_space": None,
         "revision": None,
         "cache_dir": None,
         "local_files_only": False,
@@ -58,6 +60,7 @@ def make_gliclass(
     window_overlap: int,
     device: Optional[str],
     precision: str,
+    add_prefix_space: Optional[bool],
     revision: Optional[str],
     cache_dir: Optional[str],
     local_files_only: bool,
@@ -77,10 +80,14 @@ class GLiClassComponent(ZeroShotComponent):
     training: GLiClassTraining
 
     def __init__(self, vocab: Any, *, name: str = "gliclass", model: str = DEFAULT_MODEL,
-                 schema: Dict[str, Any], masked_pooling: bool = True, **settings: Any):
+                 schema: Dict[str, Any], masked_pooling: bool = True, add_prefix_space: Optional[bool] = None,
+                 **settings: Any):
         if not isinstance(masked_pooling, bool):
             raise ValueError(f"masked_pooling must be true or false, got {masked_pooling!r}.")
-        super().__init__(vocab, name=name, model=model, schema=schema, masked_pooling=masked_pooling, **settings)
+        if add_prefix_space not in (None, True, False):
+            raise ValueError(f"add_prefix_space must be null, true or false, got {add_prefix_space!r}.")
+        super().__init__(vocab, name=name, model=model, schema=schema, masked_pooling=masked_pooling,
+                         add_prefix_space=add_prefix_space, **settings)
         register_extension(EXTENSION)
 
     @classmethod
@@ -90,6 +97,8 @@ class GLiClassComponent(ZeroShotComponent):
     def _set_runner(self, runner: Runner) -> None:
         super()._set_runner(runner)
         runner.model.masked_pooling = self.cfg["masked_pooling"]
+        if self.cfg.get("add_prefix_space") is not None:  # older saved configs have no such key
+            set_prefix_space(runner.tokenizer, self.cfg["add_prefix_space"])
 
     def _write(self, doc: Doc, output: Any, schema: Schema) -> int:
         decisions, probs = output

@@ -68,6 +68,33 @@ def tokenize(tokenizer: Any, string: str) -> List[int]:
     return list(tokenizer(string, add_special_tokens=True, truncation=False)["input_ids"])
 
 
+def set_prefix_space(tokenizer: Any, value: bool) -> None:
+    """Set the byte-level pre-tokenizer's ``add_prefix_space`` (each piece between markers then starts
+    with a space, as Knowledgator recommends for ModernBERT/Ettin checkpoints; under transformers 5
+    the ``add_prefix_space`` keyword of ``from_pretrained`` does not reach a generic tokenizer.json)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre = getattr(backend, "pre_tokenizer", None)
+    levels = []
+    if type(pre).__name__ == "ByteLevel":
+        levels = [pre]
+    elif type(pre).__name__ == "Sequence":
+        i = 0
+        while True:
+            try:
+                part = pre[i]
+            except IndexError:
+                break
+            levels += [part] if type(part).__name__ == "ByteLevel" else []
+            i += 1
+    if not levels:
+        raise ValueError(
+            f"add_prefix_space applies to byte-level BPE tokenizers (ModernBERT, Ettin, RoBERTa); this checkpoint's "
+            f"tokenizer ({type(tokenizer).__name__}, pre-tokenizer {type(pre).__name__}) has none: leave it null.")
+    for level in levels:
+        level.add_prefix_space = value
+    backend.pre_tokenizer = pre
+
+
 def tokenize_batch(tokenizer: Any, strings: Sequence[str]) -> List[List[int]]:
     """:func:`tokenize` for many strings in one tokenizer call (same ids)."""
     encoded = tokenizer(list(strings), add_special_tokens=True, truncation=False, padding=False)
