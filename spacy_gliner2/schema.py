@@ -382,9 +382,14 @@ def parse_field(spec: Any, structure: str = "?") -> Field:
                 dtype = dtype if explicit else "str"
             elif desc is None:
                 desc = part
+            elif parts.index(desc) == 1 and " " not in desc.strip():
+                raise SchemaError(
+                    f"Field spec {spec!r}: {desc!r} is not a field type (one of {list(FIELD_DTYPES)}); the form "
+                    "is name::str|list::description or name::[a|b]::str."
+                )
             else:
                 raise SchemaError(
-                    f"Field spec {spec!r} has more than one description part; the form is "
+                    f"Field spec {spec!r} has two description parts ({desc!r} and {part!r}); the form is "
                     "name::str|list::description or name::[a|b]::str."
                 )
     else:

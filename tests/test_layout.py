@@ -53,3 +53,10 @@ def test_families_do_not_import_each_other(family):
     for path in files(family):
         for name in imported(path):
             assert not name.startswith(others), f"{path} imports {name}"
+
+
+def test_package_ships_a_typing_marker():
+    """PEP 561: type checkers read the package's annotations."""
+    import importlib.resources
+
+    assert importlib.resources.files("spacy_gliner2").joinpath("py.typed").is_file()
