@@ -36,6 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
+from machine import cpu_seconds, other_load, timed, uptime  # noqa: E402  (benchmarks/machine.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -88,31 +89,6 @@ def load_texts(n: int, offset: int = 0):
     with open(DATA / "ag_news" / "test.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))[offset:offset + n]
     return [f"{title}. {description}" for _, title, description in rows]
-
-
-def timed(fn, *args):
-    """(seconds, result) of one call."""
-    start = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - start, result
-
-
-def cpu_seconds():
-    """(CPU seconds the whole machine has been busy, CPU seconds of this process and its children)."""
-    busy = [int(x) for x in Path("/proc/stat").read_text().split()[1:9]]  # the "cpu" line
-    own = os.times()
-    return ((sum(busy) - busy[3] - busy[4]) / os.sysconf("SC_CLK_TCK"),
-            own.user + own.system + own.children_user + own.children_system)
-
-
-def other_load(since, wall: float) -> float:
-    """Cores' worth of CPU that other processes used since ``since`` (a ``cpu_seconds()``)."""
-    now = cpu_seconds()
-    return ((now[0] - since[0]) - (now[1] - since[1])) / wall
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 # --- checkpoints ------------------------------------------------------------------------------

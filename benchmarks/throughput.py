@@ -13,7 +13,6 @@ machine's fp32 matmul peak. Each timing reports the CPU that other processes use
 import argparse
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import cpu_seconds, other_load, timed  # benchmarks/machine.py
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -57,30 +57,6 @@ SCHEMAS = {
                                  "kind::[election|meeting|protest]::str"]},
     },
 }
-
-
-def timed(fn, *args):
-    """(seconds, result) of one call."""
-    start = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - start, result
-
-
-def cpu_seconds():
-    """(CPU seconds the whole machine has been busy, CPU seconds of this process and its children)."""
-    busy = [int(x) for x in Path("/proc/stat").read_text().split()[1:9]]  # the "cpu" line
-    own = os.times()
-    return ((sum(busy) - busy[3] - busy[4]) / os.sysconf("SC_CLK_TCK"),
-            own.user + own.system + own.children_user + own.children_system)
-
-
-def other_load(since, wall: float) -> float:
-    """Cores' worth of CPU that other processes used since ``since`` (a ``cpu_seconds()``).
-
-    This is a 2-core machine: above ~0.2 the timings measure the contention, not the code.
-    """
-    now = cpu_seconds()
-    return ((now[0] - since[0]) - (now[1] - since[1])) / wall
 
 
 def load_texts(n_short: int, n_news: int):

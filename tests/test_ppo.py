@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from spacy_gliner2.core.ppo import (PPOSettings, advantages, clipped_loss, entropy, kl_divergence, log_prob,
-                                    pad_rows, ppo_loss, sample)
+                                    ppo_loss, sample, stack_rows)
 from spacy_gliner2.core.rl import ClassRow, accuracy_reward, f1_reward, ppo_update, resolve_reward
 from spacy_gliner2.schema import ClassificationTask
 
@@ -123,7 +123,7 @@ def test_unknown_reward_says_how_to_register():
 
 
 def test_pad_rows():
-    out, mask = pad_rows([torch.tensor([1.0, 2.0]), torch.tensor([3.0])])
+    out, mask = stack_rows([torch.tensor([1.0, 2.0]), torch.tensor([3.0])])
     assert out.tolist() == [[1.0, 2.0], [3.0, 0.0]] and mask.tolist() == [[True, True], [True, False]]
 
 

@@ -100,9 +100,12 @@ def agreement(nlp: Language, judged: Dict[str, Dict[str, float]], schema: Schema
     at or over its task's threshold, a single-label task chooses its most probable label."""
     agree = total = 0
     texts = list(judged)
+    task_keys: Dict[str, Dict[str, str]] = {task.name: {} for task in schema.classifications}
+    for name, label, key in schema.cats_keys():
+        task_keys[name][label] = key
     for text, doc in zip(texts, nlp.pipe(texts)):
         for task in schema.classifications:
-            keys = {label: key for name, label, key in schema.cats_keys() if name == task.name}
+            keys = task_keys[task.name]
             probs = {label: doc.cats.get(key, 0.0) for label, key in keys.items()}
             best = max(task.labels, key=probs.__getitem__)
             for label, key in keys.items():

@@ -111,7 +111,7 @@ def ppo_loss(logits: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, 
     return total, {"surrogate": float(surrogate.detach()), "kl": float(kl.detach()), "entropy": float(bonus.detach())}
 
 
-def pad_rows(rows, device: Optional[torch.device] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def stack_rows(rows, device: Optional[torch.device] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Stack 1-D tensors of different lengths into ``(N, C)`` (zeros) and their mask."""
     width = max((len(r) for r in rows), default=0)
     out = torch.zeros((len(rows), width), device=device)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..schema import ClassificationTask, Schema
-from .ppo import PPOSettings, advantages, pad_rows, ppo_loss, sample
+from .ppo import PPOSettings, advantages, ppo_loss, sample, stack_rows
 
 Reward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -106,8 +106,8 @@ def ppo_update(model: nn.Module, reference: nn.Module, rows: Sequence[ClassRow],
     row's label logits. Returns the last epoch's loss and the batch's figures."""
     model.eval()  # no dropout: the first epoch's ratio is exactly 1
     with torch.no_grad():
-        reference_logits, _ = pad_rows(run(reference))
-    logits, mask = pad_rows(run(model))
+        reference_logits, _ = stack_rows(run(reference))
+    logits, mask = stack_rows(run(model))
     multi = torch.tensor([row.task.multi_label for row in rows], device=logits.device)
     actions, old_log_prob = sample(logits.detach(), mask, multi, generator)
     targets, judged = _targets(rows, logits.shape[1], logits.device)
@@ -117,7 +117,7 @@ def ppo_update(model: nn.Module, reference: nn.Module, rows: Sequence[ClassRow],
     for epoch in range(settings.epochs):
         if epoch:
             step()
-            logits, _ = pad_rows(run(model))
+            logits, _ = stack_rows(run(model))
         loss, parts = ppo_loss(logits, reference_logits, mask, multi, actions, old_log_prob, advantage, settings)
         loss.backward()
     return loss.detach(), {**parts, "reward": float(rewards.mean())}
