@@ -29,5 +29,15 @@ def other_load(since, wall: float) -> float:
     return ((now[0] - since[0]) - (now[1] - since[1])) / wall
 
 
+def status_kb(field: str) -> int:
+    """A ``/proc/self/status`` memory figure (VmRSS, VmHWM, ...) in kB."""
+    return int(Path("/proc/self/status").read_text().split(field + ":")[1].split()[0])
+
+
+def reset_peak_rss() -> None:
+    """Start VmHWM (the peak RSS) afresh from the current RSS."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()

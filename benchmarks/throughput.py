@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import cpu_seconds, other_load, timed  # benchmarks/machine.py
+from machine import cpu_seconds, other_load, reset_peak_rss, status_kb, timed  # benchmarks/machine.py
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -297,11 +297,6 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def _status_kb(field: str) -> int:
-    """A ``/proc/self/status`` memory figure (VmRSS, VmHWM, ...) in kB."""
-    return int(Path("/proc/self/status").read_text().split(field + ":")[1].split()[0])
-
-
 def long_document_probe(folder: Path, n_words: int) -> dict:
     """(Runs in a fresh process.) Time one ``n_words``-word document through our nlp; its peak RSS.
 
@@ -314,10 +309,10 @@ def long_document_probe(folder: Path, n_words: int) -> dict:
     text = " ".join((words * (n_words // len(words) + 1))[:n_words])
     nlp = make_nlp(folder, SCHEMAS["entities-5"])
     nlp("Warm up the model.")
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _status_kb("VmRSS")
+    reset_peak_rss()
+    before = status_kb("VmRSS")
     seconds, doc = timed(nlp, text)
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     seconds = min(seconds, timed(nlp, text)[0])
     return {"words": n_words, "chars": len(text), "seconds": seconds,
             "peak_extra_mb": (peak - before) / 1024, "rss_before_mb": before / 1024,

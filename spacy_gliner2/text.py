@@ -7,7 +7,7 @@ import re
 import sys
 import unicodedata
 from dataclasses import dataclass
-from typing import Iterable, List, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 Word = Tuple[str, int, int]
 
@@ -62,15 +62,17 @@ def words_from_tokens(tokens: Iterable[Tuple[str, int]]) -> List[Word]:
     return [(t.lower(), start, start + len(t)) for t, start in tokens if t.strip()]
 
 
-def normalized_words(text: str, words: Sequence[Word]) -> List[Word]:
-    """Apply the sentence-end normalisation to the words of ``text``.
+def normalized_words(text: str, words: Sequence[Word], end: Optional[int] = None) -> List[Word]:
+    """Apply the sentence-end normalisation to the words of ``text[:end]``.
 
-    The appended period is a zero-width word at ``len(text)``: the model reads it,
-    but no result span can cover text that is not there.
+    The appended period is a zero-width word at ``end`` (default ``len(text)``): the model
+    reads it, but no result span can cover text that is not there. Reads only the text's
+    last character (a window of a long document costs its own length, not the document's).
     """
+    end = len(text) if end is None else end
     words = list(words)
-    if len(normalize_text(text)) > len(text):
-        words.append((".", len(text), len(text)))
+    if not text.endswith(SENTENCE_END, 0, end):
+        words.append((".", end, end))
     return words
 
 

@@ -5,6 +5,7 @@ from typing import Any, Dict, List, Tuple
 from spacy.tokens import Doc, Span, SpanGroup
 
 from ..schema import Schema
+from .intervals import disjoint_from, greedy_disjoint
 
 ENTS_POLICIES = ("keep_existing", "prefer_new", "unchanged")
 ALIGNMENT_MODES = ("strict", "contract", "expand")
@@ -16,26 +17,24 @@ def register_extension(name: str) -> None:
         Doc.set_extension(name, default=None)
 
 
-def _overlap(a: Span, b: Span) -> bool:
-    return a.start < b.end and b.start < a.end
+def _bounds(spans: List[Span]) -> List[Tuple[int, int]]:
+    return [(s.start, s.end) for s in spans]
 
 
 def _non_overlapping(scored: List[Tuple[Span, float]]) -> List[Span]:
     """Most confident first (then longest); a span overlapping a kept one is skipped."""
-    kept: List[Span] = []
-    for span, _ in sorted(scored, key=lambda x: (-x[1], -len(x[0]), x[0].start)):
-        if not any(_overlap(span, k) for k in kept):
-            kept.append(span)
+    ranked = [s for s, _ in sorted(scored, key=lambda x: (-x[1], -len(x[0]), x[0].start))]
+    kept = [ranked[i] for i in greedy_disjoint(_bounds(ranked))]
     return sorted(kept, key=lambda s: s.start)
 
 
 def _set_ents(doc: Doc, new: List[Span], policy: str) -> None:
     existing = list(doc.ents)
     if policy == "keep_existing":
-        new = [s for s in new if not any(_overlap(s, e) for e in existing)]
+        new = [new[i] for i in disjoint_from(_bounds(new), _bounds(existing), len(doc))]
         doc.set_ents(new, default="unmodified")
     elif policy == "prefer_new":
-        kept = [e for e in existing if not any(_overlap(e, s) for s in new)]
+        kept = [existing[i] for i in disjoint_from(_bounds(existing), _bounds(new), len(doc))]
         doc.set_ents(sorted(kept + new, key=lambda s: s.start))
 
 

@@ -35,7 +35,7 @@ class TextWindow:
     @property
     def words(self) -> List[Word]:
         """The window's words, normalised as the reference's word splitter does."""
-        return normalized_words(self.text[: self.end], self.raw)
+        return normalized_words(self.text, self.raw, self.end)
 
     @property
     def start(self) -> int:

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 
 from ..core.classes import classify, merge_classes
+from ..core.intervals import greedy_disjoint
 from ..schema import Schema
 from ..text import Word
 from .encoding import CLASSIFICATION, ENTITIES, RELATION, STRUCTURE, EncodedText
@@ -45,15 +46,10 @@ class _SpanTask:
     def spans(self, k: int, m: int, words: Sequence[Word], text: str, first_only: bool = False) -> List[Span]:
         """Greedy by confidence, skipping spans overlapping a kept one."""
         ranked = sorted(self.groups.get((k, m), ()), key=lambda c: -c[0])
-        kept: List[Tuple[float, int, int]] = []
-        taken = bytearray(len(words))  # words covered by kept spans
-        for cand in ranked:
-            i, j = cand[1], cand[2] + 1
-            if not any(taken[i:j]):
-                kept.append(cand)
-                if first_only:
-                    break
-                taken[i:j] = b"\x01" * (j - i)
+        if first_only:
+            kept = ranked[:1]
+        else:  # end word j is inclusive
+            kept = [ranked[n] for n in greedy_disjoint(((i, j + 1) for _, i, j in ranked), len(words))]
         out = []
         for conf, i, j in kept:
             start, end = words[i][1], words[j][2]
@@ -131,17 +127,10 @@ def decode(
 # -- long texts: merging window results on global offsets --------------------
 
 
-def _overlaps(a: Span, b: Span) -> bool:
-    return a["start"] < b["end"] and b["start"] < a["end"]
-
-
 def _merge_spans(spans: List[Span]) -> List[Span]:
     """Same-label spans from overlapping windows: greedy by confidence, no overlaps."""
-    kept: List[Span] = []
-    for span in sorted(spans, key=lambda s: (-s["confidence"], s["start"], s["end"])):
-        if not any(_overlaps(span, k) for k in kept):
-            kept.append(span)
-    return kept
+    ranked = sorted(spans, key=lambda s: (-s["confidence"], s["start"], s["end"]))
+    return [ranked[i] for i in greedy_disjoint((s["start"], s["end"]) for s in ranked)]
 
 
 def _key(value: Any) -> Any:
