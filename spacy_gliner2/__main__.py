@@ -1,4 +1,7 @@
-"""Command line: ``python -m spacy_gliner2 convert|export|feedback ...``.
+"""Command line: ``python -m spacy_gliner2 run|convert|export|feedback ...`` (also ``spacy-gliner2 ...``).
+
+    python -m spacy_gliner2 run training/model-best texts.jsonl annotated.jsonl    # a saved pipeline
+    python -m spacy_gliner2 run fastino/gliner2-base-v1 - - --schema schema.json < texts.txt
 
     python -m spacy_gliner2 convert gliner train.json train.spacy
     python -m spacy_gliner2 convert gliner a.json b.json dev.spacy --shuffle --limit 200          # 200 of each
@@ -10,14 +13,55 @@
     python -m spacy_gliner2 feedback training/model-best verdicts.jsonl improved/ --component gliclass
 """
 import argparse
+import contextlib
 import dataclasses
+import json
 import random
+import sys
 from pathlib import Path
 
 import spacy
 
 from . import convert
 from .core.feedback import agreement, feedback_examples, read_feedback
+
+
+def _open(path: str, mode: str, stack: contextlib.ExitStack):
+    if path == "-":
+        return sys.stdin if "r" in mode else sys.stdout
+    return stack.enter_context(open(path, mode, encoding="utf8"))
+
+
+def _schema(path: "Path | None") -> "dict | None":
+    """A schema from a JSON file, or from the gliner2/gliclass component block of a spaCy config."""
+    if path is None:
+        return None
+    if path.suffix == ".cfg":
+        components = spacy.util.load_config(path, interpolate=False).get("components", {})
+        block = next((c for c in components.values() if c.get("factory") in ("gliner2", "gliclass")), None)
+        if block is None:
+            raise ValueError(f"{path} has no [components.*] block with factory gliner2 or gliclass")
+        return {k: v for k, v in block.items() if k in ("entities", "classifications", "structures", "relations", "threshold")}
+    return json.loads(path.read_text(encoding="utf8"))
+
+
+def _run(args: argparse.Namespace) -> None:
+    from .records import FACTORIES
+    from .stream import annotate_stream, input_format, load_pipeline
+
+    schema = _schema(args.schema)
+    nlp = load_pipeline(args.model, args.factory, schema, args.gpu_id)
+    fmt = input_format(args.input, args.input_format)
+    loaded = (Path(args.model) / "config.cfg").is_file()
+    # a schema given with a saved pipeline replaces its sections for this run (per-call schema)
+    component_cfg = {name: schema for name in nlp.pipe_names
+                     if loaded and schema and nlp.get_pipe_meta(name).factory in FACTORIES}
+    with contextlib.ExitStack() as stack:
+        report = annotate_stream(
+            nlp, _open(args.input, "r", stack), _open(args.output, "w", stack), fmt=fmt, text_field=args.text_field,
+            batch_size=args.batch_size, n_process=args.n_process, limit=args.limit, strict=args.strict,
+            component_cfg=component_cfg, progress=not args.quiet)
+    print(report, file=sys.stderr)
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -80,6 +124,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m spacy_gliner2", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="annotate JSONL or plain-text lines into JSONL (entities, cats, results)")
+    run.add_argument("model", help="a saved pipeline folder, or a checkpoint (folder or Hub id)")
+    run.add_argument("input", help="JSONL ({\"text\": ...} per line; other fields are kept) or text, one per line; - for stdin")
+    run.add_argument("output", help="JSONL file, - for stdout")
+    run.add_argument("--schema", type=Path, help="schema.json, or a .cfg with a gliner2/gliclass component block "
+                     "(required for a checkpoint; for a pipeline it replaces the sections it names)")
+    run.add_argument("--factory", choices=["gliner2", "gliclass"], help="for a checkpoint (default: its family)")
+    run.add_argument("--input-format", choices=["jsonl", "text"], help="default: .jsonl/.json -> jsonl, else text")
+    run.add_argument("--text-field", default="text")
+    run.add_argument("--batch-size", type=int, default=32)
+    run.add_argument("--n-process", type=int, default=1)
+    run.add_argument("--gpu-id", type=int, default=-1, help="run on this GPU (spacy.require_gpu)")
+    run.add_argument("--limit", type=int, help="annotate at most this many texts")
+    run.add_argument("--strict", action="store_true", help="stop at the first bad line or failing text")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(run=_run)
     conv = sub.add_parser("convert", help="convert a data set to a .spacy DocBin")
     conv.add_argument("format", choices=["gliner", "bio", "cls"])
     conv.add_argument("input", type=Path, nargs="+", help="one or more files of that format")
@@ -116,7 +176,13 @@ def main() -> None:
     fb.add_argument("--seed", type=int, default=0)
     fb.set_defaults(run=_feedback)
     args = parser.parse_args()
-    args.run(args)
+    if args.command != "run":
+        args.run(args)
+        return
+    try:
+        args.run(args)
+    except (OSError, ValueError, ImportError) as error:  # bad input, files, schema, checkpoint: one line
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from spacy.language import Language
 from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc
 from spacy.training import Example, validate_examples
-from spacy.util import minibatch
+from spacy.util import minibatch, raise_error
 from thinc.api import PyTorchWrapper_v2
 
 from ..schema import Schema, SchemaError
@@ -233,11 +233,31 @@ class ZeroShotComponent(TrainablePipe):
         return doc
 
     def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128, **overrides: Any) -> Iterator[Doc]:
-        """Annotate a stream; each chunk of ``batch_size`` Docs is length-sorted into forward batches."""
+        """Annotate a stream; each chunk of ``batch_size`` Docs is length-sorted into forward batches.
+
+        A failing chunk raises, unless an error handler is set (``nlp.set_error_handler``): then its
+        Docs run one by one and the handler gets each failing Doc alone (the others are yielded).
+        """
         schema = self._schema_for(overrides)
+        handler = self.get_error_handler()
         for docs in minibatch(stream, size=batch_size):
-            self.set_annotations(docs, self.predict(docs, schema), schema)
+            try:
+                self.set_annotations(docs, self.predict(docs, schema), schema)
+            except Exception:
+                if handler is raise_error:
+                    raise
+                yield from self._one_by_one(docs, schema, handler)
+                continue
             yield from docs
+
+    def _one_by_one(self, docs: List[Doc], schema: Schema, handler: Callable) -> Iterator[Doc]:
+        for doc in docs:
+            try:
+                self.set_annotations([doc], self.predict([doc], schema), schema)
+            except Exception as error:
+                handler(self.name, self, [doc], error)
+                continue
+            yield doc
 
     # -- training ------------------------------------------------------------
 

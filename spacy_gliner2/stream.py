@@ -1,0 +1,174 @@
+"""Annotate a stream of texts (JSONL or plain text, a file or stdin) into JSONL records.
+
+What ``python -m spacy_gliner2 run`` does: lines are read and checked here (a bad line is reported
+with its number and skipped, or stops the run with ``strict``), the texts go through
+``nlp.pipe`` (``n_process`` workers, batched), and each annotated text is written as one JSON line:
+its input record with :func:`~.records.doc_record` added. A text the pipeline fails on is reported
+with its line number by spaCy's error handler (in whichever process runs it) and skipped.
+"""
+import json
+import sys
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+
+import spacy
+from spacy.language import Language
+
+from .records import doc_record, pipeline_outputs
+
+FORMATS = ("jsonl", "text")
+
+
+class InputError(ValueError):
+    """A line of the input that cannot be annotated, with where it is."""
+
+
+@dataclass
+class Report:
+    """How a run went: texts written, lines skipped (with why), texts the pipeline failed on."""
+
+    written: int = 0
+    bad_lines: List[str] = field(default_factory=list)
+    failed_lines: List[int] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (f"{self.written} texts annotated, {len(self.bad_lines)} bad lines skipped, "
+                f"{len(self.failed_lines)} texts failed")
+
+
+def input_format(path: str, given: Optional[str]) -> str:
+    """``given``, or by the file's extension: ``.jsonl`` / ``.json`` -> jsonl, anything else (and ``-``) text."""
+    if given is not None:
+        if given not in FORMATS:
+            raise ValueError(f"unknown input format {given!r}; use one of {list(FORMATS)}")
+        return given
+    return "jsonl" if Path(path).suffix.lower() in (".jsonl", ".json") else "text"
+
+
+def read_lines(lines: IO[str], fmt: str, text_field: str = "text") -> Iterator[Tuple[int, Any]]:
+    """``(line number, record)`` per non-blank line, where record is a dict with the text under
+    ``text_field``, or an :class:`InputError` saying what is wrong with that line."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if fmt == "text":
+            yield number, {text_field: line.rstrip("\r\n")}
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            yield number, InputError(f"line {number}: not valid JSON ({error.msg} at column {error.colno})")
+            continue
+        if not isinstance(record, dict):
+            yield number, InputError(f"line {number}: expected a JSON object with a {text_field!r} field, "
+                                     f"got {type(record).__name__}")
+        elif not isinstance(record.get(text_field), str):
+            found = "no such field" if text_field not in record else f"a {type(record[text_field]).__name__}"
+            yield number, InputError(f"line {number}: {text_field!r} must be a string ({found}); "
+                                     "name the text field with --text-field")
+        else:
+            yield number, record
+
+
+def annotate_stream(
+    nlp: Language,
+    lines: IO[str],
+    out: IO[str],
+    *,
+    fmt: str = "jsonl",
+    text_field: str = "text",
+    batch_size: int = 32,
+    n_process: int = 1,
+    limit: Optional[int] = None,
+    strict: bool = False,
+    component_cfg: Optional[Dict[str, Dict[str, Any]]] = None,
+    progress: bool = True,
+) -> Report:
+    """Annotate the texts of ``lines`` into ``out`` (one JSON line each, in input order)."""
+    outputs = pipeline_outputs(nlp.config)
+    report = Report()
+    records: Dict[int, Dict[str, Any]] = {}  # handed to the pipeline, not yet written
+    pending: Deque[int] = deque()  # their line numbers, in order
+
+    def texts() -> Iterator[Tuple[str, int]]:
+        submitted = 0
+        for number, record in read_lines(lines, fmt, text_field):
+            if isinstance(record, InputError):
+                if strict:
+                    raise record
+                print(f"{record} (skipped)", file=sys.stderr)
+                report.bad_lines.append(str(record))
+                continue
+            if limit is not None and submitted >= limit:
+                return
+            submitted += 1
+            records[number] = record
+            pending.append(number)
+            yield record[text_field], number
+
+    with _progress(progress) as bar, _error_handler(nlp, _raise_failure if strict else _report_failure):
+        for doc, number in nlp.pipe(texts(), as_tuples=True, batch_size=batch_size, n_process=n_process,
+                                    component_cfg=component_cfg or {}):
+            while pending[0] != number:  # failed in the pipeline (the handler reported it)
+                report.failed_lines.append(pending.popleft())
+                del records[report.failed_lines[-1]]
+            pending.popleft()
+            out.write(json.dumps({**records.pop(number), **doc_record(doc, outputs)}, ensure_ascii=False) + "\n")
+            report.written += 1
+            bar.update(1)
+    report.failed_lines.extend(pending)
+    return report
+
+
+@contextmanager
+def _error_handler(nlp: Language, handler: Callable) -> Iterator[None]:
+    """``nlp.set_error_handler(handler)`` for a block; the previous handlers come back after it."""
+    previous = nlp.default_error_handler, {name: pipe.get_error_handler() for name, pipe in nlp.pipeline
+                                           if hasattr(pipe, "get_error_handler")}
+    nlp.set_error_handler(handler)
+    try:
+        yield
+    finally:
+        nlp.default_error_handler = previous[0]
+        for name, old in previous[1].items():
+            nlp.get_pipe(name).set_error_handler(old)
+
+
+def _line(doc: Any) -> Any:
+    return getattr(doc, "_context", None) or "?"
+
+
+def _report_failure(name: str, component: Any, docs: List[Any], error: Exception) -> None:
+    """spaCy error handler: one line per failed text, naming its input line (``doc._context``)."""
+    for doc in docs:
+        print(f"line {_line(doc)}: {name} failed: {type(error).__name__}: {error} (skipped)", file=sys.stderr)
+
+
+def _raise_failure(name: str, component: Any, docs: List[Any], error: Exception) -> None:
+    """spaCy error handler of ``strict`` runs: stop, naming the input line."""
+    raise InputError(f"line {_line(docs[0])}: {name} failed: {type(error).__name__}: {error}") from error
+
+
+def _progress(enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(unit=" texts", file=sys.stderr, disable=not enabled, smoothing=0.1)
+
+
+def load_pipeline(name: str, factory: Optional[str], schema: Optional[Dict[str, Any]], gpu_id: int) -> Language:
+    """A saved pipeline (a folder with ``config.cfg``) or a checkpoint (folder or Hub id) in a blank
+    English pipeline with the ``factory`` component (default: the checkpoint's family, else gliner2)."""
+    if gpu_id >= 0:
+        spacy.require_gpu(gpu_id)
+    if (Path(name) / "config.cfg").is_file():
+        return spacy.load(name)
+    from .core.checkpoint import checkpoint_family
+
+    folder = Path(name)
+    found = checkpoint_family(folder) if (folder / "config.json").is_file() else None
+    nlp = spacy.blank("en")
+    nlp.add_pipe(factory or found or "gliner2", config={"model": name, **(schema or {})})
+    return nlp
