@@ -1,4 +1,4 @@
-"""Command line: ``python -m spacy_gliner2 run|convert|export|feedback ...`` (also ``spacy-gliner2 ...``).
+"""Command line: ``python -m spacy_gliner2 run|convert|export|feedback|kernels ...`` (also ``spacy-gliner2 ...``).
 
     python -m spacy_gliner2 run training/model-best texts.jsonl annotated.jsonl    # a saved pipeline
     python -m spacy_gliner2 run fastino/gliner2-base-v1 - - --schema schema.json < texts.txt
@@ -11,6 +11,7 @@
     python -m spacy_gliner2 export training/model-best exported/   # a reference-format checkpoint
     python -m spacy_gliner2 export training/model-best exported/ --component gliclass
     python -m spacy_gliner2 feedback training/model-best verdicts.jsonl improved/ --component gliclass
+    python -m spacy_gliner2 kernels [--build]   # the compiled CPU kernels: can they run here, are they built
 """
 import argparse
 import contextlib
@@ -62,6 +63,18 @@ def _run(args: argparse.Namespace) -> None:
             batch_size=args.batch_size, n_process=args.n_process, limit=args.limit, strict=args.strict,
             component_cfg=component_cfg, progress=not args.quiet)
     print(report, file=sys.stderr)
+
+
+def _kernels(args: argparse.Namespace) -> None:
+    from .runtime import native
+
+    if args.build:
+        try:
+            print(f"built {native.build_now()}")
+        except (OSError, RuntimeError) as error:
+            sys.exit(f"error: the kernels could not be built: {error}")
+    for key, value in native.status().items():
+        print(f"{key + ':':<14} {value}")
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -175,6 +188,9 @@ def main() -> None:
     fb.add_argument("--head-lr", type=float, default=None, help="default: the component's training block")
     fb.add_argument("--seed", type=int, default=0)
     fb.set_defaults(run=_feedback)
+    kern = sub.add_parser("kernels", help="report the compiled CPU kernels' state (--build: build them now)")
+    kern.add_argument("--build", action="store_true", help="build now (also after a remembered failure)")
+    kern.set_defaults(run=_kernels)
     args = parser.parse_args()
     if args.command != "run":
         args.run(args)

@@ -1,7 +1,6 @@
 """The compiled attention kernel (spacy_gliner2/model/native.py, attention.c)."""
 import os
 import shutil
-import time
 
 import pytest
 import torch
@@ -233,54 +232,6 @@ def test_packed_deberta_gives_the_same_states_with_and_without_the_kernels(pos_a
     tolerance = 2e-2 if bf16 else 1e-5  # bf16: a last-bit difference can round a layer input the other way
     assert torch.allclose(kernel, plain, atol=tolerance) and (kernel - plain).abs().mean() < tolerance / 20
     assert not kernel[~keep].any()
-
-
-def test_a_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
-    monkeypatch.setenv("SPACY_GLINER2_CACHE", str(tmp_path))
-    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
-    native._library.cache_clear()
-    try:
-        with pytest.warns(RuntimeWarning, match="could not be built"):
-            assert not native.kernels_available()
-        assert not native.kernels_available()  # decided once per process
-        with pytest.raises(RuntimeError, match="not available"):
-            native.disentangled_attention(*[torch.zeros((1, 2))] * 3, [1], 1, None, None, 1.0)
-    finally:
-        native._library.cache_clear()
-
-
-def test_without_a_compiler_torch_takes_over_quietly(monkeypatch, tmp_path, recwarn):
-    monkeypatch.setenv("SPACY_GLINER2_CACHE", str(tmp_path))
-    monkeypatch.delenv("CC", raising=False)
-    monkeypatch.setenv("PATH", str(tmp_path))  # no cc, no gcc
-    native._library.cache_clear()
-    try:
-        assert not native.kernels_available()
-        assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
-        assert not list(tmp_path.iterdir())
-    finally:
-        native._library.cache_clear()
-
-
-def test_builds_are_cached_by_source_and_flags_and_replace_older_ones(monkeypatch, tmp_path):
-    first = native._build(tmp_path)
-    stamp = first.stat().st_mtime_ns
-    assert native._build(tmp_path) == first and first.stat().st_mtime_ns == stamp  # reused, not rebuilt
-    legacy, young = tmp_path / "attention_scores-0123456789abcdef.so", tmp_path / "kernels-fedcba9876543210.so"
-    for path in (legacy, young, tmp_path / "notes.txt"):
-        path.write_bytes(b"")
-    day_ago = time.time() - 86400
-    for path in (first, legacy, tmp_path / "notes.txt"):
-        os.utime(path, (day_ago, day_ago))
-    monkeypatch.setattr(native, "FLAGS", native.FLAGS + ["-DBLOCK=64"])
-    second = native._build(tmp_path)
-    assert second != first  # other flags: another file; the old builds are gone, a young one stays
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([second.name, young.name, "notes.txt"])
-
-
-def test_the_kernel_can_be_switched_off(monkeypatch):
-    monkeypatch.setenv(native.ENABLE_VARIABLE, "0")
-    assert native._unavailable_because() == f"{native.ENABLE_VARIABLE}=0"
 
 
 def expected_span_scores(starts, ends, lengths, queries, bias, n_queries, out):

@@ -16,9 +16,11 @@ with the span's hidden layer (``ReLU(start + end)``, 4D wide) made in registers,
 once per width. Measured in README (Performance).
 
 The kernels are built on first use with the system's C compiler (``$CC``, else ``cc``) into
-a per-user cache folder and loaded with ctypes; where that cannot happen (no compiler, no
-AVX-512, not Linux x86-64, ``SPACY_GLINER2_NATIVE=0``) the same maths runs through torch
-(:mod:`.deberta`). Nothing is ever loaded from anywhere but that build.
+a per-user cache folder (refused unless only its owner can write to it) and loaded with ctypes;
+where that cannot happen (no compiler, no AVX-512, not Linux x86-64, ``SPACY_GLINER2_NATIVE=0``)
+the same maths runs through torch (:mod:`.deberta`). A failed build is remembered: later
+processes neither retry nor warn again (``python -m spacy_gliner2 kernels --build`` retries;
+``kernels`` alone reports the state). Nothing is ever loaded from anywhere but that build.
 """
 import contextlib
 import ctypes
@@ -33,7 +35,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -81,42 +83,74 @@ def _machine_lacks(dtype: torch.dtype) -> Optional[str]:
 
 
 # names of builds in the cache folder, this one's and those of earlier versions of the sources
-BUILD_PATTERNS = ("kernels-*.so", "attention-*.so", "attention_scores-*.so")
+BUILD_PATTERNS = ("kernels-*.so", "kernels-*.failed", "attention-*.so", "attention_scores-*.so")
 STALE_AFTER_S = 3600
 
 
-def _build(folder: Path) -> Path:
-    """The kernels compiled into ``folder`` (reused when the same sources and flags built them
-    before). A new build removes the folder's other builds older than an hour (other sources or
-    flags, not used by this version; younger ones may belong to a process of another version
-    that is about to load what it just built; a process that loaded one keeps it)."""
+class RememberedFailure(RuntimeError):
+    """An earlier process failed to build these sources with this compiler: not tried again."""
+
+
+def _private(folder: Path) -> Path:
+    """``folder``, created if needed, refused unless this user owns it and nobody else can write
+    to it (what is built there gets loaded into the process)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stat = folder.stat()
+    if stat.st_uid != os.getuid() or stat.st_mode & 0o022:
+        raise PermissionError(
+            f"{folder} is not private to this user (owner uid {stat.st_uid}, mode {oct(stat.st_mode & 0o777)}); "
+            f"kernels are built and loaded only from a folder no one else can write to: chmod go-w it, or set "
+            "SPACY_GLINER2_CACHE to another folder.")
+    return folder
+
+
+def _target(folder: Path) -> Tuple[str, Path]:
+    """(compiler, the build's path): named by a hash of the sources, compiler and flags."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise FileNotFoundError("no C compiler found (set CC, or install gcc)")
     sources = b"".join(source.read_bytes() for source in SOURCES + HEADERS)
     digest = hashlib.sha256(sources + " ".join([compiler] + FLAGS).encode()).hexdigest()[:16]
-    target = folder / f"kernels-{digest}.so"
-    if not target.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder) as scratch:
-            built = Path(scratch) / target.name
-            run = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", str(built)], capture_output=True, text=True)
-            if run.returncode != 0:
-                raise RuntimeError(f"{compiler} failed: {run.stderr.strip()[-2000:]}")
-            os.replace(built, target)  # atomic: concurrent builders leave one whole file
-        for stale in {path for pattern in BUILD_PATTERNS for path in folder.glob(pattern)} - {target}:
-            with contextlib.suppress(OSError):
-                if time.time() - stale.stat().st_mtime > STALE_AFTER_S:
-                    stale.unlink()
+    return compiler, folder / f"kernels-{digest}.so"
+
+
+def _build(folder: Path, retry: bool = False) -> Path:
+    """The kernels compiled into ``folder`` (reused when the same sources and flags built them
+    before). A failed build is remembered beside it (``.failed``, with the compiler's message)
+    and not tried again unless ``retry``. A new build removes the folder's other builds older
+    than an hour (other sources or flags, not used by this version; younger ones may belong to a
+    process of another version that is about to load what it just built; a process that loaded
+    one keeps it)."""
+    compiler, target = _target(folder)
+    failed = target.with_suffix(".failed")
+    _private(folder)
+    if target.exists():
+        return target
+    if failed.exists() and not retry:
+        raise RememberedFailure(f"an earlier build failed (its message: {failed}); "
+                                "retry with: python -m spacy_gliner2 kernels --build")
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        built = Path(scratch) / target.name
+        run = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", str(built)], capture_output=True, text=True)
+        if run.returncode != 0:
+            failed.write_text(f"{compiler} {' '.join(FLAGS)}\n{run.stderr}")
+            raise RuntimeError(f"{compiler} failed: {run.stderr.strip()[-2000:]}")
+        os.replace(built, target)  # atomic: concurrent builders leave one whole file
+    failed.unlink(missing_ok=True)
+    for stale in {path for pattern in BUILD_PATTERNS for path in folder.glob(pattern)} - {target}:
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > STALE_AFTER_S:
+                stale.unlink()
     return target
 
 
 @functools.lru_cache(maxsize=None)
 def _library() -> Optional[ctypes.CDLL]:
-    """The built kernel library, or None (with one warning saying why when a compiler failed)."""
+    """The built kernel library, or None (with one warning saying why when a compiler failed,
+    in the process that tried; later processes only log it)."""
     try:
         library = ctypes.CDLL(str(_build(cache_folder())))
-    except FileNotFoundError as error:  # an expected setup (a slim image): no warning
+    except (FileNotFoundError, RememberedFailure) as error:  # an expected setup, or known already
         logger.info("attention and layer norms run on torch: %s", error)
         return None
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
@@ -136,6 +170,33 @@ def _library() -> Optional[ctypes.CDLL]:
     library.span_scores_fp32.argtypes = [P, P, L, I, I, P, P, P, L, L, P, L, P, I, P, L, L, I]
     library.span_scores_fp32.restype = I
     return library
+
+
+def status() -> Dict[str, str]:
+    """What ``python -m spacy_gliner2 kernels`` reports: whether each kind of input can use the
+    kernels here, the compiler, the cache folder and the state of this version's build."""
+    report = {f"{name} inputs": _unavailable_because(dtype) or "supported on this machine"
+              for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    report["cache folder"] = str(cache_folder())
+    try:
+        compiler, target = _target(cache_folder())
+    except FileNotFoundError as error:
+        return {**report, "compiler": str(error), "build": "none (no compiler)"}
+    report["compiler"] = compiler
+    failed = target.with_suffix(".failed")
+    if target.exists():
+        report["build"] = f"built: {target}"
+    elif failed.exists():
+        report["build"] = f"failed (remembered, not retried): {failed}"
+    else:
+        report["build"] = "not built yet (built on first use, or with --build)"
+    return report
+
+
+def build_now() -> Path:
+    """Build this version's kernels (again, after a remembered failure); raises on failure."""
+    _library.cache_clear()
+    return _build(cache_folder(), retry=True)
 
 
 def kernels_available(dtype: torch.dtype = torch.float32) -> bool:
