@@ -50,6 +50,39 @@ def category_task(examples: Iterable[Example]) -> Optional[Dict[str, Any]]:
     return {"category": {"labels": sorted(labels), "multi_label": multi}} if labels else None
 
 
+
+def parse_device(device: str) -> torch.device:
+    """A ``device`` setting as a torch device; ValueError for anything but cpu, cuda[:N] or mps."""
+    try:
+        parsed = torch.device(device) if isinstance(device, str) else None
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps' (or null: follow spaCy), got {device!r}.")
+    return parsed
+
+
+def choose_device(device: Optional[str], ops: Any) -> torch.device:
+    """Where the model runs: the ``device`` setting, else spaCy's current ops (after
+    ``spacy.require_gpu(n)`` / ``prefer_gpu``: thinc's CupyOps -> ``cuda:n``, MPSOps -> ``mps``;
+    otherwise the CPU). A GPU this torch build cannot use is an error that says so."""
+    if device is not None:
+        chosen = parse_device(device)
+    elif type(ops).__name__ == "CupyOps":
+        chosen = torch.device("cuda", max(getattr(ops, "device_id", 0), 0))
+    elif type(ops).__name__ == "MPSOps":
+        chosen = torch.device("mps")
+    else:
+        return torch.device("cpu")
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(chosen)!r}: this torch build ({torch.__version__}) sees no CUDA GPU. Install a "
+                         "CUDA build of torch, or run on 'cpu' (and do not call spacy.require_gpu()).")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(chosen)!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s).")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps': this torch build or machine has no Apple GPU (MPS); use 'cpu'.")
+    return chosen
+
 class ZeroShotComponent(TrainablePipe):
     """A zero-shot component of one model family (see the family's subclass)."""
 
@@ -76,6 +109,8 @@ class ZeroShotComponent(TrainablePipe):
         **options: Any,
     ):
         check_choice(precision, PRECISIONS, "precision")
+        if device is not None:
+            parse_device(device)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         if not 0 <= window_overlap < window_size:
@@ -154,12 +189,9 @@ class ZeroShotComponent(TrainablePipe):
         return self._runner
 
     def _set_runner(self, runner: Runner) -> None:
-        device = self.cfg["device"]
-        if device is None:
-            from thinc.api import get_current_ops
+        from thinc.api import get_current_ops
 
-            device = "cuda" if type(get_current_ops()).__name__ == "CupyOps" else "cpu"
-        runner.model.to(torch.device(device))
+        runner.model.to(choose_device(self.cfg["device"], get_current_ops()))
         runner.set_precision(self.cfg["precision"])
         self._runner = runner
         self.model = PyTorchWrapper_v2(runner.model)
