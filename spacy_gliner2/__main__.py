@@ -1,4 +1,4 @@
-"""Command line: ``python -m spacy_gliner2 run|convert|export|feedback|kernels ...`` (also ``spacy-gliner2 ...``).
+"""Command line: ``python -m spacy_gliner2 run|convert|export|feedback|kernels|ray ...`` (also ``spacy-gliner2 ...``).
 
     python -m spacy_gliner2 run training/model-best texts.jsonl annotated.jsonl    # a saved pipeline
     python -m spacy_gliner2 run fastino/gliner2-base-v1 - - --schema schema.json < texts.txt
@@ -12,6 +12,7 @@
     python -m spacy_gliner2 export training/model-best exported/ --component gliclass
     python -m spacy_gliner2 feedback training/model-best verdicts.jsonl improved/ --component gliclass
     python -m spacy_gliner2 kernels [--build]   # the compiled CPU kernels: can they run here, are they built
+    python -m spacy_gliner2 ray training/model-best texts.parquet annotated.parquet   # with Ray Data
 """
 import argparse
 import contextlib
@@ -75,6 +76,19 @@ def _kernels(args: argparse.Namespace) -> None:
             sys.exit(f"error: the kernels could not be built: {error}")
     for key, value in native.status().items():
         print(f"{key + ':':<14} {value}")
+
+
+def _ray(args: argparse.Namespace) -> None:
+    from .ray_data import annotate_files
+
+    if args.address:
+        import ray
+
+        ray.init(address=args.address)
+    written = annotate_files(args.input, args.output, args.pipeline, text_column=args.text_field,
+                             batch_size=args.batch_size, concurrency=args.concurrency,
+                             num_cpus_per_actor=args.num_cpus_per_actor, torch_threads=args.torch_threads)
+    print(f"{args.input} -> {args.output}: {written.records} records, {written.errors} with an error")
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -191,8 +205,19 @@ def main() -> None:
     kern = sub.add_parser("kernels", help="report the compiled CPU kernels' state (--build: build them now)")
     kern.add_argument("--build", action="store_true", help="build now (also after a remembered failure)")
     kern.set_defaults(run=_kernels)
+    rd = sub.add_parser("ray", help='annotate a JSONL or Parquet file with Ray Data (pip install "spacy-gliner2[ray]")')
+    rd.add_argument("pipeline", type=Path, help="a saved pipeline with a gliner2 or gliclass component")
+    rd.add_argument("input", type=Path, help=".jsonl or .parquet")
+    rd.add_argument("output", type=Path, help=".jsonl or .parquet: one file, rows in input order")
+    rd.add_argument("--text-field", default="text")
+    rd.add_argument("--batch-size", type=int, default=64)
+    rd.add_argument("--concurrency", type=int, help="actors (default: 1, scaling up to the cluster's CPUs)")
+    rd.add_argument("--num-cpus-per-actor", type=float, help="default: --torch-threads")
+    rd.add_argument("--torch-threads", type=int, default=1)
+    rd.add_argument("--address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local one)")
+    rd.set_defaults(run=_ray)
     args = parser.parse_args()
-    if args.command != "run":
+    if args.command not in ("run", "ray"):
         args.run(args)
         return
     try:

@@ -176,11 +176,13 @@ def _text(value: Any, what: str, allow_empty: bool = False) -> str:
 
 
 def _threshold(value: Any, what: str) -> float:
+    """A threshold in [0, 1], to 15 significant digits: the decimal a config file gives parses to
+    one float whatever the parser (confection before 1.0 reads 0.3 as 0.30000000000000004)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SchemaError(f"{what} must be a number in [0, 1], got {value!r}.")
     if not 0.0 <= float(value) <= 1.0:
         raise SchemaError(f"{what} must be in [0, 1], got {value!r}.")
-    return float(value)
+    return float(f"{float(value):.15g}")
 
 
 def _optional_threshold(value: Any, what: str) -> Optional[float]:

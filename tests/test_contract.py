@@ -77,7 +77,7 @@ CLASSES = {"classifications": {
 
 
 @pytest.fixture(scope="module", params=["gliner2", "gliclass", "gliner2-boundary"])
-def family(request, bert_checkpoint, gliclass_checkpoint) -> Family:
+def family(request, bert_checkpoint) -> Family:
     if request.param == "gliner2-boundary":  # GLiNER2.5: classification tasks only
         return Family("gliner2", request.getfixturevalue("boundary_checkpoint"), CLASSES, classes_long)
     if request.param == "gliner2":
@@ -88,7 +88,7 @@ def family(request, bert_checkpoint, gliclass_checkpoint) -> Family:
             "relations": ["works_for"],
         }
         return Family("gliner2", bert_checkpoint, config, gliner2_long)
-    return Family("gliclass", gliclass_checkpoint, CLASSES, classes_long)
+    return Family("gliclass", request.getfixturevalue("gliclass_checkpoint"), CLASSES, classes_long)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,8 @@ def test_config_round_trip(nlp, family):
     config = nlp.config
     nlp2 = spacy.util.load_model_from_config(config, auto_fill=True)
     assert nlp2.pipe_names == [family.factory]
-    assert nlp2.get_pipe(family.factory).cfg == nlp.get_pipe(family.factory).cfg
+    # the same settings; a float read back from the config text may differ in its last bit (confection < 1.0)
+    assert close(nlp2.get_pipe(family.factory).cfg, nlp.get_pipe(family.factory).cfg, 1e-12)
     assert close([family.outputs(nlp2(t)) for t in TEXTS], [family.outputs(nlp(t)) for t in TEXTS])
     reparsed = spacy.util.load_model_from_config(spacy.util.load_config_from_str(config.to_str()))
     assert reparsed.get_pipe(family.factory).schema == nlp.get_pipe(family.factory).schema

@@ -1,9 +1,15 @@
 """The packed ModernBERT forward equals transformers' own, local attention bands included."""
 import pytest
 import torch
-from transformers import BertConfig, BertModel, ModernBertConfig, ModernBertModel
+import transformers
 
-from spacy_gliner2.runtime.modernbert import PackedModernBert, supports_modernbert_path
+if int(transformers.__version__.split(".")[0]) < 5:
+    pytest.skip("the packed ModernBERT forward follows transformers 5's ModernBERT; with 4.x, ModernBERT "
+                "encoders run transformers' own forward", allow_module_level=True)
+
+from transformers import BertConfig, BertModel, ModernBertConfig, ModernBertModel  # noqa: E402
+
+from spacy_gliner2.runtime.modernbert import PackedModernBert, supports_modernbert_path  # noqa: E402
 
 LENGTHS = [3, 70, 1, 9, 33, 17]
 
@@ -74,3 +80,13 @@ def test_kept_rows_equal_the_full_forward():
 def test_other_encoders_take_the_standard_path():
     assert not supports_modernbert_path(
         BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)))
+
+
+def test_an_encoder_without_transformers_5_layout_keeps_its_own_forward():
+    model = tiny_model()
+    assert supports_modernbert_path(model)
+    model.config.layer_types = None  # as transformers 4.x's ModernBERT config: no per-layer types
+    assert not supports_modernbert_path(model)
+    del model.rotary_emb  # 4.x: rotary embeddings inside each attention layer, none on the model
+    model.config.layer_types = ["full_attention"] * 4
+    assert not supports_modernbert_path(model)

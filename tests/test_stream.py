@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import spacy
+from equality import close
 
 from spacy_gliner2.records import doc_record, pipeline_outputs
 from spacy_gliner2.stream import InputError, annotate_stream, read_lines
@@ -29,17 +30,6 @@ def nlp(bert_checkpoint):
 def expected(nlp):
     outputs = pipeline_outputs(nlp.config)
     return {t: json.loads(json.dumps(doc_record(nlp(t), outputs))) for t in TEXTS}
-
-
-def _same(a, b, tol=1e-5):
-    """Equal up to float rounding (batched and one-by-one forwards differ in the last bits)."""
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k], tol) for k in a)
-    if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(_same(x, y, tol) for x, y in zip(a, b))
-    if isinstance(a, float) and isinstance(b, float):
-        return abs(a - b) <= tol
-    return a == b
 
 
 def _run(nlp, lines, **options):
@@ -66,7 +56,7 @@ def test_jsonl_bad_lines_are_reported_and_skipped(nlp, expected, capsys):
     written, report = _run(nlp, lines, batch_size=2)
     assert [r["id"] for r in written] == [0, 1, 2]
     for record in written:
-        assert _same({k: record[k] for k in ("entities", "cats", "gliner2")}, expected[record["text"]])
+        assert close({k: record[k] for k in ("entities", "cats", "gliner2")}, expected[record["text"]])
     assert report.written == 3 and report.failed_lines == []
     assert [b.split(":")[0] for b in report.bad_lines] == ["line 2", "line 4", "line 5", "line 6"]
     err = capsys.readouterr().err
@@ -85,8 +75,8 @@ def test_a_text_the_pipeline_fails_on_is_reported_with_its_line(nlp, expected, c
     written, report = _run(nlp, [t + "\n" for t in lines], fmt="text", batch_size=4, n_process=n_process)
     assert [r["text"] for r in written] == [TEXTS[0], TEXTS[1], TEXTS[3], TEXTS[4]]
     for record in written:
-        assert _same(record["gliner2"], expected[record["text"]]["gliner2"])
-        assert _same(record["cats"], expected[record["text"]]["cats"])
+        assert close(record["gliner2"], expected[record["text"]]["gliner2"])
+        assert close(record["cats"], expected[record["text"]]["cats"])
     assert report.failed_lines == [3, 5]
     err = capfd.readouterr().err
     assert "line 3: gliner2 failed: ValueError" in err and "line 5: gliner2 failed" in err
@@ -127,14 +117,14 @@ def test_cli_runs_a_saved_pipeline_and_a_checkpoint(nlp, bert_checkpoint, expect
     assert done.returncode == 0, done.stderr
     written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["id"] for r in written] == list(range(len(TEXTS)))
-    assert all(_same(r["gliner2"], expected[r["text"]]["gliner2"]) for r in written)
+    assert all(close(r["gliner2"], expected[r["text"]]["gliner2"]) for r in written)
     assert "line 6: not valid JSON" in done.stderr and "5 texts annotated, 1 bad lines skipped" in done.stderr
 
     (tmp_path / "schema.json").write_text(json.dumps(SCHEMA))
     done = subprocess.run(cmd + [str(bert_checkpoint), "-", "-", "--schema", str(tmp_path / "schema.json"),
                                  "--strict"], input=TEXTS[0] + "\n", capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert _same(json.loads(done.stdout)["gliner2"], expected[TEXTS[0]]["gliner2"])
+    assert close(json.loads(done.stdout)["gliner2"], expected[TEXTS[0]]["gliner2"])
 
     script = [str(Path(sys.executable).parent / "spacy-gliner2"), "run"]  # the console script
     done = subprocess.run(script + [str(tmp_path / "pipeline"), str(source), "-", "--strict"], capture_output=True, text=True)

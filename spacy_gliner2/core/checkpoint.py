@@ -6,6 +6,7 @@ through here: weights from safetensors (else a pickle read with ``weights_only=T
 encoders built from their config (no remote code, no download by name), tokenizers from
 the folder. A Hub id is resolved through huggingface_hub; a local folder is read directly.
 """
+import inspect
 import json
 import os
 import warnings
@@ -221,3 +222,12 @@ def is_plain_encoder(folder: Path, family: str) -> bool:
     if checkpoint_family(folder) is not None:
         return False
     return read_json(folder / CONFIG).get("model_type") is not None
+
+
+def resize_token_embeddings(encoder: torch.nn.Module, size: int) -> None:
+    """``encoder.resize_token_embeddings(size)`` with the new rows drawn at random, not mean-initialised
+    (``mean_resizing=False``; transformers < 4.46 has no such argument and always draws them)."""
+    if "mean_resizing" in inspect.signature(encoder.resize_token_embeddings).parameters:
+        encoder.resize_token_embeddings(size, mean_resizing=False)
+    else:
+        encoder.resize_token_embeddings(size)

@@ -23,6 +23,7 @@ from ..core.checkpoint import (
     load_tokenizer,
     read_json,
     read_weights,
+    resize_token_embeddings,
     write_weights,
 )
 from .config import GLiClassSettings, encoder_config
@@ -47,7 +48,7 @@ def load_model(folder: Path) -> Tuple[GLiClassModel, Any, Dict[str, Any]]:
     if key not in state:
         raise CheckpointError(f"{folder}: the weights lack {key!r}; not a GLiClass checkpoint of this encoder.")
     if encoder.get_input_embeddings().weight.shape[0] != state[key].shape[0]:
-        encoder.resize_token_embeddings(state[key].shape[0], mean_resizing=False)
+        resize_token_embeddings(encoder, state[key].shape[0])
     model = GLiClassModel(settings, encoder)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith(IGNORED)]
@@ -95,7 +96,7 @@ def new_model(folder: Path) -> Tuple[GLiClassModel, Any, Dict[str, Any]]:
     base = len(tokenizer)
     tokenizer.add_tokens([LABEL, SEP, EXAMPLE], special_tokens=True)
     ids = tokenizer.convert_tokens_to_ids([LABEL, SEP, EXAMPLE])
-    encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    resize_token_embeddings(encoder, len(tokenizer))
     hidden = encoder.config.hidden_size
     raw = {
         "model_type": "GLiClass",

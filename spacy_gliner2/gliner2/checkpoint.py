@@ -23,6 +23,7 @@ from ..core.checkpoint import (
     load_tokenizer,
     read_json,
     read_weights,
+    resize_token_embeddings,
     write_weights,
 )
 from .model import GLiNER2Model, ModelSettings
@@ -87,7 +88,7 @@ def load_model(folder: Path) -> Tuple[GLiNER2Model, Any, Dict[str, Any]]:
     if key not in state:
         raise CheckpointError(f"{folder}: the weights lack {key!r}; not a GLiNER2 checkpoint of this encoder.")
     if encoder.get_input_embeddings().weight.shape[0] != state[key].shape[0]:
-        encoder.resize_token_embeddings(state[key].shape[0], mean_resizing=False)
+        resize_token_embeddings(encoder, state[key].shape[0])
     model = GLiNER2Model(encoder, settings)
     missing, unexpected = model.load_state_dict(state, strict=False)
     unexpected = [k for k in unexpected if not k.endswith("position_ids")]
@@ -129,7 +130,7 @@ def new_model(folder: Path, counting_layer: str = "count_lstm", max_width: int =
     encoder = load_pretrained_encoder(folder)
     tokenizer = load_tokenizer(folder)
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
-    encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    resize_token_embeddings(encoder, len(tokenizer))
     model = GLiNER2Model(encoder, ModelSettings(max_width, counting_layer))
     raw = {
         "model_type": "extractor",

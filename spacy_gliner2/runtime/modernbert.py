@@ -24,7 +24,10 @@ from .precision import pad_rows
 def supports_modernbert_path(encoder: nn.Module) -> bool:
     """True for a ModernBERT encoder whose features this forward covers."""
     config = getattr(encoder, "config", None)
-    return (type(encoder).__name__ == "ModernBertModel" and config is not None
+    # transformers 5 layout (config.layer_types, one model-level rotary_emb); 4.x ModernBERT runs its own forward
+    layer_types = getattr(config, "layer_types", None)
+    return (type(encoder).__name__ == "ModernBertModel" and layer_types is not None
+            and hasattr(encoder, "rotary_emb")
             and set(config.layer_types) <= {"full_attention", "sliding_attention"}
             and all(getattr(encoder.rotary_emb, "rope_type", {}).get(t, "default") == "default"
                     for t in set(config.layer_types)))
