@@ -131,7 +131,8 @@ def annotate_dataset(
     the columns are checked first, for which Ray may read a first block).
 
     ds (ray.data.Dataset): the records; other columns pass through unchanged.
-    pipeline_path (str / Path): a saved pipeline, at the same path on every node.
+    pipeline_path (str / Path): a saved pipeline, at the same absolute path on every node (a relative
+        path is taken from this process's working folder).
     batch_size (int): records per actor call, and ``nlp.pipe``'s batch size.
     concurrency (int / (int, int)): actors: a fixed pool, or the min and max of an autoscaling one;
         None: from 1 up to the cluster's CPUs divided by ``num_cpus_per_actor``. A fixed pool that
@@ -142,7 +143,7 @@ def annotate_dataset(
         follows Ray's ``DataContext.execution_options.preserve_order`` (off by default).
     """
     ray = _require_ray()
-    pipeline_path = str(pipeline_path)
+    pipeline_path = str(Path(pipeline_path).resolve())  # actors do not run in this process's folder
     columns = ds.columns()
     if text_column not in columns:
         raise ValueError(f"the dataset has no column {text_column!r} (its columns: {columns}); "

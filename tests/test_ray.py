@@ -11,16 +11,13 @@ import pytest
 import ray
 import spacy
 from equality import close
+from test_contract import CLASSES
+from test_contract import TEXTS as CONTRACT_TEXTS
 
 from spacy_gliner2.__main__ import main
 from spacy_gliner2.ray_data import Written, annotate_dataset, annotate_files
 
-TEXTS = [
-    "Tim Cook visited Paris on Monday and met Emmanuel Macron.",
-    "Short one",
-    "Google opened a new office in Zürich; 300 engineers will work there. Alphabet confirmed it",
-    "Contact jane@example.org, or see https://example.com for more information about the $1,299.99 deal!",
-    "The team won the match after a late goal in extra time, and the coach said the league title is close now.",
+TEXTS = CONTRACT_TEXTS + [
     "",
     "John Smith moved from Paris to New York in 2019 and joined Apple as a senior engineer.",
     "Dr. Emily Chen works at the University of Toronto, where she studies machine learning.",
@@ -28,11 +25,6 @@ TEXTS = [
     "Is the train from Berlin to Warsaw faster than the bus? It takes about five hours.",
     "Amazon opened a warehouse near Lyon, hiring 400 workers, the mayor said on Thursday.",
 ]
-CLASSES = {"classifications": {
-    "topic": {"labels": {"sport": None, "politics": "elections and government", "travel": None}, "multi_label": True,
-              "threshold": 0.3},
-    "sentiment": {"labels": ["positive", "negative"], "prompt": "How does the writer feel?"},
-}}
 GLINER2 = {
     "entities": {"person": "a human being", "organization": None, "location": {"threshold": 0.4}},
     "classifications": {"sentiment": ["positive", "negative", "neutral"]},
@@ -157,3 +149,24 @@ def test_missing_ray_is_an_actionable_import_error(pipelines, monkeypatch):
 def test_package_import_does_not_import_ray():
     code = "import sys, spacy_gliner2, spacy_gliner2.gliner2.component; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_readme_example_runs_as_written(pipelines, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf8")
+    code = readme.split("### Annotating with Ray Data")[1].split("```python\n")[1].split("```")[0]
+    code = code.replace('"/data/', f'"{tmp_path}/')  # the example's absolute folders, here
+    monkeypatch.chdir(tmp_path)
+    rows = [{"id": i, "text": t} for i, t in enumerate(TEXTS[:4])]
+    Path("texts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    Path("texts").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), "texts/part-0.parquet")
+    nlp = pipelines["gliner2"][1]
+    exec(code, {"nlp": nlp})
+    annotated = pq.read_table("annotated.parquet").to_pylist()
+    assert [r["id"] for r in annotated] == [0, 1, 2, 3] and all(r["error"] is None for r in annotated)
+    written = pq.read_table(tmp_path / "out").to_pylist()
+    assert sorted(r["id"] for r in written) == [0, 1, 2, 3]
+    expected = {t: json.loads(json.dumps(d._.gliner2)) for t, d in zip(TEXTS, nlp.pipe(TEXTS[:4]))}
+    assert all(close(json.loads(r["gliner2"]), expected[r["text"]]) for r in written)
