@@ -93,9 +93,15 @@ def annotate_stream(
     records: Dict[int, Dict[str, Any]] = {}  # handed to the pipeline, not yet written
     pending: Deque[int] = deque()  # their line numbers, in order
 
+    added = ["entities", "cats", *outputs.extensions]
+
     def texts() -> Iterator[Tuple[str, int]]:
         submitted = 0
         for number, record in read_lines(lines, fmt, text_field):
+            taken = [k for k in added if not isinstance(record, InputError) and k in record]
+            if taken:  # the output would overwrite them
+                record = InputError(f"line {number}: the record already has {taken}, which the output adds; "
+                                    "rename those fields")
             if isinstance(record, InputError):
                 if strict:
                     raise record

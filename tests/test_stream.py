@@ -52,16 +52,18 @@ def test_records_carry_scores_cats_and_the_extension(nlp, expected):
 
 def test_jsonl_bad_lines_are_reported_and_skipped(nlp, expected, capsys):
     lines = [json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(TEXTS[:3])]
-    lines[1:1] = ["{not json\n", "\n", json.dumps({"id": 9}) + "\n", json.dumps({"text": 5}) + "\n", "[1]\n"]
+    lines[1:1] = ["{not json\n", "\n", json.dumps({"id": 9}) + "\n", json.dumps({"text": 5}) + "\n", "[1]\n",
+                  json.dumps({"text": "a b", "entities": []}) + "\n"]
     written, report = _run(nlp, lines, batch_size=2)
     assert [r["id"] for r in written] == [0, 1, 2]
     for record in written:
         assert close({k: record[k] for k in ("entities", "cats", "gliner2")}, expected[record["text"]])
     assert report.written == 3 and report.failed_lines == []
-    assert [b.split(":")[0] for b in report.bad_lines] == ["line 2", "line 4", "line 5", "line 6"]
+    assert [b.split(":")[0] for b in report.bad_lines] == ["line 2", "line 4", "line 5", "line 6", "line 7"]
     err = capsys.readouterr().err
     assert "line 2: not valid JSON" in err and "line 4: 'text' must be a string (no such field)" in err
     assert "line 5: 'text' must be a string (a int)" in err and "line 6: expected a JSON object" in err
+    assert "line 7: the record already has ['entities']" in err
 
 
 def test_strict_stops_at_the_first_bad_line(nlp):

@@ -50,7 +50,6 @@ def category_task(examples: Iterable[Example]) -> Optional[Dict[str, Any]]:
     return {"category": {"labels": sorted(labels), "multi_label": multi}} if labels else None
 
 
-
 def parse_device(device: str) -> torch.device:
     """A ``device`` setting as a torch device; ValueError for anything but cpu, cuda[:N] or mps."""
     try:
@@ -82,6 +81,7 @@ def choose_device(device: Optional[str], ops: Any) -> torch.device:
     if chosen.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps': this torch build or machine has no Apple GPU (MPS); use 'cpu'.")
     return chosen
+
 
 class ZeroShotComponent(TrainablePipe):
     """A zero-shot component of one model family (see the family's subclass)."""
