@@ -26,6 +26,8 @@ import spacy
 
 from . import convert
 from .core.feedback import agreement, feedback_examples, read_feedback
+from .records import FACTORIES
+from .schema import SCHEMA_KEYS
 
 
 def _open(path: str, mode: str, stack: contextlib.ExitStack):
@@ -40,15 +42,14 @@ def _schema(path: "Path | None") -> "dict | None":
         return None
     if path.suffix == ".cfg":
         components = spacy.util.load_config(path, interpolate=False).get("components", {})
-        block = next((c for c in components.values() if c.get("factory") in ("gliner2", "gliclass")), None)
+        block = next((c for c in components.values() if c.get("factory") in FACTORIES), None)
         if block is None:
-            raise ValueError(f"{path} has no [components.*] block with factory gliner2 or gliclass")
-        return {k: v for k, v in block.items() if k in ("entities", "classifications", "structures", "relations", "threshold")}
+            raise ValueError(f"{path} has no [components.*] block with factory {' or '.join(FACTORIES)}")
+        return {k: v for k, v in block.items() if k in (*SCHEMA_KEYS, "threshold")}
     return json.loads(path.read_text(encoding="utf8"))
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .records import FACTORIES
     from .stream import annotate_stream, input_format, load_pipeline
 
     schema = _schema(args.schema)

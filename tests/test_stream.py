@@ -128,6 +128,13 @@ def test_cli_runs_a_saved_pipeline_and_a_checkpoint(nlp, bert_checkpoint, expect
     assert done.returncode == 0, done.stderr
     assert close(json.loads(done.stdout)["gliner2"], expected[TEXTS[0]]["gliner2"])
 
+    (tmp_path / "schema.cfg").write_text('[components]\n\n[components.ner]\nfactory = "gliner2"\nentities = ["person", "city"]\n'
+                                         'threshold = 0.3\n')
+    done = subprocess.run(cmd + [str(bert_checkpoint), "-", "-", "--schema", str(tmp_path / "schema.cfg"), "--quiet"],
+                          input=TEXTS[0] + "\n", capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads(done.stdout)["gliner2"]["entities"]) == {"person", "city"}
+
     script = [str(Path(sys.executable).parent / "spacy-gliner2"), "run"]  # the console script
     done = subprocess.run(script + [str(tmp_path / "pipeline"), str(source), "-", "--strict"], capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("error: line 6: not valid JSON")
