@@ -17,7 +17,6 @@
 import argparse
 import contextlib
 import dataclasses
-import json
 import random
 import sys
 from pathlib import Path
@@ -27,32 +26,12 @@ import spacy
 from . import convert
 from .core.feedback import agreement, feedback_examples, read_feedback
 from .records import FACTORIES
-from .schema import SCHEMA_KEYS
-
-
-def _open(path: str, mode: str, stack: contextlib.ExitStack):
-    if path == "-":
-        return sys.stdin if "r" in mode else sys.stdout
-    return stack.enter_context(open(path, mode, encoding="utf8"))
-
-
-def _schema(path: "Path | None") -> "dict | None":
-    """A schema from a JSON file, or from the gliner2/gliclass component block of a spaCy config."""
-    if path is None:
-        return None
-    if path.suffix == ".cfg":
-        components = spacy.util.load_config(path, interpolate=False).get("components", {})
-        block = next((c for c in components.values() if c.get("factory") in FACTORIES), None)
-        if block is None:
-            raise ValueError(f"{path} has no [components.*] block with factory {' or '.join(FACTORIES)}")
-        return {k: v for k, v in block.items() if k in (*SCHEMA_KEYS, "threshold")}
-    return json.loads(path.read_text(encoding="utf8"))
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .stream import annotate_stream, input_format, load_pipeline
+    from .stream import annotate_stream, input_format, load_pipeline, open_stream, read_schema
 
-    schema = _schema(args.schema)
+    schema = read_schema(args.schema)
     nlp = load_pipeline(args.model, args.factory, schema, args.gpu_id)
     fmt = input_format(args.input, args.input_format)
     loaded = (Path(args.model) / "config.cfg").is_file()
@@ -61,7 +40,7 @@ def _run(args: argparse.Namespace) -> None:
                      if loaded and schema and nlp.get_pipe_meta(name).factory in FACTORIES}
     with contextlib.ExitStack() as stack:
         report = annotate_stream(
-            nlp, _open(args.input, "r", stack), _open(args.output, "w", stack), fmt=fmt, text_field=args.text_field,
+            nlp, open_stream(args.input, "r", stack), open_stream(args.output, "w", stack), fmt=fmt, text_field=args.text_field,
             batch_size=args.batch_size, n_process=args.n_process, limit=args.limit, strict=args.strict,
             component_cfg=component_cfg, progress=not args.quiet)
     print(report, file=sys.stderr)

@@ -9,7 +9,7 @@ with its line number by spaCy's error handler (in whichever process runs it) and
 import json
 import sys
 from collections import deque
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
@@ -17,7 +17,8 @@ from typing import IO, Any, Callable, Deque, Dict, Iterator, List, Optional, Tup
 import spacy
 from spacy.language import Language
 
-from .records import doc_record, pipeline_outputs
+from .records import FACTORIES, doc_record, pipeline_outputs
+from .schema import SCHEMA_KEYS
 
 FORMATS = ("jsonl", "text")
 
@@ -162,6 +163,26 @@ def _progress(enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(unit=" texts", file=sys.stderr, disable=not enabled, smoothing=0.1)
+
+
+def open_stream(path: str, mode: str, stack: ExitStack) -> IO[str]:
+    """``path`` opened as UTF-8 text on ``stack`` (closed with it); ``-`` is stdin or stdout."""
+    if path == "-":
+        return sys.stdin if "r" in mode else sys.stdout
+    return stack.enter_context(open(path, mode, encoding="utf8"))
+
+
+def read_schema(path: Optional[Path]) -> Optional[Dict[str, Any]]:
+    """A schema from a JSON file, or from the gliner2/gliclass component block of a spaCy config."""
+    if path is None:
+        return None
+    if path.suffix == ".cfg":
+        components = spacy.util.load_config(path, interpolate=False).get("components", {})
+        block = next((c for c in components.values() if c.get("factory") in FACTORIES), None)
+        if block is None:
+            raise ValueError(f"{path} has no [components.*] block with factory {' or '.join(FACTORIES)}")
+        return {k: v for k, v in block.items() if k in (*SCHEMA_KEYS, "threshold")}
+    return json.loads(path.read_text(encoding="utf8"))
 
 
 def load_pipeline(name: str, factory: Optional[str], schema: Optional[Dict[str, Any]], gpu_id: int) -> Language:
