@@ -54,8 +54,9 @@ def gliclass_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def boundary_checkpoint(tmp_path_factory) -> Path:
-    """A GLiNER2.5 boundary checkpoint built by ``gliner2`` (as exports of the released ones require)."""
+    """A GLiNER2.5 boundary checkpoint built by ``gliner2`` (as exports of the released ones require);
+    its abstention head rarely fires (the contract tests are not about it)."""
     pytest.importorskip("gliner2")
     from boundary_checkpoints import build_boundary_checkpoint
 
-    return build_boundary_checkpoint(tmp_path_factory.mktemp("boundary-released"), "released")
+    return build_boundary_checkpoint(tmp_path_factory.mktemp("boundary-released"), "released", null_bias=-2.0)

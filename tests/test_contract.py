@@ -69,6 +69,11 @@ def classes_long(nlp, doc: Doc) -> None:
     assert decisions(doc)["sentiment"] == decisions(best)["sentiment"]
 
 
+def boundary_long(nlp, doc: Doc) -> None:
+    gliner2_long(nlp, doc)  # the checkpoint's policy is "flat": no overlaps within a label either
+    classes_long(nlp, doc)
+
+
 CLASSES = {"classifications": {
     "topic": {"labels": {"sport": None, "politics": "elections and government", "travel": None}, "multi_label": True,
               "threshold": 0.3},
@@ -78,8 +83,9 @@ CLASSES = {"classifications": {
 
 @pytest.fixture(scope="module", params=["gliner2", "gliclass", "gliner2-boundary"])
 def family(request, bert_checkpoint) -> Family:
-    if request.param == "gliner2-boundary":  # GLiNER2.5: classification tasks only
-        return Family("gliner2", request.getfixturevalue("boundary_checkpoint"), CLASSES, classes_long)
+    if request.param == "gliner2-boundary":  # GLiNER2.5: entities and classification so far
+        config = {"entities": {"person": "a human being", "organization": None, "location": {"threshold": 0.4}}, **CLASSES}
+        return Family("gliner2", request.getfixturevalue("boundary_checkpoint"), config, boundary_long)
     if request.param == "gliner2":
         config = {
             "entities": {"person": "a human being", "organization": None, "location": {"threshold": 0.4}},

@@ -26,6 +26,7 @@ from ..core.checkpoint import (
     resize_token_embeddings,
     write_weights,
 )
+from .boundary import BoundarySettings
 from .model import GLiNER2Model, ModelSettings
 
 logger = logging.getLogger(__name__)
@@ -51,12 +52,11 @@ def read_settings(folder: Path) -> Tuple[ModelSettings, Dict[str, Any]]:
     if pooling != "first":
         raise CheckpointError(f"token_pooling {pooling!r} in {folder / CONFIG} is not supported; only 'first'.")
     if arch == "boundary":
-        head = raw.get("boundary_head") or {}
-        temperature = float(head.get("classification_temperature", 1.0))
-        if temperature <= 0:
-            raise CheckpointError(f"boundary_head.classification_temperature in {folder / CONFIG} must be > 0.")
-        return ModelSettings(architecture="boundary", classification_temperature=temperature,
-                             classifier_dropout=float(head.get("dropout", 0.1))), raw
+        try:
+            boundary = BoundarySettings.read(raw.get("boundary_head") or {})
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{folder / CONFIG}: {error}") from error
+        return ModelSettings(architecture="boundary", boundary=boundary), raw
     span_head = raw.get("span_head") or {}
     max_width = span_head.get("max_width", raw.get("max_width") or 8)
     mode = span_head.get("span_mode", "markerV0")

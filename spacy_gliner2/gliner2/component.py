@@ -167,7 +167,7 @@ class GLiNER2Component(ZeroShotComponent):
     # -- training ------------------------------------------------------------
 
     def _training_state(self) -> TrainingState:
-        if not self.runner.model.extracts:
+        if self.runner.model.settings.boundary:
             raise ValueError(
                 f"Component {self.name!r} holds a GLiNER2.5 'boundary' checkpoint; training supports GLiNER2 "
                 "'span' checkpoints (and new heads on a plain encoder) so far."

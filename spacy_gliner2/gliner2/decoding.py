@@ -7,14 +7,16 @@ document) and ``cls`` is ``{"label", "confidence"}`` (a list of those when
 multi-label). Class probabilities of every label are returned beside it.
 Knows nothing of spaCy.
 """
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..core.classes import classify, merge_classes
 from ..core.intervals import greedy_disjoint
+from ..core.overlap import resolve
 from ..schema import Schema
 from ..text import Word
+from .boundary import Candidates
 from .encoding import CLASSIFICATION, ENTITIES, RELATION, STRUCTURE, EncodedText
 from .model import TaskScores
 
@@ -58,6 +60,28 @@ class _SpanTask:
         return out
 
 
+def _boundary_spans(
+    candidates: Candidates, m: int, threshold: float, n_prefix: int, words: Sequence[Word], text: str
+) -> List[Span]:
+    """One query's candidates at or above ``threshold`` (plus the count head's fill), resolved by the
+    checkpoint's overlap policy; spans outside the text are dropped after resolution, as the reference."""
+    if candidates.abstains[m]:
+        return []
+    probs = candidates.probs[m]
+    keep = probs >= threshold
+    if candidates.fill is not None:
+        keep[torch.argsort(probs, descending=True, stable=True)[: candidates.fill[m]]] = True
+    index = keep.nonzero().squeeze(-1)
+    scored = list(zip(probs[index].tolist(), *candidates.spans[index].T.tolist()))
+    out = []
+    for conf, s, e in resolve(scored, candidates.policy):
+        s, e = s - n_prefix, e - n_prefix
+        if 0 <= s < e <= len(words) and words[e - 1][2] > words[s][1]:
+            start, end = words[s][1], words[e - 1][2]
+            out.append({"text": text[start:end], "confidence": conf, "start": start, "end": end})
+    return out
+
+
 def _choices(
     task: _SpanTask, k: int, m: int, choices: Sequence[str], prefix: Sequence[str], dtype: str, threshold: float
 ) -> Any:
@@ -95,6 +119,10 @@ def decode(
         else:
             rel = schema.relations[seg.index]
             thresholds = [schema.threshold if rel.threshold is None else rel.threshold] * 2
+        if isinstance(task_scores, Candidates):  # a boundary checkpoint: entities only so far
+            result["entities"] = {name: _boundary_spans(task_scores, m, thresholds[m], record.n_prefix, words, text)
+                                  for m, name in enumerate(seg.names)}
+            continue
         spans = _SpanTask(task_scores.logits, record.n_prefix, thresholds) if task_scores.count else None
         if seg.kind == ENTITIES:
             result["entities"] = {
@@ -127,8 +155,12 @@ def decode(
 # -- long texts: merging window results on global offsets --------------------
 
 
-def _merge_spans(spans: List[Span]) -> List[Span]:
-    """Same-label spans from overlapping windows: greedy by confidence, no overlaps."""
+def _merge_spans(spans: List[Span], policy: Optional[str] = None) -> List[Span]:
+    """Same-label spans from overlapping windows: greedy by confidence, no overlaps; or, for a
+    boundary checkpoint, its overlap ``policy`` on document offsets."""
+    if policy is not None:
+        scored = [(s["confidence"], s["start"], s["end"], i) for i, s in enumerate(spans)]
+        return [spans[i] for *_, i in resolve(scored, policy)]
     ranked = sorted(spans, key=lambda s: (-s["confidence"], s["start"], s["end"]))
     return [ranked[i] for i in greedy_disjoint((s["start"], s["end"]) for s in ranked)]
 
@@ -161,10 +193,11 @@ def _dedupe(items: List[Any]) -> List[Any]:
     return list(found.values())
 
 
-def merge_windows(parts: Sequence[Tuple[Result, Probs]]) -> Tuple[Result, Probs]:
+def merge_windows(parts: Sequence[Tuple[Result, Probs]], policy: Optional[str] = None) -> Tuple[Result, Probs]:
     """Merge the results of one document's windows (offsets already global).
 
-    Entities: per label, greedy by confidence without overlaps. Structures and
+    Entities: per label, greedy by confidence without overlaps (``policy``: a boundary checkpoint's
+    overlap policy instead). Structures and
     relations: concatenated, duplicates kept once (highest confidence).
     Classification: :func:`~..core.classes.merge_classes`.
     """
@@ -173,7 +206,7 @@ def merge_windows(parts: Sequence[Tuple[Result, Probs]]) -> Tuple[Result, Probs]
     result, probs = empty_result(), {}
     first = parts[0][0]
     for label in first["entities"]:
-        result["entities"][label] = _merge_spans([s for r, _ in parts for s in r["entities"][label]])
+        result["entities"][label] = _merge_spans([s for r, _ in parts for s in r["entities"][label]], policy)
     for section in ("structures", "relations"):
         for name in first[section]:
             result[section][name] = _dedupe([x for r, _ in parts for x in r[section][name]])

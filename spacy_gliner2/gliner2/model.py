@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..runtime.encoder import EncoderModel
+from .boundary import BoundaryHead, BoundarySettings
 from .encoding import CLASSIFICATION, ENTITIES, Batch
 from .layers import MAX_COUNT, SpanRep, count_layer, mlp
 
@@ -20,9 +21,18 @@ class ModelSettings:
 
     max_width: int = 8
     counting_layer: str = "count_lstm"
-    architecture: str = "span"  # "boundary" (GLiNER2.5): classification heads only, for now
-    classification_temperature: float = 1.0  # boundary: class logits are divided by it
-    classifier_dropout: float = 0.0  # boundary: > 0 puts a Dropout in the classifier (keys .0/.3)
+    architecture: str = "span"  # or "boundary" (GLiNER2.5)
+    boundary: Optional[BoundarySettings] = None  # the boundary_head settings of a boundary checkpoint
+
+    @property
+    def classification_temperature(self) -> float:
+        """Class logits are divided by it (boundary checkpoints)."""
+        return self.boundary.classification_temperature if self.boundary else 1.0
+
+    @property
+    def classifier_dropout(self) -> float:
+        """> 0 puts a Dropout in the classifier (keys ``.0``/``.3``: boundary checkpoints)."""
+        return self.boundary.dropout if self.boundary else 0.0
 
 
 @dataclass
@@ -53,18 +63,15 @@ class GLiNER2Model(EncoderModel):
             self.span_rep = SpanRep(hidden, settings.max_width, dropout)
             self.count_pred = mlp(hidden, 2 * hidden, MAX_COUNT)
             self.count_embed = count_layer(settings.counting_layer, hidden)
+        else:
+            self.boundary_head = BoundaryHead(hidden, settings.boundary)
         self.setup_fast_path()
-
-    @property
-    def extracts(self) -> bool:
-        """Whether the model has span heads (entities, structures, relations): span checkpoints."""
-        return self.settings.architecture == "span"
 
     def fp32_modules(self) -> List[nn.Module]:
         """In bf16 mode the span scorer's output projection (read as weights; in bf16 it moved
         the trained model's decisions below 99 % agreement) stays fp32, as do the count
         transformer, embeddings, attention, layer norms and the GRU (not linear layers)."""
-        return [self.span_rep.span_rep_layer.out_project] if self.extracts else []
+        return [self.span_rep.span_rep_layer.out_project] if self.settings.architecture == "span" else []
 
     def encode(self, batch: Batch) -> torch.Tensor:
         """Token embeddings ``(B, T, D)``; the fast path computes only the rows the heads read
@@ -101,6 +108,11 @@ class GLiNER2Model(EncoderModel):
             for (b, t, n), chunk in zip(cls_refs, logits.split([n for *_, n in cls_refs])):
                 results[b][t] = TaskScores(0, chunk)
         if not span_refs:
+            return results
+        if self.settings.boundary:  # one text at a time: no score depends on the batch
+            for b, t in span_refs:
+                queries = tokens[b, batch.records[b].tasks[t].marker_pos]
+                results[b][t] = self.boundary_head(words[b, : batch.n_words[b]], queries)
             return results
 
         rows = torch.tensor(prompts, device=device)

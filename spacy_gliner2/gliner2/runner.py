@@ -42,11 +42,19 @@ class GLiNER2Runner(Runner[Output]):
                 "The schema is empty: configure at least one of entities, classifications, "
                 "structures or relations (in the component config or per call)."
             )
-        if not self.model.extracts and (schema.entities or schema.structures or schema.relations):
+        boundary = self.model.settings.boundary
+        if boundary and (schema.structures or schema.relations):
             raise SchemaError(
-                "This is a GLiNER2.5 'boundary' checkpoint: spacy-gliner2 runs its classification tasks only "
-                "so far. Remove entities, structures and relations from the schema, or use a GLiNER2 'span' "
-                "checkpoint (fastino/gliner2-*) for them."
+                "This is a GLiNER2.5 'boundary' checkpoint: spacy-gliner2 runs its entities and classification "
+                "tasks so far. Remove structures and relations from the schema, or use a GLiNER2 'span' checkpoint "
+                "(fastino/gliner2-*) for them."
+            )
+        if boundary and schema.entities and not boundary.extracts:
+            raise SchemaError(
+                f"This GLiNER2.5 'boundary' checkpoint proposes spans per query (boundary_head.candidate_pool = "
+                f"{boundary.candidate_pool!r}); spacy-gliner2 extracts with the shared candidate pool of the released "
+                "checkpoints (fastino/gliner2.5-*) so far, and runs this one's classification tasks only. Remove the "
+                "entities from the schema, or use a 'shared' pool checkpoint."
             )
         for task in schema.classifications:
             if any(not isinstance(out, str) for _, out in task.examples):
@@ -68,4 +76,5 @@ class GLiNER2Runner(Runner[Output]):
         return decode(schema, record, scores, window.words, window.text)
 
     def merge(self, parts: Sequence[Output]) -> Output:
-        return merge_windows(parts)
+        boundary = self.model.settings.boundary
+        return merge_windows(parts, boundary.overlap_policy if boundary else None)

@@ -1,0 +1,389 @@
+"""The GLiNER2.5 "boundary" extraction head, for one text at a time (pure torch).
+
+A text of ``n`` words has ``n + 1`` boundaries; boundary ``i`` sits before word ``i``. The
+head turns word states into boundary states, scores every boundary as a start and an end per
+query (a label's ``[E]`` state), forms one pool of candidate spans for the whole text (the top
+boundaries of all queries paired, a few best spans guaranteed per query, at most ``pool_size``
+spans, no width limit) and scores every (query, candidate) pair. Parameter names are the
+reference's (``boundary_head.*``), so checkpoints load as saved. Each text is scored on its own:
+no result depends on the other texts of a batch.
+"""
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MASK_LOGIT = -1.0e4  # the reference's finite "impossible" logit
+POLICIES = ("flat", "nested", "longest")
+
+
+@dataclass(frozen=True)
+class BoundarySettings:
+    """The ``boundary_head`` keys of ``config.json`` this head reads (defaults: gliner2 2.1.0's)."""
+
+    boundary_dim: int = 128
+    pair_dim: int = 128
+    boundary_refinement_layers: int = 1
+    boundary_ffn_multiplier: float = 2.0
+    boundary_attention_layers: int = 0
+    boundary_attention_heads: int = 4
+    boundary_attention_window: int = 0
+    use_inside_evidence: bool = True
+    enable_span_content: bool = False
+    content_dim: int = 64
+    content_soft_max_pool: bool = False
+    candidate_pool: str = "per_query"
+    pool_boundary_top_k: int = 64
+    pool_size: int = 384
+    min_pool_per_query: int = 8
+    candidate_attention_layers: int = 2
+    candidate_attention_heads: int = 4
+    query_attention_layers: int = 1
+    enable_abstention: bool = True
+    abstention_threshold: float = 0.5
+    enable_count_head: bool = True
+    adaptive_threshold: bool = False
+    overlap_policy: str = "flat"
+    pair_temperature: float = 1.0
+    classification_temperature: float = 1.0
+    dropout: float = 0.1
+
+    @classmethod
+    def read(cls, head: Dict[str, Any]) -> "BoundarySettings":
+        """The settings of a ``boundary_head`` dict; keys it does not name keep their defaults."""
+        known = {f.name: f.type for f in fields(cls)}
+        values = {k: v for k, v in head.items() if k in known}
+        settings = cls(**values)
+        policy = {"disallow": "flat"}.get(settings.overlap_policy, settings.overlap_policy)
+        if policy not in POLICIES:
+            raise ValueError(f"boundary_head.overlap_policy {settings.overlap_policy!r} is not one of {list(POLICIES)}")
+        for name in ("pair_temperature", "classification_temperature"):
+            if getattr(settings, name) <= 0:
+                raise ValueError(f"boundary_head.{name} must be > 0, not {getattr(settings, name)}")
+        return cls(**{**values, "overlap_policy": policy})
+
+    @property
+    def extracts(self) -> bool:
+        """Whether this head's extraction path runs here (the shared pool of the released checkpoints)."""
+        return self.candidate_pool == "shared"
+
+
+@dataclass
+class Candidates:
+    """The scored candidate spans of one text: ``spans`` ``(C, 2)`` half-open boundary indices over
+    the prefix and text words, ``probs`` ``(Q, C)``, and per query whether it abstains and how
+    many best candidates the count head adds (None: no adaptive fill)."""
+
+    spans: torch.Tensor
+    probs: torch.Tensor
+    abstains: List[bool]
+    fill: Optional[List[int]]
+    policy: str
+
+
+def _linear(n_in: int, n_out: int) -> nn.Linear:
+    return nn.Linear(n_in, n_out)
+
+
+class _SwiGLU(nn.Module):
+    """Pre-norm residual SwiGLU block."""
+
+    def __init__(self, dim: int, multiplier: float):
+        super().__init__()
+        hidden = max(1, int(dim * multiplier))
+        self.norm = nn.LayerNorm(dim)
+        self.input_projection = _linear(dim, 2 * hidden)
+        self.output_projection = _linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.input_projection(self.norm(x)).chunk(2, dim=-1)
+        return x + self.output_projection(value * F.silu(gate))
+
+
+class _BoundaryAttention(nn.Module):
+    """Pre-norm self-attention over the boundaries, optionally within a window."""
+
+    def __init__(self, dim: int, heads: int, window: int):
+        super().__init__()
+        self.heads, self.window = heads, window
+        self.norm = nn.LayerNorm(dim)
+        self.qkv_projection = _linear(dim, 3 * dim)
+        self.output_projection = _linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, d = x.shape
+        q, k, v = self.qkv_projection(self.norm(x)).view(n, 3, self.heads, d // self.heads).permute(1, 2, 0, 3)
+        mask = None
+        if self.window > 0:
+            pos = torch.arange(n, device=x.device)
+            mask = (pos[:, None] - pos[None, :]).abs() <= self.window
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return x + self.output_projection(out.transpose(0, 1).reshape(n, d))
+
+
+class _BoundaryEncoder(nn.Module):
+    """Word states -> boundary states: [left word ; right word] (BOS / EOS at the ends)."""
+
+    def __init__(self, hidden: int, s: BoundarySettings):
+        super().__init__()
+        d = s.boundary_dim
+        self.left_projection = _linear(hidden, d)
+        self.right_projection = _linear(hidden, d)
+        self.output_projection = _linear(2 * d, d)
+        self.layer_norm = nn.LayerNorm(d)
+        self.attention_blocks = nn.ModuleList(
+            _BoundaryAttention(d, s.boundary_attention_heads, s.boundary_attention_window)
+            for _ in range(s.boundary_attention_layers))
+        self.refinement_blocks = nn.ModuleList(
+            _SwiGLU(d, s.boundary_ffn_multiplier) for _ in range(s.boundary_refinement_layers))
+        self.bos_state = nn.Parameter(torch.zeros(hidden))
+        self.eos_state = nn.Parameter(torch.zeros(hidden))
+
+    def forward(self, words: torch.Tensor) -> torch.Tensor:
+        left = torch.cat([self.bos_state[None].to(words.dtype), words])
+        right = torch.cat([words, self.eos_state[None].to(words.dtype)])
+        x = self.layer_norm(self.output_projection(torch.cat([self.left_projection(left), self.right_projection(right)], -1)))
+        for block in self.attention_blocks:
+            x = block(x)
+        for block in self.refinement_blocks:
+            x = block(x)
+        return x
+
+
+class _QueryHead(nn.Module):
+    """Start, end (per boundary) and inside (per word) logits of every query."""
+
+    def __init__(self, hidden: int, d: int):
+        super().__init__()
+        self.start_boundary_projection = _linear(d, d)
+        self.start_query_projection = _linear(hidden, d)
+        self.end_boundary_projection = _linear(d, d)
+        self.end_query_projection = _linear(hidden, d)
+        self.inside_text_projection = _linear(hidden, d)
+        self.inside_query_projection = _linear(hidden, d)
+
+
+class _PoolBuilder(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.start_projection = _linear(d, d)
+        self.end_projection = _linear(d, d)
+
+
+class _ContentPooler(nn.Module):
+    """Mean (and optionally a smooth maximum) of projected word states over a span."""
+
+    def __init__(self, hidden: int, dim: int, soft_max: bool):
+        super().__init__()
+        self.soft_max = soft_max
+        self.value_projection = _linear(hidden, dim)
+        self.layer_norm = nn.LayerNorm(dim * (2 if soft_max else 1))
+
+    def forward(self, words: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        values = self.value_projection(words).float()
+        zero = values.new_zeros(1, values.shape[1])
+        cumulative = torch.cat([zero, values.cumsum(0)])
+        pooled = (cumulative[ends] - cumulative[starts]) / (ends - starts).clamp_min(1)[:, None].float()
+        if self.soft_max:
+            floor = torch.finfo(torch.float32).min / 4.0
+            lse = torch.cat([zero.fill_(floor), torch.logcumsumexp(values, 0)])
+            delta = (lse[starts] - lse[ends]).clamp(max=-1e-6)
+            smooth = torch.nan_to_num(lse[ends] + torch.log1p(-torch.exp(delta)), neginf=0.0, posinf=0.0)
+            pooled = torch.cat([pooled, smooth], -1)
+        return self.layer_norm(pooled.to(dtype))
+
+
+def _overlap_buckets(spans: torch.Tensor) -> torch.Tensor:
+    """``(C, C)`` geometry of every ordered candidate pair, in the reference's 8 buckets."""
+    s1, e1 = spans[:, None, 0], spans[:, None, 1]
+    s2, e2 = spans[None, :, 0], spans[None, :, 1]
+    out = torch.full(s1.shape[:1] + s2.shape[1:], 3, dtype=torch.long, device=spans.device)  # crossing
+    for bucket, where in ((6, e1 <= s2), (7, e2 <= s1), (1, (s1 > s2) & (e1 < e2)), (2, (s1 < s2) & (e1 > e2)),
+                          (4, (s1 == s2) & (e1 != e2)), (5, (e1 == e2) & (s1 != s2)), (0, (s1 == s2) & (e1 == e2))):
+        out = torch.where(where, bucket, out)
+    return out
+
+
+def _ffn(dim: int) -> nn.Sequential:
+    return nn.Sequential(_linear(dim, 4 * dim), nn.GELU(), nn.Identity(), _linear(4 * dim, dim))
+
+
+class _CandidateAttention(nn.Module):
+    """Self-attention over the candidates with a learned bias per overlap geometry."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = _linear(dim, 3 * dim)
+        self.output = _linear(dim, dim)
+        self.relative_bias = nn.Parameter(torch.zeros(8, heads))
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = _ffn(dim)
+
+    def forward(self, x: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+        c, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(c, 3, self.heads, d // self.heads).permute(1, 2, 0, 3)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)
+        logits = logits + self.relative_bias[_overlap_buckets(spans)].permute(2, 0, 1)
+        attended = (torch.softmax(logits, -1) @ v).transpose(0, 1).reshape(c, d)
+        x = x + self.output(attended)
+        return x + self.ffn(self.norm2(x))
+
+
+class _QueryAttention(nn.Module):
+    """Query self-attention after adding evidence summarised from the candidates."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.query_in = _linear(dim, dim)
+        self.evidence_in = _linear(dim, dim)
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = _ffn(dim)
+
+    def forward(self, query: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
+        x = self.query_in(query) + self.evidence_in(evidence)
+        normed = self.norm1(x)[None]
+        x = x + self.attention(normed, normed, normed, need_weights=False)[0][0]
+        return x + self.ffn(self.norm2(x))
+
+
+class _PoolScorer(nn.Module):
+    """One state per candidate, scored against every query (dot product + FiLM MLP + marginals)."""
+
+    def __init__(self, hidden: int, s: BoundarySettings):
+        super().__init__()
+        d, p = s.boundary_dim, s.pair_dim
+        self.start_projection = _linear(d, p)
+        self.end_projection = _linear(d, p)
+        self.length_projection = _linear(3, p)
+        self.prior_projection = _linear(1, p)
+        if s.enable_span_content:
+            self.content_pooler = _ContentPooler(hidden, s.content_dim, s.content_soft_max_pool)
+            self.content_projection = _linear(s.content_dim * (2 if s.content_soft_max_pool else 1), p)
+        self.candidate_norm = nn.LayerNorm(p)
+        self.candidate_layers = nn.ModuleList(
+            _CandidateAttention(p, s.candidate_attention_heads) for _ in range(s.candidate_attention_layers))
+        self.query_projection = _linear(hidden, p)
+        self.query_layers = nn.ModuleList(
+            _QueryAttention(p, s.candidate_attention_heads) for _ in range(s.query_attention_layers))
+        self.film = _linear(p, 2 * p)
+        self.film_output = nn.Sequential(_linear(p, 64), nn.GELU(), nn.Identity(), _linear(64, 1))
+
+
+class BoundaryHead(nn.Module):
+    """Boundary encoder, marginals, the shared candidate pool and its scorer, abstention and count."""
+
+    def __init__(self, hidden: int, settings: BoundarySettings):
+        super().__init__()
+        self.settings = s = settings
+        self.boundary_encoder = _BoundaryEncoder(hidden, s)
+        self.boundary_query_head = _QueryHead(hidden, s.boundary_dim)
+        self.shared_pool_builder = _PoolBuilder(s.boundary_dim)
+        self.shared_pool_scorer = _PoolScorer(hidden, s)
+        self.null_projection = _linear(hidden, 1) if s.enable_abstention else None
+        self.count_head = _linear(hidden, 1) if s.enable_count_head else None
+
+    def forward(self, words: torch.Tensor, queries: torch.Tensor) -> Candidates:
+        """Score ``queries`` ``(Q, H)`` over one text's ``words`` ``(n, H)`` (prefix words included)."""
+        s = self.settings
+        d = s.boundary_dim
+        states = self.boundary_encoder(words)  # (n + 1, d)
+        qh = self.boundary_query_head
+        scale = 1.0 / math.sqrt(d)
+        start = qh.start_query_projection(queries) @ qh.start_boundary_projection(states).T * scale  # (Q, n + 1)
+        end = qh.end_query_projection(queries) @ qh.end_boundary_projection(states).T * scale
+        spans, compat = self._pool(states, start, end)
+        logits = self._score(words, queries, states, spans, compat, start, end)
+        probs = torch.sigmoid(logits / s.pair_temperature)
+        abstains = [False] * queries.shape[0]
+        if self.null_projection is not None:
+            abstains = (torch.sigmoid(self.null_projection(queries).squeeze(-1)) > s.abstention_threshold).tolist()
+        fill = None
+        if s.adaptive_threshold and self.count_head is not None:
+            rates = self.count_head(queries).squeeze(-1)
+            fill = torch.exp(rates).round().long().clamp(0, s.pool_size).tolist()
+        return Candidates(spans, probs, abstains, fill, s.overlap_policy)
+
+    def _inside(self, words: torch.Tensor, queries: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(Q, n + 1)``: per query, the centred cumulative inside logit before each boundary; with
+        the mean it restores, ``prefix[e] - prefix[s] + mean * (e - s)`` sums the span's words."""
+        qh = self.boundary_query_head
+        inside = (qh.inside_query_projection(queries) @ qh.inside_text_projection(words).T).float()
+        inside = inside / math.sqrt(self.settings.boundary_dim)
+        mean = inside.mean(-1, keepdim=True)
+        return torch.cat([inside.new_zeros(inside.shape[0], 1), (inside - mean).cumsum(-1)], -1), mean
+
+    def _pool(self, states: torch.Tensor, start: torch.Tensor, end: torch.Tensor):
+        """The document's candidate spans ``(C, 2)`` (C <= pool_size) and their start-end compatibility."""
+        s = self.settings
+        n_bounds, d = states.shape
+        k = min(s.pool_boundary_top_k, n_bounds)
+        union_start, union_end = start.amax(0), end.amax(0)
+        starts = torch.sort(union_start, descending=True, stable=True).indices[:k]
+        ends = torch.sort(union_end, descending=True, stable=True).indices[:k]
+        pair_s, pair_e = starts.repeat_interleave(k), ends.repeat(k)
+        valid = pair_e > pair_s
+        builder = self.shared_pool_builder
+        projected_s, projected_e = builder.start_projection(states), builder.end_projection(states)
+        compat = (projected_s[pair_s] * projected_e[pair_e]).sum(-1) / math.sqrt(d)
+        keys = pair_s * n_bounds + pair_e
+        priority = compat + union_start[pair_s] + union_end[pair_e]
+        quota = min(s.min_pool_per_query, keys.numel())
+        per_query = (start[:, pair_s] + end[:, pair_e] + compat).masked_fill(~valid, MASK_LOGIT)
+        ranked = torch.argsort(per_query, dim=-1, descending=True, stable=True)[:, :quota]
+        # each query's best `quota` pairs come first (priority 5000 + rank bonus), then the rest by score
+        bonus = torch.arange(quota, 0, -1, dtype=priority.dtype, device=priority.device) - MASK_LOGIT * 0.5
+        keys = torch.cat([keys[ranked].reshape(-1), keys])
+        priority = torch.cat([bonus.expand(ranked.shape).reshape(-1), priority])
+        valid = torch.cat([valid[ranked].reshape(-1), valid])
+        kept = _dedupe_by_priority(keys, priority, valid, s.pool_size)
+        spans = torch.stack([kept // n_bounds, kept % n_bounds], -1)
+        compat = (projected_s[spans[:, 0]] * projected_e[spans[:, 1]]).sum(-1) / math.sqrt(d)
+        return spans, compat
+
+    def _score(self, words, queries, states, spans, compat, start, end) -> torch.Tensor:
+        """``(Q, C)`` pair logits."""
+        scorer = self.shared_pool_scorer
+        cs, ce = spans[:, 0], spans[:, 1]
+        length = (ce - cs).clamp_min(1).to(states.dtype)
+        features = torch.stack([torch.log1p(length), length / max(words.shape[0], 1), torch.rsqrt(length)], -1)
+        cand = (scorer.start_projection(states)[cs] + scorer.end_projection(states)[ce]
+                + scorer.length_projection(features) + scorer.prior_projection(compat[:, None]))
+        if hasattr(scorer, "content_pooler"):
+            cand = cand + scorer.content_projection(scorer.content_pooler(words, cs, ce, cand.dtype))
+        cand = scorer.candidate_norm(cand)
+        for layer in scorer.candidate_layers:
+            cand = layer(cand, spans)
+        query = scorer.query_projection(queries)
+        for layer in scorer.query_layers:
+            weights = torch.softmax(query @ cand.T, dim=-1)  # (Q, C): each query's view of the pool
+            query = layer(query, weights @ cand)
+        logits = query @ cand.T / math.sqrt(cand.shape[-1])
+        gamma, beta = scorer.film(query).chunk(2, -1)
+        conditioned = cand[None] * (1.0 + gamma[:, None]) + beta[:, None]  # (Q, C, p)
+        logits = logits + scorer.film_output(conditioned).squeeze(-1)
+        logits = logits + start[:, cs] + end[:, ce]
+        if self.settings.use_inside_evidence:
+            prefix, mean = self._inside(words, queries)
+            interval = prefix[:, ce] - prefix[:, cs] + mean * (ce - cs).float()
+            logits = logits + (interval / torch.sqrt((ce - cs).clamp_min(1).float())).to(logits.dtype)
+        return logits
+
+
+def _dedupe_by_priority(keys: torch.Tensor, priority: torch.Tensor, valid: torch.Tensor, capacity: int) -> torch.Tensor:
+    """The distinct valid keys, each at its highest priority, best ``capacity`` first (ties: smaller key)."""
+    keys, priority = keys[valid], priority[valid]
+    order = torch.argsort(priority, descending=True, stable=True)
+    keys, priority = keys[order], priority[order]
+    order = torch.argsort(keys, stable=True)
+    keys, priority = keys[order], priority[order]
+    first = torch.ones_like(keys, dtype=torch.bool)
+    first[1:] = keys[1:] != keys[:-1]
+    keys, priority = keys[first], priority[first]
+    return keys[torch.argsort(priority, descending=True, stable=True)[:capacity]]
