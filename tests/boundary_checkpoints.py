@@ -3,7 +3,7 @@
 Variants set the ``boundary_head`` flags that shape the saved weights and the classification
 path: ``released`` (what exports of fastino/gliner2.5-*-v1 require: shared pool, span content,
 abstention, count, records, relations), ``default`` (the library's defaults), ``hot`` (``released``
-with classification temperature 0.5) and ``no_dropout`` (head dropout 0: classifier keys
+with classification temperature 0.5, without inside evidence and span content) and ``no_dropout`` (head dropout 0: classifier keys
 ``.0``/``.2`` instead of ``.0``/``.3``), ``full`` (every optional module of the shared pool path,
 temperatures, adaptive threshold, ``nested`` overlaps) and ``longest``. Head weights are redrawn N(0, 1/fan_in) so that class
 decisions are well separated.
@@ -22,19 +22,17 @@ RELEASED = dict(candidate_pool="shared", enable_span_content=True, content_soft_
                 enable_abstention=True, enable_count_head=True, enable_records=True, enable_relations=True,
                 overlap_policy="flat", pool_boundary_top_k=16, pool_size=48, min_pool_per_query=4)
 CLASS_LOGIT_SCALE = 6.0
-# abstention bias per variant, chosen so that some labels abstain on some texts (not all, not none)
-NULL_BIAS = {"full": -1.3, "hot": -1.0, "longest": -1.1}
 VARIANTS = {
     "released": RELEASED,
     "default": {},
-    "hot": dict(RELEASED, classification_temperature=0.5),
+    "hot": dict(RELEASED, classification_temperature=0.5, use_inside_evidence=False, enable_span_content=False),
     "no_dropout": dict(RELEASED, dropout=0.0),
     # every optional module of the shared path; temperatures, adaptive threshold, nested overlaps
     "full": dict(RELEASED, content_soft_max_pool=True, boundary_attention_layers=1, boundary_attention_heads=4,
                  boundary_attention_window=4, boundary_refinement_layers=2, candidate_attention_layers=1,
                  query_attention_layers=1, candidate_attention_heads=4, pair_temperature=0.7,
                  classification_temperature=0.5, adaptive_threshold=True, overlap_policy="nested"),
-    "longest": dict(RELEASED, overlap_policy="longest", use_inside_evidence=False, enable_span_content=False),
+    "longest": dict(RELEASED, overlap_policy="longest"),
 }
 
 
@@ -57,7 +55,7 @@ def build_boundary_checkpoint(path: "str | Path", variant: str = "released", see
         with torch.no_grad():  # class logits with std ~2: decisions well away from thresholds
             model.classifier[-1].weight.mul_(CLASS_LOGIT_SCALE)
             head = model.boundary_head  # as the reference's builder: abstention fires, but not always
-            head.null_projection.bias.fill_(NULL_BIAS.get(variant, -0.1) if null_bias is None else null_bias)
+            head.null_projection.bias.fill_(-1.5 if null_bias is None else null_bias)
             head.count_head.bias.fill_(0.5)
         model.save_pretrained(str(path))
         shutil.copy(Path(tmp) / "vocab.txt", path / "vocab.txt")

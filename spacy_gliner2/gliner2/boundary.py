@@ -10,7 +10,7 @@ no result depends on the other texts of a batch.
 """
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -73,15 +73,24 @@ class BoundarySettings:
 
 @dataclass
 class Candidates:
-    """The scored candidate spans of one text: ``spans`` ``(C, 2)`` half-open boundary indices over
-    the prefix and text words, ``probs`` ``(Q, C)``, and per query whether it abstains and how
-    many best candidates the count head adds (None: no adaptive fill)."""
+    """The scored candidate spans of one text for some of its queries: ``spans`` ``(C, 2)`` half-open
+    boundary indices over the prefix and text words, ``probs`` ``(Q, C)``, per query whether it
+    abstains and how many best candidates the count head adds (None: no adaptive fill), and
+    ``forced(q, spans)``: the probabilities of given spans for query ``q`` (choice fields)."""
 
     spans: torch.Tensor
     probs: torch.Tensor
     abstains: List[bool]
     fill: Optional[List[int]]
     policy: str
+    forced: Callable[[int, List[Tuple[int, int]]], List[float]]
+
+    def rows(self, first: int, count: int) -> "Candidates":
+        """The candidates of queries ``first .. first + count - 1`` (one task's)."""
+        stop = first + count
+        return Candidates(self.spans, self.probs[first:stop], self.abstains[first:stop],
+                          None if self.fill is None else self.fill[first:stop], self.policy,
+                          lambda q, spans: self.forced(first + q, spans))
 
 
 def _linear(n_in: int, n_out: int) -> nn.Linear:
@@ -292,14 +301,7 @@ class BoundaryHead(nn.Module):
     def forward(self, words: torch.Tensor, queries: torch.Tensor) -> Candidates:
         """Score ``queries`` ``(Q, H)`` over one text's ``words`` ``(n, H)`` (prefix words included)."""
         s = self.settings
-        d = s.boundary_dim
-        states = self.boundary_encoder(words)  # (n + 1, d)
-        qh = self.boundary_query_head
-        scale = 1.0 / math.sqrt(d)
-        start = qh.start_query_projection(queries) @ qh.start_boundary_projection(states).T * scale  # (Q, n + 1)
-        end = qh.end_query_projection(queries) @ qh.end_boundary_projection(states).T * scale
-        spans, compat = self._pool(states, start, end)
-        logits = self._score(words, queries, states, spans, compat, start, end)
+        spans, logits, _ = self.score(words, queries)
         probs = torch.sigmoid(logits / s.pair_temperature)
         abstains = [False] * queries.shape[0]
         if self.null_projection is not None:
@@ -308,7 +310,29 @@ class BoundaryHead(nn.Module):
         if s.adaptive_threshold and self.count_head is not None:
             rates = self.count_head(queries).squeeze(-1)
             fill = torch.exp(rates).round().long().clamp(0, s.pool_size).tolist()
-        return Candidates(spans, probs, abstains, fill, s.overlap_policy)
+
+        def forced(q: int, wanted: List[Tuple[int, int]]) -> List[float]:
+            _, logits, at = self.score(words, queries[q : q + 1], torch.tensor(wanted, device=words.device))
+            return torch.sigmoid(logits[0, at] / s.pair_temperature).tolist()
+
+        return Candidates(spans, probs, abstains, fill, s.overlap_policy, forced)
+
+    def score(self, words: torch.Tensor, queries: torch.Tensor, forced: Optional[torch.Tensor] = None):
+        """The pool ``(C, 2)``, its logits ``(Q, C)`` and where the ``forced`` spans ``(F, 2)`` sit in it:
+        they join the pool ahead of every other candidate (how the reference scores given spans)."""
+        d = self.settings.boundary_dim
+        states = self.boundary_encoder(words)  # (n + 1, d)
+        qh = self.boundary_query_head
+        scale = 1.0 / math.sqrt(d)
+        start = qh.start_query_projection(queries) @ qh.start_boundary_projection(states).T * scale  # (Q, n + 1)
+        end = qh.end_query_projection(queries) @ qh.end_boundary_projection(states).T * scale
+        spans, compat = self._pool(states, start, end, forced)
+        logits = self._score(words, queries, states, spans, compat, start, end)
+        at = None
+        if forced is not None:
+            keys = spans[:, 0] * states.shape[0] + spans[:, 1]
+            at = [int((keys == int(s_) * states.shape[0] + int(e_)).nonzero()[0]) for s_, e_ in forced.tolist()]
+        return spans, logits, at
 
     def _inside(self, words: torch.Tensor, queries: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(Q, n + 1)``: per query, the centred cumulative inside logit before each boundary; with
@@ -319,7 +343,7 @@ class BoundaryHead(nn.Module):
         mean = inside.mean(-1, keepdim=True)
         return torch.cat([inside.new_zeros(inside.shape[0], 1), (inside - mean).cumsum(-1)], -1), mean
 
-    def _pool(self, states: torch.Tensor, start: torch.Tensor, end: torch.Tensor):
+    def _pool(self, states: torch.Tensor, start: torch.Tensor, end: torch.Tensor, forced: Optional[torch.Tensor]):
         """The document's candidate spans ``(C, 2)`` (C <= pool_size) and their start-end compatibility."""
         s = self.settings
         n_bounds, d = states.shape
@@ -342,6 +366,10 @@ class BoundaryHead(nn.Module):
         keys = torch.cat([keys[ranked].reshape(-1), keys])
         priority = torch.cat([bonus.expand(ranked.shape).reshape(-1), priority])
         valid = torch.cat([valid[ranked].reshape(-1), valid])
+        if forced is not None:
+            keys = torch.cat([keys, forced[:, 0] * n_bounds + forced[:, 1]])
+            priority = torch.cat([priority, priority.new_full((len(forced),), -MASK_LOGIT)])
+            valid = torch.cat([valid, (forced[:, 0] >= 0) & (forced[:, 1] > forced[:, 0]) & (forced[:, 1] < n_bounds)])
         kept = _dedupe_by_priority(keys, priority, valid, s.pool_size)
         spans = torch.stack([kept // n_bounds, kept % n_bounds], -1)
         compat = (projected_s[spans[:, 0]] * projected_e[spans[:, 1]]).sum(-1) / math.sqrt(d)

@@ -109,10 +109,8 @@ class GLiNER2Model(EncoderModel):
                 results[b][t] = TaskScores(0, chunk)
         if not span_refs:
             return results
-        if self.settings.boundary:  # one text at a time: no score depends on the batch
-            for b, t in span_refs:
-                queries = tokens[b, batch.records[b].tasks[t].marker_pos]
-                results[b][t] = self.boundary_head(words[b, : batch.n_words[b]], queries)
+        if self.settings.boundary:
+            self._boundary(batch, tokens, words, span_refs, results)
             return results
 
         rows = torch.tensor(prompts, device=device)
@@ -158,6 +156,22 @@ class GLiNER2Model(EncoderModel):
             task_logits = task_logits.reshape(k, m, *task_logits.shape[1:])
             results[b][t] = TaskScores(count, task_logits, count_logits[row])
         return results
+
+
+    def _boundary(self, batch: Batch, tokens: torch.Tensor, words: torch.Tensor, span_refs: List[Tuple[int, int]],
+                  results: List[List[Any]]) -> None:
+        """Boundary checkpoints: per text, one candidate pool for all its extraction queries (every
+        field, label and relation slot, as the reference), scored on that text alone."""
+        by_record: Dict[int, List[int]] = {}
+        for b, t in span_refs:
+            by_record.setdefault(b, []).append(t)
+        for b, tasks in by_record.items():
+            slots = [batch.records[b].tasks[t] for t in tasks]
+            found = self.boundary_head(words[b, : batch.n_words[b]], tokens[b, [p for s in slots for p in s.marker_pos]])
+            first = 0
+            for t, s in zip(tasks, slots):
+                results[b][t] = found.rows(first, len(s.marker_pos))
+                first += len(s.marker_pos)
 
 
 def _read_rows(batch: Batch) -> torch.Tensor:
