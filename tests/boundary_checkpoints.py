@@ -31,15 +31,17 @@ VARIANTS = {
     "full": dict(RELEASED, content_soft_max_pool=True, boundary_attention_layers=1, boundary_attention_heads=4,
                  boundary_attention_window=4, boundary_refinement_layers=2, candidate_attention_layers=1,
                  query_attention_layers=1, candidate_attention_heads=4, pair_temperature=0.7,
-                 classification_temperature=0.5, adaptive_threshold=True, overlap_policy="nested"),
+                 classification_temperature=0.5, adaptive_threshold=True, overlap_policy="nested",
+                 directional_relation_states=True, relation_biaffine_content=True, relation_temperature=1.5,
+                 relation_heads_per_type=8, relation_tails_per_type=8, relation_pair_cap=24),
     "longest": dict(RELEASED, overlap_policy="longest"),
 }
 
 
 def build_boundary_checkpoint(path: "str | Path", variant: str = "released", seed: int = 0,
-                              null_bias: "float | None" = None) -> Path:
+                              null_bias: "float | None" = None, relation_bias: "float | None" = None) -> Path:
     """Save a tiny BERT-encoder boundary checkpoint of ``variant`` to ``path`` (the reference's files plus
-    ``vocab.txt``; ``null_bias``: the abstention head's bias) and check that ``AutoExtractor`` loads it as a ``BoundaryExtractor``."""
+    ``vocab.txt``; ``null_bias``, ``relation_bias``: the abstention head's and the relation MLP's output bias) and check that ``AutoExtractor`` loads it as a ``BoundaryExtractor``."""
     from gliner2 import AutoExtractor, ExtractorConfig
     from gliner2.models.boundary.engine import BoundaryExtractor
 
@@ -57,6 +59,8 @@ def build_boundary_checkpoint(path: "str | Path", variant: str = "released", see
             head = model.boundary_head  # as the reference's builder: abstention fires, but not always
             head.null_projection.bias.fill_(-1.5 if null_bias is None else null_bias)
             head.count_head.bias.fill_(0.5)
+            if relation_bias is not None:
+                model.relation_scorer.mlp[-1].bias.fill_(relation_bias)
         model.save_pretrained(str(path))
         shutil.copy(Path(tmp) / "vocab.txt", path / "vocab.txt")
     loaded = AutoExtractor.from_pretrained(str(path))

@@ -1,5 +1,6 @@
 """GLiNER2.5 "boundary" checkpoints in the ``gliner2`` factory: classification, and entities on the
 shared candidate pool (the released checkpoints' path), against ``gliner2`` 2.1.0 itself."""
+import json
 import math
 import random
 
@@ -11,16 +12,18 @@ from boundary_checkpoints import VARIANTS, build_boundary_checkpoint
 from spacy_gliner2.schema import SchemaError
 
 gliner2 = pytest.importorskip("gliner2")
-from test_parity import assert_same, reference_schema, to_our_shape  # noqa: E402
+from test_parity import _span, assert_same, reference_schema, to_our_shape  # noqa: E402
 
 ENTITIES = {"person": "a named human being", "company": "a business", "location": None,
             "product": {"threshold": 0.6}}
 STRUCTURES = {"product_info": ["name::str::the product name", "price::str", "features::list",
                               "condition::[new|used]::str", "tags::[cheap|premium|great]::list"]}
 SHARED_POOL = sorted(v for v in VARIANTS if VARIANTS[v].get("candidate_pool") == "shared")
+RELATIONS = {"works_for": "a person employed by a company", "located_in": None}
 CONFIG = {
     "entities": ENTITIES,
     "structures": STRUCTURES,
+    "relations": RELATIONS,
     "classifications": {
         "sentiment": ["positive", "negative", "neutral"],
         "topics": {"labels": {"tech": "technology and gadgets", "business": "companies and markets", "travel": "trips"},
@@ -46,29 +49,41 @@ def config_of(variant):
     return CONFIG if variant in SHARED_POOL else {"classifications": CONFIG["classifications"]}
 
 
-def null_logits(path, config):
-    """Our model's abstention logits (less their bias) for every label and text of the tests."""
+def raw_logits(path, config):
+    """Our model's abstention and relation logits for the tests' labels and texts (built with both
+    biases 0, so these are the logits less their bias)."""
     nlp = spacy.blank("en")
-    pipe = nlp.add_pipe("gliner2", config={"model": str(path), **config})
-    head = pipe.runner.model.boundary_head.null_projection
-    seen = []
-    hook = head.register_forward_hook(lambda module, args, out: seen.append(out.flatten() - module.bias))
+    model = nlp.add_pipe("gliner2", config={"model": str(path), **config}).runner.model
+    seen = {"null": [], "relation": [torch.zeros(0)]}
+    hooks = [model.boundary_head.null_projection.register_forward_hook(lambda m, a, out: seen["null"].append(out.flatten()))]
+    if hasattr(model, "relation_scorer"):
+        hooks.append(model.relation_scorer.register_forward_hook(lambda m, a, out: seen["relation"].append(out)))
     list(nlp.pipe(TEXTS))
-    hook.remove()
-    return torch.cat(seen)
+    for hook in hooks:
+        hook.remove()
+    return torch.cat(seen["null"]), torch.cat(seen["relation"])
+
+
+def between(values, share):
+    """A cut with ``share`` of ``values`` below it, midway between two of them (no value sits on it)."""
+    ordered = values.sort().values
+    k = min(max(int(share * len(ordered)), 1), len(ordered) - 1)
+    return float(ordered[k - 1] + ordered[k]) / 2
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def boundary(request, tmp_path_factory):
-    """The variant built by the reference, its abstention bias set so that about a third of the
-    (label, text) pairs of the tests abstain: abstention takes part, and there is still output."""
+    """The variant built by the reference, with biases set so that about a third of the (label, text)
+    pairs of the tests abstain and half of the proposed relation pairs pass: abstention and relations
+    take part, and there is still output."""
     variant = request.param
     folder, seed = tmp_path_factory.mktemp(f"boundary-{variant}"), 0
-    bias = None
+    biases = {}
     if variant in SHARED_POOL:
-        raw = null_logits(build_boundary_checkpoint(folder / "probe", variant, seed, null_bias=0.0), config_of(variant))
-        bias = -float(raw.quantile(2 / 3))
-    path = build_boundary_checkpoint(folder / "checkpoint", variant, seed, null_bias=bias)
+        probe = build_boundary_checkpoint(folder / "probe", variant, seed, null_bias=0.0, relation_bias=0.0)
+        null, relation = raw_logits(probe, config_of(variant))
+        biases = {"null_bias": -between(null, 2 / 3), "relation_bias": -between(relation, 1 / 2)}
+    path = build_boundary_checkpoint(folder / "checkpoint", variant, seed, **biases)
     nlp = spacy.blank("en")
     nlp.add_pipe("gliner2", config={"model": str(path), **config_of(variant)})
     nlp.variant = variant
@@ -76,15 +91,30 @@ def boundary(request, tmp_path_factory):
 
 
 def reference_outputs(reference, texts, config):
+    """The reference's ``extract()``, one text at a time, in ``doc._.gliner2``'s shape; boundary relations
+    carry their own confidence."""
     schema, ref_schema = reference_schema(config)
-    return [to_our_shape(reference.extract(t, ref_schema, include_confidence=True, include_spans=True), schema, t)
-            for t in texts]
+    outputs = []
+    for text in texts:
+        ref = reference.extract(text, ref_schema, include_confidence=True, include_spans=True)
+        out = to_our_shape(ref, schema, text)
+        for r in schema.relations:  # keyed by the name alone (span checkpoints add the description)
+            pairs = [(_span(p["head"], text), _span(p["tail"], text), p["confidence"])
+                     for p in ref.get("relation_extraction", {}).get(r.name, [])]
+            out["relations"][r.name] = [{"head": _ordered(h), "tail": _ordered(t), "confidence": c}
+                                        for h, t, c in pairs if h and t]
+        outputs.append(out)
+    return outputs
+
+
+def _ordered(span):
+    return {key: span[key] for key in ("text", "confidence", "start", "end")}
 
 
 def test_outputs_match_the_reference_one_text_at_a_time(boundary):
     _, nlp, reference = boundary
     config = config_of(nlp.variant)
-    found, fields = 0, []
+    found, relations, fields = 0, 0, []
     for text, want in zip(TEXTS, reference_outputs(reference, TEXTS, config)):
         ours = nlp(text)._.gliner2
         if any(math.isnan(s["confidence"]) for spans in want["entities"].values() for s in spans):
@@ -96,8 +126,11 @@ def test_outputs_match_the_reference_one_text_at_a_time(boundary):
             continue
         assert_same(ours, want, text)
         found += sum(map(len, want["entities"].values()))
+        relations += sum(map(len, want["relations"].values()))
         fields += [v for instance in want["structures"].get("product_info", []) for v in instance.values() if v]
-    assert found > 5 or "entities" not in config  # not vacuous
+    assert found >= 3 or "entities" not in config  # not vacuous
+    if "relations" in config:
+        assert relations > 3
     if "structures" in config:
         assert any(isinstance(v, dict) and "start" not in v for v in fields)  # a choice was made
         assert any(isinstance(v, list) and v for v in fields)
@@ -159,10 +192,22 @@ def test_batch_of_8_equals_one_by_one(boundary):
         assert_same(a, b)
 
 
-def test_relations_are_refused_by_name(boundary):
-    _, nlp, _ = boundary
-    with pytest.raises(SchemaError, match="GLiNER2.5 'boundary' checkpoint"):
-        nlp.get_pipe("gliner2")(nlp.make_doc("Tim Cook works for Apple."), relations=["works_for"])
+def test_relations_need_the_relation_head(tmp_path):
+    path = build_boundary_checkpoint(tmp_path / "no-relations", "released")
+    config = json.loads((path / "config.json").read_text())
+    config["boundary_head"]["enable_relations"] = False
+    (path / "config.json").write_text(json.dumps(config))
+    nlp = spacy.blank("en")
+    pipe = nlp.add_pipe("gliner2", config={"model": str(path), "entities": ["person"]})
+    assert nlp("Tim Cook works for Apple.")._.gliner2["entities"] is not None  # unused weights are kept
+    with pytest.raises(SchemaError, match="has no relation head"):
+        pipe(nlp.make_doc("Tim Cook works for Apple."), relations=["works_for"])
+    del config["config_version"]  # an old config: no relation head, and none in the weights either
+    config["boundary_head"].pop("enable_relations")
+    (path / "config.json").write_text(json.dumps(config))
+    from spacy_gliner2.gliner2.checkpoint import read_settings
+
+    assert not read_settings(path)[0].boundary.enable_relations
 
 
 def test_saved_pipeline_and_export_keep_every_weight(boundary, tmp_path):

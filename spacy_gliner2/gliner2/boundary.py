@@ -50,6 +50,14 @@ class BoundarySettings:
     pair_temperature: float = 1.0
     classification_temperature: float = 1.0
     dropout: float = 0.1
+    enable_relations: bool = True
+    relation_heads_per_type: int = 32
+    relation_tails_per_type: int = 32
+    relation_pair_cap: int = 128
+    relation_argument_proposal_threshold: float = 0.0
+    relation_temperature: float = 1.0
+    directional_relation_states: bool = False
+    relation_biaffine_content: bool = False
 
     @classmethod
     def read(cls, head: Dict[str, Any]) -> "BoundarySettings":
@@ -60,7 +68,7 @@ class BoundarySettings:
         policy = {"disallow": "flat"}.get(settings.overlap_policy, settings.overlap_policy)
         if policy not in POLICIES:
             raise ValueError(f"boundary_head.overlap_policy {settings.overlap_policy!r} is not one of {list(POLICIES)}")
-        for name in ("pair_temperature", "classification_temperature"):
+        for name in ("pair_temperature", "classification_temperature", "relation_temperature"):
             if getattr(settings, name) <= 0:
                 raise ValueError(f"boundary_head.{name} must be > 0, not {getattr(settings, name)}")
         return cls(**{**values, "overlap_policy": policy})
@@ -76,9 +84,11 @@ class Candidates:
     """The scored candidate spans of one text for some of its queries: ``spans`` ``(C, 2)`` half-open
     boundary indices over the prefix and text words, ``probs`` ``(Q, C)``, per query whether it
     abstains and how many best candidates the count head adds (None: no adaptive fill), and
-    ``forced(q, spans)``: the probabilities of given spans for query ``q`` (choice fields)."""
+    ``forced(q, spans)``: the probabilities of given spans for query ``q`` (choice fields). ``logits``
+    are the raw pair logits (``probs`` divide them by the pair temperature)."""
 
     spans: torch.Tensor
+    logits: torch.Tensor
     probs: torch.Tensor
     abstains: List[bool]
     fill: Optional[List[int]]
@@ -88,7 +98,7 @@ class Candidates:
     def rows(self, first: int, count: int) -> "Candidates":
         """The candidates of queries ``first .. first + count - 1`` (one task's)."""
         stop = first + count
-        return Candidates(self.spans, self.probs[first:stop], self.abstains[first:stop],
+        return Candidates(self.spans, self.logits[first:stop], self.probs[first:stop], self.abstains[first:stop],
                           None if self.fill is None else self.fill[first:stop], self.policy,
                           lambda q, spans: self.forced(first + q, spans))
 
@@ -315,7 +325,7 @@ class BoundaryHead(nn.Module):
             _, logits, at = self.score(words, queries[q : q + 1], torch.tensor(wanted, device=words.device))
             return torch.sigmoid(logits[0, at] / s.pair_temperature).tolist()
 
-        return Candidates(spans, probs, abstains, fill, s.overlap_policy, forced)
+        return Candidates(spans, logits, probs, abstains, fill, s.overlap_policy, forced)
 
     def score(self, words: torch.Tensor, queries: torch.Tensor, forced: Optional[torch.Tensor] = None):
         """The pool ``(C, 2)``, its logits ``(Q, C)`` and where the ``forced`` spans ``(F, 2)`` sit in it:

@@ -52,8 +52,11 @@ def read_settings(folder: Path) -> Tuple[ModelSettings, Dict[str, Any]]:
     if pooling != "first":
         raise CheckpointError(f"token_pooling {pooling!r} in {folder / CONFIG} is not supported; only 'first'.")
     if arch == "boundary":
+        head = dict(raw.get("boundary_head") or {})
+        if int(raw.get("config_version") or 0) < 3:  # as the reference: older configs had no relation head
+            head.setdefault("enable_relations", False)
         try:
-            boundary = BoundarySettings.read(raw.get("boundary_head") or {})
+            boundary = BoundarySettings.read(head)
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"{folder / CONFIG}: {error}") from error
         return ModelSettings(architecture="boundary", boundary=boundary), raw

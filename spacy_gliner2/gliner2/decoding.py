@@ -8,7 +8,7 @@ multi-label). Class probabilities of every label are returned beside it.
 Knows nothing of spaCy.
 """
 import functools
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -18,6 +18,9 @@ from ..core.overlap import resolve
 from ..schema import Schema
 from ..text import Word
 from .boundary import Candidates
+from .boundary_decoding import decode_boundary_task
+from .boundary_relations import RelationPairs
+from .fields import choices
 from .encoding import CLASSIFICATION, ENTITIES, RELATION, STRUCTURE, EncodedText
 from .model import TaskScores
 
@@ -61,57 +64,8 @@ class _SpanTask:
         return out
 
 
-def _boundary_spans(
-    candidates: Candidates, m: int, threshold: float, n_prefix: int, words: Sequence[Word], text: str,
-    entity: bool = False, first_only: bool = False,
-) -> List[Span]:
-    """One query's candidates at or above ``threshold`` (plus the count head's fill), resolved by the
-    checkpoint's overlap policy; spans outside the text are dropped after resolution, as the reference.
-    An entity label may abstain (structure fields do not). ``first_only``: the best resolved span, if
-    it covers text (not only the appended period)."""
-    if entity and candidates.abstains[m]:
-        return []
-    probs = candidates.probs[m]
-    keep = probs >= threshold
-    if candidates.fill is not None:
-        keep[torch.argsort(probs, descending=True, stable=True)[: candidates.fill[m]]] = True
-    index = keep.nonzero().squeeze(-1)
-    scored = list(zip(probs[index].tolist(), *candidates.spans[index].T.tolist()))
-    out = []
-    for conf, s, e in resolve(scored, candidates.policy):
-        s, e = s - n_prefix, e - n_prefix
-        if not 0 <= s < e <= len(words):
-            continue
-        start, end = words[s][1], words[e - 1][2]
-        if end > start:
-            out.append({"text": text[start:end], "confidence": conf, "start": start, "end": end})
-        if first_only:
-            break
-    return out
-
-
-def _choices(
-    probs: Callable[[List[int]], List[float]], choices: Sequence[str], prefix: Sequence[str], dtype: str, threshold: float
-) -> Any:
-    """A choice field's value: each choice is scored at its word in the prefix (``probs`` of those
-    word indices; a choice not found there as one word cannot be chosen)."""
-    lowered = [p.lower() for p in prefix]
-    present = [c for c in dict.fromkeys(choices) if c.lower() in lowered]
-    if not present:
-        return [] if dtype == "list" else None
-    scored = list(zip(present, probs([lowered.index(c.lower()) for c in present])))
-    if dtype == "list":
-        return [{"text": c, "confidence": p} for c, p in scored if p >= threshold]
-    best = max(scored, key=lambda x: x[1], default=None)  # first of equal maxima
-    return {"text": best[0], "confidence": best[1]} if best and best[1] >= threshold else None
-
-
 def _prefix_probs(task: _SpanTask, k: int, m: int, words: List[int]) -> List[float]:
     return [task.prefix_probs[k][m][i] for i in words]
-
-
-def _forced(candidates: Candidates, m: int, words: List[int]) -> List[float]:
-    return candidates.forced(m, [(i, i + 1) for i in words])
 
 
 def decode(
@@ -137,24 +91,8 @@ def decode(
         else:
             rel = schema.relations[seg.index]
             thresholds = [schema.threshold if rel.threshold is None else rel.threshold] * 2
-        if isinstance(task_scores, Candidates):  # a boundary checkpoint
-            if seg.kind == ENTITIES:
-                result["entities"] = {
-                    name: _boundary_spans(task_scores, m, thresholds[m], record.n_prefix, words, text, entity=True)
-                    for m, name in enumerate(seg.names)}
-            else:  # a plain structure: one instance (list fields: every span; str: the best; choices)
-                structure = schema.structures[seg.index]
-                instance = {}
-                for m, f in enumerate(structure.fields):
-                    if f.choices:
-                        forced = functools.partial(_forced, task_scores, m)
-                        instance[f.name] = _choices(forced, f.choices, record.prefix, f.dtype, thresholds[m])
-                        continue
-                    found = _boundary_spans(task_scores, m, thresholds[m], record.n_prefix, words, text,
-                                            first_only=f.dtype == "str")
-                    instance[f.name] = found if f.dtype == "list" else (found[0] if found else None)
-                keep = any(v not in (None, []) for v in instance.values())
-                result["structures"][structure.name] = [instance] if keep else []
+        if isinstance(task_scores, (Candidates, RelationPairs)):  # a boundary checkpoint
+            decode_boundary_task(result, schema, record, seg, task_scores, thresholds, words, text)
             continue
         spans = _SpanTask(task_scores.logits, record.n_prefix, thresholds) if task_scores.count else None
         if seg.kind == ENTITIES:
@@ -175,8 +113,8 @@ def decode(
                 instance: Dict[str, Any] = {}
                 for m, f in enumerate(structure.fields):
                     if f.choices:
-                        probs = functools.partial(_prefix_probs, spans, k, m)
-                        instance[f.name] = _choices(probs, f.choices, record.prefix, f.dtype, thresholds[m])
+                        scored = functools.partial(_prefix_probs, spans, k, m)
+                        instance[f.name] = choices(scored, f.choices, record.prefix, f.dtype, thresholds[m])
                     else:
                         found = spans.spans(k, m, words, text, first_only=f.dtype == "str")
                         instance[f.name] = found if f.dtype == "list" else (found[0] if found else None)

@@ -11,7 +11,8 @@ from torch import nn
 
 from ..runtime.encoder import EncoderModel
 from .boundary import BoundaryHead, BoundarySettings
-from .encoding import CLASSIFICATION, ENTITIES, Batch
+from .boundary_relations import RelationScorer, relation_pairs
+from .encoding import CLASSIFICATION, ENTITIES, RELATION, Batch
 from .layers import MAX_COUNT, SpanRep, count_layer, mlp
 
 
@@ -65,6 +66,8 @@ class GLiNER2Model(EncoderModel):
             self.count_embed = count_layer(settings.counting_layer, hidden)
         else:
             self.boundary_head = BoundaryHead(hidden, settings.boundary)
+            if settings.boundary.enable_relations:
+                self.relation_scorer = RelationScorer(hidden, settings.boundary)
         self.setup_fast_path()
 
     def fp32_modules(self) -> List[nn.Module]:
@@ -167,10 +170,15 @@ class GLiNER2Model(EncoderModel):
             by_record.setdefault(b, []).append(t)
         for b, tasks in by_record.items():
             slots = [batch.records[b].tasks[t] for t in tasks]
-            found = self.boundary_head(words[b, : batch.n_words[b]], tokens[b, [p for s in slots for p in s.marker_pos]])
+            text = words[b, : batch.n_words[b]]
+            found = self.boundary_head(text, tokens[b, [p for s in slots for p in s.marker_pos]])
             first = 0
             for t, s in zip(tasks, slots):
                 results[b][t] = found.rows(first, len(s.marker_pos))
+                if s.segment.kind == RELATION:  # the head and tail slots' candidates, paired and scored
+                    head, tail = tokens[b, s.marker_pos]
+                    results[b][t] = relation_pairs(results[b][t], text, self.relation_scorer, self.settings.boundary,
+                                                   head, tail)
                 first += len(s.marker_pos)
 
 

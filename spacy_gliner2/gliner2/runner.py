@@ -43,18 +43,17 @@ class GLiNER2Runner(Runner[Output]):
                 "structures or relations (in the component config or per call)."
             )
         boundary = self.model.settings.boundary
-        if boundary and schema.relations:
+        if boundary and schema.relations and not boundary.enable_relations:
             raise SchemaError(
-                "This is a GLiNER2.5 'boundary' checkpoint: spacy-gliner2 runs its entities, structures and "
-                "classification tasks so far. Remove relations from the schema, or use a GLiNER2 'span' checkpoint "
-                "(fastino/gliner2-*) for them."
+                "This GLiNER2.5 'boundary' checkpoint has no relation head (boundary_head.enable_relations is false): "
+                "remove relations from the schema, or use a checkpoint trained with relations."
             )
-        if boundary and (schema.entities or schema.structures) and not boundary.extracts:
+        if boundary and (schema.entities or schema.structures or schema.relations) and not boundary.extracts:
             raise SchemaError(
                 f"This GLiNER2.5 'boundary' checkpoint proposes spans per query (boundary_head.candidate_pool = "
                 f"{boundary.candidate_pool!r}); spacy-gliner2 extracts with the shared candidate pool of the released "
-                "checkpoints (fastino/gliner2.5-*) so far, and runs this one's classification tasks only. Remove entities and "
-                "structures from the schema, or use a 'shared' pool checkpoint."
+                "checkpoints (fastino/gliner2.5-*) so far, and runs this one's classification tasks only. Remove entities, "
+                "structures and relations from the schema, or use a 'shared' pool checkpoint."
             )
         for task in schema.classifications:
             if any(not isinstance(out, str) for _, out in task.examples):
