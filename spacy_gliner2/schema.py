@@ -22,7 +22,7 @@ SPECIAL_TOKENS: Tuple[str, ...] = (
 )
 DEFAULT_THRESHOLD = 0.5
 FIELD_DTYPES = ("str", "list")
-SCHEMA_KEYS = ("entities", "classifications", "structures", "relations")
+SCHEMA_KEYS = ("entities", "classifications", "structures", "relations", "entity_attributes")
 
 
 class SchemaError(ValueError):
@@ -70,6 +70,24 @@ class Relation:
 
 
 @dataclass(frozen=True)
+class AttributeGroup:
+    """Labels given to each extracted entity span (GLiNER2.5's span attributes): one of them, or
+    (``multi_label``) each at or above ``threshold``; only for the entity types in ``applies_to``
+    (None: all). The prompt reads each label as an extra entity label (``"group: label"`` with
+    ``qualify_labels``)."""
+
+    name: str
+    labels: Tuple[str, ...]
+    multi_label: bool = False
+    threshold: float = DEFAULT_THRESHOLD
+    applies_to: Optional[Tuple[str, ...]] = None
+    qualify_labels: bool = False
+
+    def prompt_label(self, label: str) -> str:
+        return f"{self.name}: {label}" if self.qualify_labels else label
+
+
+@dataclass(frozen=True)
 class Schema:
     """A validated schema. Build it with :meth:`from_config`."""
 
@@ -77,6 +95,7 @@ class Schema:
     classifications: Tuple[ClassificationTask, ...] = ()
     structures: Tuple[Structure, ...] = ()
     relations: Tuple[Relation, ...] = ()
+    entity_attributes: Tuple[AttributeGroup, ...] = ()
     threshold: float = DEFAULT_THRESHOLD
     raw: Dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -87,20 +106,24 @@ class Schema:
         classifications: Any = None,
         structures: Any = None,
         relations: Any = None,
+        entity_attributes: Any = None,
         threshold: float = DEFAULT_THRESHOLD,
     ) -> "Schema":
         """Parse and validate a schema given as plain data (see README)."""
+        parsed_entities = _parse_entities(entities)
         schema = cls(
-            entities=_parse_entities(entities),
+            entities=parsed_entities,
             classifications=_parse_classifications(classifications),
             structures=_parse_structures(structures),
             relations=_parse_relations(relations),
+            entity_attributes=_parse_attributes(entity_attributes, parsed_entities),
             threshold=_threshold(threshold, "threshold"),
             raw={
                 "entities": entities,
                 "classifications": classifications,
                 "structures": structures,
                 "relations": relations,
+                "entity_attributes": entity_attributes,
             },
         )
         schema.cats_keys()  # validates key uniqueness
@@ -123,6 +146,12 @@ class Schema:
         return Schema.from_config(
             threshold=overrides.get("threshold", self.threshold), **data
         )
+
+    @property
+    def prompt_entities(self) -> Tuple[EntityType, ...]:
+        """The entity labels of the prompt: the entity types, then every attribute label (sorted)."""
+        labels = sorted(g.prompt_label(label) for g in self.entity_attributes for label in g.labels)
+        return self.entities + tuple(EntityType(label) for label in labels)
 
     @property
     def is_empty(self) -> bool:
@@ -252,6 +281,53 @@ def _parse_entities(value: Any) -> Tuple[EntityType, ...]:
 
 def _parse_relations(value: Any) -> Tuple[Relation, ...]:
     return tuple(Relation(*_described(n, c, "relation")) for n, c in _named_items(value, "relations"))
+
+
+_ATTRIBUTE_KEYS = ("labels", "multi_label", "threshold", "applies_to", "qualify_labels")
+
+
+def _parse_attributes(value: Any, entities: Tuple[EntityType, ...]) -> Tuple[AttributeGroup, ...]:
+    """``group -> [labels]`` or ``group -> {labels, multi_label, threshold, applies_to, qualify_labels}``."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise SchemaError(f"entity_attributes must be a mapping group -> labels or settings, got {type(value).__name__}.")
+    if value and not entities:
+        raise SchemaError("entity_attributes describe entity spans: configure entities too.")
+    names = {e.name for e in entities}
+    groups, owner = [], {}
+    for name, config in _sorted_items(value):
+        name = _text(name, "attribute group name")
+        if name in ("text", "confidence", "start", "end"):
+            raise SchemaError(f"Attribute group name {name!r} is reserved (text, confidence, start, end): rename it.")
+        config = {"labels": config} if isinstance(config, (list, tuple)) else config
+        if not isinstance(config, Mapping):
+            raise SchemaError(f"Attribute group {name!r} must map to a list of labels or to {{'labels': [...], ...}}.")
+        _check_keys(config, _ATTRIBUTE_KEYS, f"attribute group {name!r}")
+        labels = config.get("labels")
+        if not isinstance(labels, (list, tuple)) or not labels:
+            raise SchemaError(f"Attribute group {name!r} needs a non-empty list of labels.")
+        labels = tuple(_text(label, f"label of attribute group {name!r}") for label in labels)
+        _unique(labels, f"label of attribute group {name!r}")
+        for label in labels:
+            if label in owner:
+                raise SchemaError(f"Attribute label {label!r} is in both groups {owner[label]!r} and {name!r}.")
+            owner[label] = name
+        applies_to = config.get("applies_to")
+        if applies_to is not None:
+            applies_to = tuple(applies_to)
+            unknown = sorted(set(applies_to) - names)
+            if unknown:
+                raise SchemaError(f"Attribute group {name!r} applies to unknown entity types {unknown}.")
+        group = AttributeGroup(name, labels, bool(config.get("multi_label", False)),
+                               _threshold(config.get("threshold", DEFAULT_THRESHOLD), f"threshold of attribute group {name!r}"),
+                               applies_to, bool(config.get("qualify_labels", False)))
+        clash = sorted({group.prompt_label(label) for label in labels} & names)
+        if clash:
+            raise SchemaError(f"Attribute labels {clash} of group {name!r} are also entity types: "
+                              "rename them or set qualify_labels = true.")
+        groups.append(group)
+    return tuple(groups)
 
 
 _TASK_KEYS = ("labels", "multi_label", "threshold", "prompt", "examples")

@@ -261,3 +261,44 @@ def test_flat_is_not_greedy():
     from spacy_gliner2.core.overlap import resolve
 
     assert resolve([(0.9, 0, 3), (0.6, 0, 1), (0.6, 2, 3)], "flat") == [(0.6, 0, 1), (0.6, 2, 3)]
+
+
+ATTRIBUTES = {"sentiment": ["positive", "negative", "neutral"],
+              "tags": {"labels": ["famous", "rich"], "multi_label": True, "threshold": 0.4, "applies_to": ["person"],
+                       "qualify_labels": True}}
+
+
+def test_span_attributes_match_the_reference(boundary):
+    """Attribute labels join the prompt as entity labels and are scored at every kept entity span."""
+    path, nlp, reference = boundary
+    if nlp.variant not in SHARED_POOL:
+        pytest.skip("classification only")
+    config = {"entities": ENTITIES, "entity_attributes": ATTRIBUTES, "structures": STRUCTURES}
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(path), **config})
+    seen = set()
+    for text, want in zip(TEXTS, reference_outputs(reference, TEXTS, config)):
+        ours = nlp(text)._.gliner2
+        if any(math.isnan(s["confidence"]) for spans in want["entities"].values() for s in spans):
+            continue  # the reference's NaN defect (see above)
+        assert_same(ours, want, text)
+        seen |= {key for spans in want["entities"].values() for s in spans for key in s if key in ATTRIBUTES}
+    assert seen == {"sentiment", "tags"}  # both groups were decided somewhere
+
+
+def test_span_attributes_are_checked_and_refused_on_span_checkpoints(bert_checkpoint):
+    from spacy_gliner2.schema import Schema
+
+    for bad, message in [({"entity_attributes": {"g": ["a"]}}, "configure entities too"),
+                         ({"entities": ["person"], "entity_attributes": {"text": ["a"]}}, "reserved"),
+                         ({"entities": ["person"], "entity_attributes": {"g": ["a"], "h": ["a"]}}, "in both groups"),
+                         ({"entities": ["person"], "entity_attributes": {"g": {"labels": ["a"], "applies_to": ["x"]}}},
+                          "unknown entity types"),
+                         ({"entities": ["person"], "entity_attributes": {"g": ["person"]}}, "qualify_labels"),
+                         ({"entities": ["person"], "entity_attributes": {"g": {"labels": []}}}, "non-empty")]:
+        with pytest.raises(SchemaError, match=message):
+            Schema.from_config(**bad)
+    nlp = spacy.blank("en")
+    pipe = nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": ["person"]})
+    with pytest.raises(SchemaError, match="boundary"):
+        pipe(nlp.make_doc("Tim Cook."), entity_attributes={"g": ["a"]})

@@ -91,6 +91,13 @@ def reference_schema(config: Dict[str, Any]):
                 for e in schema.entities
             }
         )
+    if schema.entity_attributes:
+        from gliner2.inference.schema import AttributeGroup
+
+        ref.entity_attributes({
+            g.name: AttributeGroup(list(g.labels), g.multi_label, g.threshold,
+                                   list(g.applies_to) if g.applies_to is not None else None, g.qualify_labels)
+            for g in schema.entity_attributes})
     for s in schema.structures:
         builder = ref.structure(s.name)
         for f in s.fields:

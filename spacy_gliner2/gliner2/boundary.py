@@ -84,7 +84,8 @@ class Candidates:
     """The scored candidate spans of one text for some of its queries: ``spans`` ``(C, 2)`` half-open
     boundary indices over the prefix and text words, ``probs`` ``(Q, C)``, per query whether it
     abstains and how many best candidates the count head adds (None: no adaptive fill), and
-    ``forced(q, spans)``: the probabilities of given spans for query ``q`` (choice fields). ``logits``
+    ``forced(queries, spans)``: the logits (over the pair temperature) of given spans for the given
+    queries, scored in a pool of those queries (choice fields, span attributes). ``logits``
     are the raw pair logits (``probs`` divide them by the pair temperature)."""
 
     spans: torch.Tensor
@@ -93,14 +94,14 @@ class Candidates:
     abstains: List[bool]
     fill: Optional[List[int]]
     policy: str
-    forced: Callable[[int, List[Tuple[int, int]]], List[float]]
+    forced: Callable[[List[int], List[Tuple[int, int]]], torch.Tensor]
 
     def rows(self, first: int, count: int) -> "Candidates":
         """The candidates of queries ``first .. first + count - 1`` (one task's)."""
         stop = first + count
         return Candidates(self.spans, self.logits[first:stop], self.probs[first:stop], self.abstains[first:stop],
                           None if self.fill is None else self.fill[first:stop], self.policy,
-                          lambda q, spans: self.forced(first + q, spans))
+                          lambda queries, spans: self.forced([first + q for q in queries], spans))
 
 
 def _linear(n_in: int, n_out: int) -> nn.Linear:
@@ -321,9 +322,9 @@ class BoundaryHead(nn.Module):
             rates = self.count_head(queries).squeeze(-1)
             fill = torch.exp(rates).round().long().clamp(0, s.pool_size).tolist()
 
-        def forced(q: int, wanted: List[Tuple[int, int]]) -> List[float]:
-            _, logits, at = self.score(words, queries[q : q + 1], torch.tensor(wanted, device=words.device))
-            return torch.sigmoid(logits[0, at] / s.pair_temperature).tolist()
+        def forced(rows: List[int], wanted: List[Tuple[int, int]]) -> torch.Tensor:
+            _, logits, at = self.score(words, queries[rows], torch.tensor(wanted, device=words.device))
+            return logits[:, at] / s.pair_temperature
 
         return Candidates(spans, logits, probs, abstains, fill, s.overlap_policy, forced)
 

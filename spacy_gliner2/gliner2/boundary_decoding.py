@@ -22,14 +22,11 @@ Span = Dict[str, Any]
 Mention = Tuple[str, int, int, float]  # text, start, end, confidence (the reference's offsets)
 
 
-def _spans(
-    candidates: Candidates, m: int, threshold: float, n_prefix: int, words: Sequence[Word], text: str,
-    entity: bool = False, first_only: bool = False,
-) -> List[Span]:
+def _resolved(candidates: Candidates, m: int, threshold: float, n_prefix: int, n_words: int,
+              entity: bool = False) -> List[Tuple[float, int, int]]:
     """One query's candidates at or above ``threshold`` (plus the count head's fill), resolved by the
-    checkpoint's overlap policy; spans outside the text are dropped after resolution, as the reference.
-    An entity label may abstain (structure fields do not). ``first_only``: the best resolved span, if
-    it covers text (not only the appended period)."""
+    checkpoint's overlap policy, those inside the text (pool coordinates; spans outside are dropped
+    after resolution, as the reference). An entity label may abstain (structure fields do not)."""
     if entity and candidates.abstains[m]:
         return []
     probs = candidates.probs[m]
@@ -38,21 +35,65 @@ def _spans(
         keep[torch.argsort(probs, descending=True, stable=True)[: candidates.fill[m]]] = True
     index = keep.nonzero().squeeze(-1)
     scored = list(zip(probs[index].tolist(), *candidates.spans[index].T.tolist()))
-    out = []
-    for conf, s, e in resolve(scored, candidates.policy):
-        s, e = s - n_prefix, e - n_prefix
-        if not 0 <= s < e <= len(words):
-            continue
-        start, end = words[s][1], words[e - 1][2]
-        if end > start:
-            out.append({"text": text[start:end], "confidence": conf, "start": start, "end": end})
-        if first_only:
-            break
-    return out
+    return [(c, s, e) for c, s, e in resolve(scored, candidates.policy) if 0 <= s - n_prefix < e - n_prefix <= n_words]
+
+
+def _to_span(found: Tuple[float, int, int], n_prefix: int, words: Sequence[Word], text: str) -> "Span | None":
+    """The span's dict; None for a span of only the appended period (it covers no text)."""
+    conf, s, e = found
+    start, end = words[s - n_prefix][1], words[e - n_prefix - 1][2]
+    return {"text": text[start:end], "confidence": conf, "start": start, "end": end} if end > start else None
+
+
+def _spans(candidates: Candidates, m: int, threshold: float, n_prefix: int, words: Sequence[Word], text: str,
+           first_only: bool = False) -> List[Span]:
+    """A structure field's spans; ``first_only``: the best one, if it covers text."""
+    found = _resolved(candidates, m, threshold, n_prefix, len(words))
+    spans = [_to_span(f, n_prefix, words, text) for f in (found[:1] if first_only else found)]
+    return [s for s in spans if s]
+
+
+def _entities(schema: Schema, seg: Segment, scores: Candidates, thresholds: Sequence[float], n_prefix: int,
+              words: Sequence[Word], text: str) -> Dict[str, List[Span]]:
+    """Entity spans per label, with their span attributes."""
+    decoded = {}
+    for m, entity in enumerate(schema.entities):
+        found = _resolved(scores, m, thresholds[m], n_prefix, len(words), entity=True)
+        decoded[entity.name] = [(f[1:], _to_span(f, n_prefix, words, text)) for f in found]
+    if schema.entity_attributes:
+        _attributes(schema, seg, scores, decoded)
+    return {name: [span for _, span in items if span] for name, items in decoded.items()}
+
+
+def _attributes(schema: Schema, seg: Segment, scores: Candidates, decoded: Dict[str, List[Tuple[Any, Span]]]) -> None:
+    """Score every attribute label at every kept entity span (spans forced into a pool of the
+    attribute queries, as the reference) and add each group's decision to the span dicts."""
+    query = {name: m for m, name in enumerate(seg.names)}
+    rows = list(dict.fromkeys((label, query[g.prompt_label(label)]) for g in schema.entity_attributes for label in g.labels))
+    pairs = list(dict.fromkeys(coords for items in decoded.values() for coords, _ in items))
+    if not pairs:
+        return
+    logits = scores.forced([q for _, q in rows], pairs)
+    row = {label: r for r, (label, _) in enumerate(rows)}
+    column = {coords: c for c, coords in enumerate(pairs)}
+    for name, items in decoded.items():
+        for coords, span in items:
+            for group in schema.entity_attributes:
+                if span is None or (group.applies_to is not None and name not in group.applies_to):
+                    continue
+                values = logits[[row[label] for label in group.labels], column[coords]]
+                if group.multi_label:
+                    probs = torch.sigmoid(values).tolist()
+                    span[group.name] = [{"label": label, "confidence": p}
+                                        for label, p in zip(group.labels, probs) if p >= group.threshold]
+                else:
+                    probs = torch.softmax(values, -1)
+                    best = int(probs.argmax())
+                    span[group.name] = {"label": group.labels[best], "confidence": float(probs[best])}
 
 
 def _forced(candidates: Candidates, m: int, words: List[int]) -> List[float]:
-    return candidates.forced(m, [(i, i + 1) for i in words])
+    return torch.sigmoid(candidates.forced([m], [(i, i + 1) for i in words])[0]).tolist()
 
 
 def _mention(words: Sequence[Word], text: str, s: int, e: int, conf: float) -> Mention:
@@ -136,8 +177,7 @@ def decode_boundary_task(result: Dict[str, Any], schema: Schema, record: Encoded
         rel = schema.relations[seg.index]
         result["relations"][rel.name] = _relations(scores, thresholds[0], record.n_prefix, words, text)
     elif seg.kind == ENTITIES:
-        result["entities"] = {name: _spans(scores, m, thresholds[m], record.n_prefix, words, text, entity=True)
-                              for m, name in enumerate(seg.names)}
+        result["entities"] = _entities(schema, seg, scores, thresholds, record.n_prefix, words, text)
     else:  # a plain structure: one instance (list fields: every span; str: the best; choices)
         structure = schema.structures[seg.index]
         instance = {}

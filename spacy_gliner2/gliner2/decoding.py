@@ -84,7 +84,7 @@ def decode(
             result["classifications"][task.name], probs[task.name] = classify(task, task_scores.logits)
             continue
         if seg.kind == ENTITIES:
-            thresholds = [schema.threshold if e.threshold is None else e.threshold for e in schema.entities]
+            thresholds = [schema.threshold if e.threshold is None else e.threshold for e in schema.prompt_entities]
         elif seg.kind == STRUCTURE:
             fields = schema.structures[seg.index].fields
             thresholds = [schema.threshold if f.threshold is None else f.threshold for f in fields]

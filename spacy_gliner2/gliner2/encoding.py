@@ -87,9 +87,9 @@ def schema_segments(schema: Schema) -> List[Segment]:
     for i, s in enumerate(schema.structures):
         descs = [(f.name, f.description) for f in s.fields if f.description]
         segments.append(_segment(STRUCTURE, i, _prompt(s.name, descs), [f.name for f in s.fields]))
-    if schema.entities:
-        descs = [(e.name, e.description) for e in schema.entities if e.description]
-        names = [e.name for e in schema.entities]
+    if schema.entities:  # attribute labels (if any) are read as extra entity labels
+        descs = [(e.name, e.description) for e in schema.prompt_entities if e.description]
+        names = [e.name for e in schema.prompt_entities]
         segments.append(_segment(ENTITIES, 0, _prompt("entities", descs), names))
     for i, r in enumerate(schema.relations):
         prompt = f"{r.name}: {r.description}" if r.description else r.name

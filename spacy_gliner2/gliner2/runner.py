@@ -43,6 +43,11 @@ class GLiNER2Runner(Runner[Output]):
                 "structures or relations (in the component config or per call)."
             )
         boundary = self.model.settings.boundary
+        if schema.entity_attributes and not boundary:
+            raise SchemaError(
+                "entity_attributes run on GLiNER2.5 'boundary' checkpoints (fastino/gliner2.5-*) so far; remove "
+                "them from the schema for this GLiNER2 'span' checkpoint."
+            )
         if boundary and schema.relations and not boundary.enable_relations:
             raise SchemaError(
                 "This GLiNER2.5 'boundary' checkpoint has no relation head (boundary_head.enable_relations is false): "
