@@ -12,7 +12,6 @@ every decision. "other load" is the CPU other processes used meanwhile, in cores
 """
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -20,8 +19,8 @@ from pathlib import Path
 
 import torch
 from machine import cpu_seconds, other_load, timed  # benchmarks/machine.py
-from throughput import (ATTENTION_INIT_STD, DEBERTA_V3_BASE, LABELS_5, LABELS_50, ROOT, SPM_MODEL, best_of, compare,
-                        decisions, load_texts, make_nlp)
+from throughput import (ATTENTION_INIT_STD, DEBERTA_V3_BASE, LABELS_5, LABELS_50, ROOT, best_of, compare, decisions,
+                        finish_checkpoint, load_texts, make_nlp, start_checkpoint)
 
 HEAD = dict(candidate_pool="shared", boundary_dim=128, pair_dim=128, enable_span_content=True, content_dim=64,
             content_soft_max_pool=False, candidate_attention_layers=0, query_attention_layers=0,
@@ -43,13 +42,9 @@ def build_checkpoint(folder: Path, seed: int, calibration_texts) -> str:
         return "reused"
     from gliner2 import AutoExtractor, ExtractorConfig
     from gliner2.models.boundary.engine import BoundaryExtractor
-    from transformers import DebertaV2Config, DebertaV2Tokenizer
+    from transformers import DebertaV2Config
 
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    shutil.copyfile(SPM_MODEL, partial / "spm.model")
-    tokenizer = DebertaV2Tokenizer.from_pretrained(str(partial))
+    partial, tokenizer = start_checkpoint(folder)
     config = ExtractorConfig(model_name="deberta-v3-base-boundary-random", architecture="boundary",
                              token_pooling="first", boundary_head=HEAD)
     torch.manual_seed(seed)
@@ -80,8 +75,7 @@ def build_checkpoint(folder: Path, seed: int, calibration_texts) -> str:
     model.save_pretrained(str(partial))
     if type(AutoExtractor.from_pretrained(str(partial))).__name__ != "BoundaryExtractor":
         raise RuntimeError(f"{partial} does not load as a boundary checkpoint")
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
+    finish_checkpoint(partial, folder)
     return "built"
 
 

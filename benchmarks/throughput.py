@@ -80,13 +80,9 @@ def build_checkpoint(folder: Path, seed: int, calibration_texts) -> str:
     if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
         return "reused"
     from gliner2 import ExtractorConfig, GLiNER2, Schema
-    from transformers import DebertaV2Config, DebertaV2Tokenizer
+    from transformers import DebertaV2Config
 
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    shutil.copyfile(SPM_MODEL, partial / "spm.model")
-    tokenizer = DebertaV2Tokenizer.from_pretrained(str(partial))
+    partial, tokenizer = start_checkpoint(folder)
     encoder_config = DebertaV2Config(**DEBERTA_V3_BASE)
     config = ExtractorConfig(model_name="deberta-v3-base-random", max_width=8,
                              counting_layer="count_lstm")
@@ -111,9 +107,25 @@ def build_checkpoint(folder: Path, seed: int, calibration_texts) -> str:
     loaded = GLiNER2.from_pretrained(str(partial))
     if any(not torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items()):
         raise RuntimeError(f"{partial} does not reload with the weights that were saved")
+    finish_checkpoint(partial, folder)
+    return "built"
+
+
+def start_checkpoint(folder: Path):
+    """A fresh ``<folder>.partial`` holding the DeBERTa-v3 vocabulary, and its tokenizer."""
+    from transformers import DebertaV2Tokenizer
+
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    shutil.copyfile(SPM_MODEL, partial / "spm.model")
+    return partial, DebertaV2Tokenizer.from_pretrained(str(partial))
+
+
+def finish_checkpoint(partial: Path, folder: Path) -> None:
+    """Put a fully written ``partial`` in place of ``folder``."""
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
-    return "built"
 
 
 @torch.no_grad()

@@ -302,3 +302,17 @@ def test_span_attributes_are_checked_and_refused_on_span_checkpoints(bert_checkp
     pipe = nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": ["person"]})
     with pytest.raises(SchemaError, match="boundary"):
         pipe(nlp.make_doc("Tim Cook."), entity_attributes={"g": ["a"]})
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_fast_modes_run_on_boundary_checkpoints(precision, tmp_path):
+    """The encoder's fast modes leave the boundary head to run as it does in exact mode."""
+    path = build_boundary_checkpoint(tmp_path / "released", "released", null_bias=-2.0)
+    exact, fast = spacy.blank("en"), spacy.blank("en")
+    exact.add_pipe("gliner2", config={"model": str(path), **CONFIG})
+    fast.add_pipe("gliner2", config={"model": str(path), **CONFIG, "precision": precision})
+    for a, b in zip(exact.pipe(TEXTS), fast.pipe(TEXTS)):
+        assert {k: list(v) for k, v in a._.gliner2.items()} == {k: list(v) for k, v in b._.gliner2.items()}
+    found = [set((label, s["start"], s["end"]) for label, spans in d._.gliner2["entities"].items() for s in spans)
+             for d in (exact(TEXTS[0]), fast(TEXTS[0]))]
+    assert found[0] and len(found[0] & found[1]) >= len(found[0]) / 2  # mostly the same decisions
