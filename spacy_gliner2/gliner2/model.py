@@ -84,7 +84,9 @@ class GLiNER2Model(EncoderModel):
         return self.run_encoder(batch.input_ids, batch.attention_mask, keep=keep)
 
     def forward(self, batch: Batch, counts: Optional[List[List[int]]] = None) -> List[List[TaskScores]]:
-        """Scores for every task of every record: ``result[b][t]``.
+        """Scores for every task of every record: ``result[b][t]`` (:class:`TaskScores`; on a boundary
+        checkpoint, extraction tasks get :class:`~.boundary.Candidates` or, for relations,
+        :class:`~.boundary_relations.RelationPairs`).
 
         ``counts`` (training) gives each span task's gold instance count instead of
         the predicted one; span logits are then left unmasked (finite everywhere).
