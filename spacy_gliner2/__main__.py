@@ -13,15 +13,18 @@
     python -m spacy_gliner2 feedback training/model-best verdicts.jsonl improved/ --component gliclass
     python -m spacy_gliner2 kernels [--build]   # the compiled CPU kernels: can they run here, are they built
     python -m spacy_gliner2 ray training/model-best texts.parquet annotated.parquet   # with Ray Data
+    python -m spacy_gliner2 zero-shot training/model-best --out zero-shot.json [--limit 100]   # the paper's test sets
 """
 import argparse
 import contextlib
 import dataclasses
+import json
 import random
 import sys
 from pathlib import Path
 
 import spacy
+import torch
 
 from . import convert
 from .core.feedback import agreement, feedback_examples, read_feedback
@@ -44,6 +47,23 @@ def _run(args: argparse.Namespace) -> None:
             batch_size=args.batch_size, n_process=args.n_process, limit=args.limit, strict=args.strict,
             component_cfg=component_cfg, progress=not args.quiet)
     print(report, file=sys.stderr)
+
+
+def _zero_shot(args: argparse.Namespace) -> None:
+    from .stream import load_pipeline
+    from .zero_shot import evaluate, load_sets, table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    placeholder = {"classifications": {"zero_shot": ["yes", "no"]}}  # a checkpoint needs a schema; each set gives its own
+    nlp = load_pipeline(args.model, args.factory, placeholder, args.gpu_id)
+    sets = load_sets(args.data, args.sets.split(",") if args.sets else None, args.limit)
+    result = evaluate(nlp, sets, args.batch_size, progress=not args.quiet)
+    result.update(model=args.model, limit=args.limit)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2), encoding="utf8")
+    print(table(result))
+    print(f"wrote {args.out}", file=sys.stderr)
 
 
 def _kernels(args: argparse.Namespace) -> None:
@@ -182,6 +202,18 @@ def main() -> None:
     fb.add_argument("--head-lr", type=float, default=None, help="default: the component's training block")
     fb.add_argument("--seed", type=int, default=0)
     fb.set_defaults(run=_feedback)
+    zs = sub.add_parser("zero-shot", help="zero-shot scores on the public test sets the GLiNER2 paper reports")
+    zs.add_argument("model", help="a saved pipeline folder, or a checkpoint (folder or Hub id)")
+    zs.add_argument("--data", type=Path, default=Path("../shared/data/eval"), help="the eval folder of the shared data")
+    zs.add_argument("--out", type=Path, required=True, help="JSON file for every figure")
+    zs.add_argument("--sets", help="comma-separated set names (default: all)")
+    zs.add_argument("--limit", type=int, help="N texts of each set, spread over it (a quick run)")
+    zs.add_argument("--factory", choices=["gliner2", "gliclass"], help="for a checkpoint (default: its family)")
+    zs.add_argument("--batch-size", type=int, default=32)
+    zs.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    zs.add_argument("--gpu-id", type=int, default=-1)
+    zs.add_argument("--quiet", action="store_true", help="no progress bars")
+    zs.set_defaults(run=_zero_shot)
     kern = sub.add_parser("kernels", help="report the compiled CPU kernels' state (--build: build them now)")
     kern.add_argument("--build", action="store_true", help="build now (also after a remembered failure)")
     kern.set_defaults(run=_kernels)
@@ -197,7 +229,7 @@ def main() -> None:
     rd.add_argument("--address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local one)")
     rd.set_defaults(run=_ray)
     args = parser.parse_args()
-    if args.command not in ("run", "ray"):
+    if args.command not in ("run", "ray", "zero-shot"):
         args.run(args)
         return
     try:
