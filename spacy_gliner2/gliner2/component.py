@@ -179,10 +179,11 @@ class GLiNER2Component(ZeroShotComponent):
     def _gold(self, doc: Doc) -> Gold:
         """What a reference Doc teaches (entities, cats, structures, relations)."""
         key = self.training.gold_spans_key
-        spans = doc.spans[key] if key else doc.ents
+        spans = (doc.spans[key] if key in doc.spans else []) if key else doc.ents
         data = doc._.get(EXTENSION) or {}
         return Gold(
             entities=[(s.label_, s.start_char, s.end_char) for s in spans],
+            entities_annotated=key in doc.spans if key else doc.has_annotation("ENT_IOB"),
             cats={k: float(v) for k, v in doc.cats.items()},
             structures={k: list(v) for k, v in (data.get("structures") or {}).items()},
             relations={k: list(v) for k, v in (data.get("relations") or {}).items()},

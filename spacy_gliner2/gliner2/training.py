@@ -38,6 +38,7 @@ class Gold:
     """What one Doc teaches, as character offsets into its text."""
 
     entities: List[Tuple[str, int, int]] = field(default_factory=list)
+    entities_annotated: bool = True  # False: the Doc says nothing about entities (teaches none, nor their absence)
     cats: Dict[str, float] = field(default_factory=dict)
     structures: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     relations: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
@@ -58,6 +59,7 @@ def window_gold(gold: Gold, start: int, end: int) -> Gold:
     """The gold of one window: entities, structure instances and relations inside it."""
     return Gold(
         entities=[e for e in gold.entities if start <= e[1] and e[2] <= end],
+        entities_annotated=gold.entities_annotated,
         cats=gold.cats,
         structures={k: [i for i in v if _inside(i, start, end)] for k, v in gold.structures.items()},
         relations={k: [r for r in v if _inside(r, start, end)] for k, v in gold.relations.items()},
@@ -65,13 +67,15 @@ def window_gold(gold: Gold, start: int, end: int) -> Gold:
 
 
 def sample_schema(gold: Gold, base: Schema, entity_labels: Sequence[str], settings: TrainingSettings, rng: random.Random) -> Schema:
-    """An example's prompt: gold labels plus sampled negatives, shuffled, some dropped.
+    """An example's prompt: gold labels plus sampled negatives, shuffled, some dropped; no
+    entity labels at all when the Doc's entities are not annotated (a text-classification corpus,
+    say: its Docs must not teach "no entities").
 
     Descriptions and thresholds of labels known to ``base`` are kept.
     """
     known = {e.name: e for e in base.entities}
     gold_labels = list(dict.fromkeys(label for label, _, _ in gold.entities))
-    pool = [label for label in entity_labels if label not in gold_labels]
+    pool = [label for label in entity_labels if label not in gold_labels] if gold.entities_annotated else []
     negatives = rng.sample(pool, min(settings.negatives, len(pool)))
     labels = [lab for lab in gold_labels + negatives if rng.random() >= settings.label_dropout]
     if not labels and (gold_labels or negatives):

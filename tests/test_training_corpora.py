@@ -1,0 +1,49 @@
+"""Training on mixed corpora: a Doc teaches only what it annotates."""
+import random
+
+import spacy
+
+from spacy_gliner2.gliner2.encoding import Encoder
+from spacy_gliner2.gliner2.training import Gold, TrainingSettings, make_targets, sample_schema
+from spacy_gliner2.schema import Schema
+
+LABELS = ["person", "city", "company", "drug", "disease"]
+BASE = Schema.from_config(classifications={"topic": ["sport", "politics"]})
+
+
+def test_unannotated_entities_teach_no_entities():
+    rng = random.Random(0)
+    settings = TrainingSettings(label_dropout=0.0)
+    for _ in range(20):
+        none_annotated = sample_schema(Gold(entities_annotated=False), BASE, LABELS, settings, rng)
+        assert not none_annotated.entities and none_annotated.classifications
+        empty = sample_schema(Gold(), BASE, LABELS, settings, rng)  # annotated: no entities here
+        assert len(empty.entities) == settings.negatives  # they teach "none of these"
+
+
+def test_the_component_reads_whether_entities_are_annotated(bert_checkpoint):
+    nlp = spacy.blank("en")
+    pipe = nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": ["person"]})
+    doc = nlp.make_doc("Ada met Tim in Paris.")
+    assert not pipe._gold(doc).entities_annotated  # e.g. a text-classification corpus
+    doc.ents = []
+    assert pipe._gold(doc).entities_annotated  # annotated, and there are none
+    pipe.training.gold_spans_key = "gold"
+    assert not pipe._gold(doc).entities_annotated  # the configured span group is absent
+    doc.spans["gold"] = []
+    assert pipe._gold(doc).entities_annotated
+
+
+def test_a_doc_without_cats_teaches_no_classes(bert_checkpoint):
+    nlp = spacy.blank("en")
+    pipe = nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": ["person"]})
+    encoder = Encoder(pipe.runner.tokenizer)
+    text = "Ada met Tim in Paris."
+    words = pipe._words(nlp.make_doc(text))
+    schema = Schema.from_config(entities=["person"], classifications={"topic": ["sport", "politics"]})
+    record = encoder.encode(schema, words)
+    without, _ = make_targets(schema, record, words, Gold(entities=[("person", 0, 3)]), 8)
+    with_cats, _ = make_targets(schema, record, words, Gold(entities=[("person", 0, 3)], cats={"sport": 1.0}), 8)
+    kinds = [slots.segment.kind for slots in record.tasks]
+    cls = kinds.index("classification")
+    assert without.classes[cls] is None and with_cats.classes[cls] == [1.0, 0.0]
