@@ -4,7 +4,7 @@ import random
 import spacy
 
 from spacy_gliner2.gliner2.encoding import Encoder
-from spacy_gliner2.gliner2.training import Gold, TrainingSettings, make_targets, sample_schema
+from spacy_gliner2.gliner2.training import Gold, TrainingSettings, label_groups, make_targets, negative_pool, sample_schema
 from spacy_gliner2.schema import Schema
 
 LABELS = ["person", "city", "company", "drug", "disease"]
@@ -47,3 +47,37 @@ def test_a_doc_without_cats_teaches_no_classes(bert_checkpoint):
     kinds = [slots.segment.kind for slots in record.tasks]
     cls = kinds.index("classification")
     assert without.classes[cls] is None and with_cats.classes[cls] == [1.0, 0.0]
+
+
+def test_label_groups_are_the_data_sets_of_a_mixed_corpus():
+    docs = [["person", "city"], ["city", "country"], ["actor", "director"], ["title"], ["director", "title"], []]
+    groups = label_groups(docs)
+    assert groups == [["actor", "director", "title"], ["city", "country", "person"]]
+    everything = ["actor", "city", "country", "director", "drug", "person", "title"]  # "drug": configured, no data
+    assert negative_pool(["actor"], groups, everything) == ["actor", "director", "drug", "title"]
+    assert negative_pool([], groups, everything) == everything  # a Doc without entities: every label
+    assert negative_pool(["person"], [], everything) == everything  # nothing learned: as before
+
+
+def test_negatives_come_from_the_examples_own_data_set(bert_checkpoint):
+    from spacy.training import Example
+
+    nlp = spacy.blank("en")
+    pipe = nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint)})
+
+    def example(text, spans):
+        doc = nlp.make_doc(text)
+        doc.ents = [doc.char_span(a, b, label=label) for a, b, label in spans]
+        return Example(nlp.make_doc(text), doc)
+
+    news = [example("Ada met Tim in Paris.", [(0, 3, "person"), (15, 20, "city")]),
+            example("Rome is in Italy.", [(0, 4, "city"), (11, 16, "country")])]
+    movies = [example("Nolan directed Memento.", [(0, 5, "director"), (15, 22, "title")]),
+              example("Pacino starred in Heat.", [(0, 6, "actor"), (18, 22, "title")])]
+    nlp.initialize(lambda: news + movies)
+    assert pipe.cfg["entity_label_groups"] == [["actor", "director", "title"], ["city", "country", "person"]]
+    rng = random.Random(0)
+    for _ in range(10):
+        for eg, own in [(news[0], {"person", "city", "country"}), (movies[0], {"director", "title", "actor"})]:
+            for schema, *_ in pipe._training_items([eg], rng):
+                assert {e.name for e in schema.entities} <= own

@@ -19,7 +19,7 @@ from ..schema import SCHEMA_KEYS, Schema
 from .annotate import EXTENSION, annotate
 from .runner import GLiNER2Runner
 from .scoring import score as score_examples
-from .training import Gold, TrainingSettings, sample_schema, training_loss, window_gold
+from .training import Gold, TrainingSettings, label_groups, negative_pool, sample_schema, training_loss, window_gold
 
 logger = logging.getLogger(__name__)  # warnings reach stderr unless logging is configured
 
@@ -97,7 +97,9 @@ class GLiNER2Component(ZeroShotComponent):
     runner_type = GLiNER2Runner
     settings_type = TrainingSettings
     schema_keys = SCHEMA_KEYS
-    learned_keys = ("entity_labels",)  # every entity label seen in training (negatives are sampled from it)
+    # every entity label seen in training (negatives are sampled from it), and the groups of labels that
+    # share a Doc (a mixed corpus's data sets: an example's negatives come from its own)
+    learned_keys = ("entity_labels", "entity_label_groups")
     runner: GLiNER2Runner
     training: TrainingSettings
 
@@ -133,10 +135,12 @@ class GLiNER2Component(ZeroShotComponent):
         """Every entity label of the data becomes a possible negative, and schema sections
         left empty in the config are filled from the data (entity labels, one
         classification task ``"category"`` over the cats)."""
-        entity_labels = set()
+        entity_labels, per_doc = set(), []
         for eg in examples:
-            entity_labels.update(label for label, _, _ in self._gold(eg.reference).entities)
+            per_doc.append({label for label, _, _ in self._gold(eg.reference).entities})
+            entity_labels.update(per_doc[-1])
         self.cfg["entity_labels"] = sorted(entity_labels | {e.name for e in self.schema.entities})
+        self.cfg["entity_label_groups"] = label_groups(sorted(labels) for labels in per_doc)
         schema = dict(self.cfg["schema"])
         if not schema.get("entities") and entity_labels:
             schema["entities"] = sorted(entity_labels)
@@ -196,7 +200,9 @@ class GLiNER2Component(ZeroShotComponent):
         for eg in examples:
             doc = eg.reference
             gold_doc = self._gold(doc)
-            schema = sample_schema(gold_doc, self.schema, self.cfg["entity_labels"], self.training, rng)
+            gold_labels = [label for label, _, _ in gold_doc.entities]
+            pool = negative_pool(gold_labels, self.cfg.get("entity_label_groups", []), self.cfg["entity_labels"])
+            schema = sample_schema(gold_doc, self.schema, pool, self.training, rng)
             if schema.is_empty:
                 continue
             jobs, records = self.runner.windows(

@@ -9,7 +9,7 @@ import bisect
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +64,38 @@ def window_gold(gold: Gold, start: int, end: int) -> Gold:
         structures={k: [i for i in v if _inside(i, start, end)] for k, v in gold.structures.items()},
         relations={k: [r for r in v if _inside(r, start, end)] for k, v in gold.relations.items()},
     )
+
+
+def label_groups(label_sets: Iterable[Iterable[str]]) -> List[List[str]]:
+    """Entity labels that share a Doc, transitively: one group per data set of a mixed corpus
+    (whose label names differ), found in one pass over the Docs' label sets."""
+    parent: Dict[str, str] = {}
+
+    def root(label: str) -> str:
+        while parent.setdefault(label, label) != label:
+            parent[label] = parent[parent[label]]
+            label = parent[label]
+        return label
+
+    for labels in label_sets:
+        labels = list(labels)
+        for a, b in zip(labels, labels[1:] or labels):
+            parent[root(a)] = root(b)
+    groups: Dict[str, List[str]] = {}
+    for label in parent:
+        groups.setdefault(root(label), []).append(label)
+    return sorted(sorted(g) for g in groups.values())
+
+
+def negative_pool(gold_labels: Sequence[str], groups: Sequence[Sequence[str]], entity_labels: Sequence[str]) -> List[str]:
+    """The labels an example's negatives are drawn from: those of its own data set (the groups
+    of its gold labels) and labels no Doc has shown; every label for a Doc without entities or
+    when no groups were learned. Labels of other data sets would be false negatives there."""
+    mine = {label for group in groups if not set(group).isdisjoint(gold_labels) for label in group}
+    if not mine:
+        return list(entity_labels)
+    grouped = {label for group in groups for label in group}
+    return [label for label in entity_labels if label in mine or label not in grouped]
 
 
 def sample_schema(gold: Gold, base: Schema, entity_labels: Sequence[str], settings: TrainingSettings, rng: random.Random) -> Schema:
