@@ -15,10 +15,27 @@ def test_unannotated_entities_teach_no_entities():
     rng = random.Random(0)
     settings = TrainingSettings(label_dropout=0.0)
     for _ in range(20):
-        none_annotated = sample_schema(Gold(entities_annotated=False), BASE, LABELS, settings, rng)
+        none_annotated, _ = sample_schema(Gold(entities_annotated=False, cats={"sport": 1.0}), BASE, LABELS, settings, rng)
         assert not none_annotated.entities and none_annotated.classifications
-        empty = sample_schema(Gold(), BASE, LABELS, settings, rng)  # annotated: no entities here
+        empty, _ = sample_schema(Gold(), BASE, LABELS, settings, rng)  # annotated: no entities here
         assert len(empty.entities) == settings.negatives  # they teach "none of these"
+        assert not empty.classifications  # and, without doc.cats, no class
+
+
+def test_a_prompt_holds_the_tasks_the_doc_annotates_with_sampled_negative_labels():
+    base = Schema.from_config(classifications={"intent": [f"i{n}" for n in range(30)], "mood": ["sad", "glad"]})
+    settings = TrainingSettings(class_negatives=4)
+    seen = set()
+    for seed in range(20):
+        schema, gold = sample_schema(Gold(cats={"intent:i7": 1.0}), base, [], settings, random.Random(seed))
+        (task,) = schema.classifications
+        assert task.name == "intent" and "i7" in task.labels and len(task.labels) == 5
+        assert gold.classes["intent"] == [1.0 if label == "i7" else 0.0 for label in task.labels]
+        seen.update(task.labels)
+    assert len(seen) > 10  # the negatives vary
+    schema, gold = sample_schema(Gold(cats={"mood:glad": 1.0, "intent:i1": 1.0}), base, [],
+                                 TrainingSettings(class_negatives=-1, shuffle_labels=False), random.Random(0))
+    assert [len(t.labels) for t in schema.classifications] == [30, 2] and gold.classes["mood"] == [0.0, 1.0]
 
 
 def test_the_component_reads_whether_entities_are_annotated(bert_checkpoint):
@@ -43,7 +60,9 @@ def test_a_doc_without_cats_teaches_no_classes(bert_checkpoint):
     schema = Schema.from_config(entities=["person"], classifications={"topic": ["sport", "politics"]})
     record = encoder.encode(schema, words)
     without, _ = make_targets(schema, record, words, Gold(entities=[("person", 0, 3)]), 8)
-    with_cats, _ = make_targets(schema, record, words, Gold(entities=[("person", 0, 3)], cats={"sport": 1.0}), 8)
+    _, gold = sample_schema(Gold(entities=[("person", 0, 3)], cats={"sport": 1.0}), schema, ["person"],
+                            TrainingSettings(shuffle_labels=False), random.Random(0))
+    with_cats, _ = make_targets(schema, record, words, gold, 8)
     kinds = [slots.segment.kind for slots in record.tasks]
     cls = kinds.index("classification")
     assert without.classes[cls] is None and with_cats.classes[cls] == [1.0, 0.0]
@@ -81,3 +100,23 @@ def test_negatives_come_from_the_examples_own_data_set(bert_checkpoint):
         for eg, own in [(news[0], {"person", "city", "country"}), (movies[0], {"director", "title", "actor"})]:
             for schema, *_ in pipe._training_items([eg], rng):
                 assert {e.name for e in schema.entities} <= own
+
+
+def test_tasks_are_read_from_task_prefixed_cats():
+    from spacy.training import Example
+
+    from spacy_gliner2.core.component import category_task
+
+    nlp = spacy.blank("en")
+
+    def eg(cats):
+        doc = nlp.make_doc("a text")
+        doc.cats = cats
+        return Example(doc, doc)
+
+    mixed = [eg({"intent:book flight": 1.0}), eg({"mood:sad": 1.0, "mood:glad": 1.0}), eg({})]
+    assert category_task(mixed) == {"intent": {"labels": ["book flight"], "multi_label": False},
+                                    "mood": {"labels": ["glad", "sad"], "multi_label": True}}
+    one = [eg({"sport": 1.0, "politics": 0.0}), eg({"time:of day": 1.0})]  # not every key has a task
+    assert category_task(one) == {"category": {"labels": ["politics", "sport", "time:of day"], "multi_label": False}}
+    assert category_task([eg({})]) is None

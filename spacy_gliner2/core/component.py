@@ -40,14 +40,31 @@ def check_choice(value: Any, allowed: Iterable[Any], key: str) -> None:
 
 
 def category_task(examples: Iterable[Example]) -> Optional[Dict[str, Any]]:
-    """A ``classifications`` section read from the data: one task ``"category"`` over every
-    label of the references' ``doc.cats`` (multi-label when a Doc has more than one label at or
-    over 0.5); None when no Doc has cats."""
-    labels, multi = set(), False
-    for eg in examples:
-        labels.update(eg.reference.cats)
-        multi = multi or sum(v >= 0.5 for v in eg.reference.cats.values()) > 1
-    return {"category": {"labels": sorted(labels), "multi_label": multi}} if labels else None
+    """A ``classifications`` section read from the data (None when no Doc has cats): one task
+    per prefix when every ``doc.cats`` key reads ``"task:label"`` with two or more tasks (the
+    keys :meth:`Schema.cats_keys` gives several tasks), else one task ``"category"`` over every
+    label; a task is multi-label when a Doc gives it more than one label at or over 0.5."""
+    cats = [eg.reference.cats for eg in examples if eg.reference.cats]
+    keys = {key for doc_cats in cats for key in doc_cats}
+    if not keys:
+        return None
+    prefixes = {key.split(":", 1)[0] for key in keys if ":" in key}
+    split = len(prefixes) > 1 and all(":" in key for key in keys)
+
+    def task_of(key: str) -> Tuple[str, str]:
+        return tuple(key.split(":", 1)) if split else ("category", key)  # type: ignore[return-value]
+
+    tasks: Dict[str, Dict[str, Any]] = {}
+    for doc_cats in cats:
+        positives: Dict[str, int] = {}
+        for key, value in doc_cats.items():
+            name, label = task_of(key)
+            task = tasks.setdefault(name, {"labels": set(), "multi_label": False})
+            task["labels"].add(label)
+            positives[name] = positives.get(name, 0) + (value >= 0.5)
+        for name, count in positives.items():
+            tasks[name]["multi_label"] |= count > 1
+    return {name: {"labels": sorted(t["labels"]), "multi_label": t["multi_label"]} for name, t in sorted(tasks.items())}
 
 
 def parse_device(device: str) -> torch.device:

@@ -13,8 +13,10 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..core.class_sampling import Item
+from ..core.class_sampling import gold_items as sample_items
 from ..core.optim import OptimSettings
-from ..schema import ClassificationTask, Schema
+from ..schema import Schema
 from .model import GLiClassModel
 
 LOSSES = ("bce", "focal")
@@ -35,35 +37,9 @@ class GLiClassTraining(OptimSettings):
             raise ValueError(f"training.loss must be one of {list(LOSSES)}, got {self.loss!r}.")
 
 
-@dataclass
-class Item:
-    """One training input: a task with the labels of its prompt, and their gold values."""
-
-    task: ClassificationTask
-    targets: List[float]  # per prompt label: 1.0 positive, 0.0 negative (soft values kept)
-
-
 def gold_items(cats: Dict[str, float], schema: Schema, settings: GLiClassTraining, rng: random.Random) -> List[Item]:
-    """The training inputs of one Doc's ``doc.cats`` (keys by :meth:`Schema.cats_keys`)."""
-    judged = schema.judged(cats)
-    items = []
-    for task in schema.classifications:
-        gold = judged[task.name]
-        positives = [label for label in task.labels if gold.get(label, 0.0) >= 0.5]
-        if not gold or (not task.multi_label and len(positives) != 1):
-            continue  # nothing annotated for this task (or no single gold class)
-        others = [label for label in task.labels if label not in positives]
-        count = len(others) if settings.negatives < 0 else min(settings.negatives, len(others))
-        labels = positives + rng.sample(others, count)
-        if settings.shuffle_labels:
-            rng.shuffle(labels)
-        else:
-            labels.sort(key=task.labels.index)
-        descriptions = tuple(d for d in task.descriptions if d[0] in labels)
-        prompt_task = ClassificationTask(task.name, tuple(labels), descriptions, task.multi_label,
-                                         task.threshold, task.prompt, task.examples)
-        items.append(Item(prompt_task, [gold.get(label, 0.0) for label in labels]))
-    return items
+    """The training inputs of one Doc's ``doc.cats`` (:func:`..core.class_sampling.gold_items`)."""
+    return sample_items(cats, schema, settings.negatives, settings.shuffle_labels, rng)
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:

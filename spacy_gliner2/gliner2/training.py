@@ -8,14 +8,15 @@ relations as result dicts). Pure Python/torch: the component calls
 import bisect
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ..core.class_sampling import gold_items
 from ..core.optim import OptimSettings
-from ..schema import ClassificationTask, EntityType, Schema
+from ..schema import EntityType, Schema
 from ..text import Word
 from .encoding import CLASSIFICATION, ENTITIES, RELATION, STRUCTURE, EncodedText, make_batch
 from .layers import MAX_COUNT
@@ -30,6 +31,7 @@ class TrainingSettings(OptimSettings):
     negatives: int = 5  # negative entity labels sampled per example
     label_dropout: float = 0.1  # chance to leave a label out of an example's prompt
     negative_span_mask: float = 0.5  # share of negative spans left out of the loss
+    class_negatives: int = -1  # negative labels per classification prompt (-1: all of the task's labels)
     gold_spans_key: Optional[str] = None  # None: gold entities from doc.ents
 
 
@@ -39,7 +41,8 @@ class Gold:
 
     entities: List[Tuple[str, int, int]] = field(default_factory=list)
     entities_annotated: bool = True  # False: the Doc says nothing about entities (teaches none, nor their absence)
-    cats: Dict[str, float] = field(default_factory=dict)
+    cats: Dict[str, float] = field(default_factory=dict)  # doc.cats (keys by Schema.cats_keys)
+    classes: Dict[str, List[float]] = field(default_factory=dict)  # per prompt task: targets of its labels
     structures: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     relations: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
 
@@ -61,6 +64,7 @@ def window_gold(gold: Gold, start: int, end: int) -> Gold:
         entities=[e for e in gold.entities if start <= e[1] and e[2] <= end],
         entities_annotated=gold.entities_annotated,
         cats=gold.cats,
+        classes=gold.classes,
         structures={k: [i for i in v if _inside(i, start, end)] for k, v in gold.structures.items()},
         relations={k: [r for r in v if _inside(r, start, end)] for k, v in gold.relations.items()},
     )
@@ -98,10 +102,13 @@ def negative_pool(gold_labels: Sequence[str], groups: Sequence[Sequence[str]], e
     return [label for label in entity_labels if label in mine or label not in grouped]
 
 
-def sample_schema(gold: Gold, base: Schema, entity_labels: Sequence[str], settings: TrainingSettings, rng: random.Random) -> Schema:
-    """An example's prompt: gold labels plus sampled negatives, shuffled, some dropped; no
-    entity labels at all when the Doc's entities are not annotated (a text-classification corpus,
-    say: its Docs must not teach "no entities").
+def sample_schema(gold: Gold, base: Schema, entity_labels: Sequence[str], settings: TrainingSettings,
+                  rng: random.Random) -> Tuple[Schema, Gold]:
+    """An example's prompt and its gold: gold entity labels plus sampled negatives, shuffled,
+    some dropped (no entity labels at all when the Doc's entities are not annotated: a
+    text-classification corpus, say, must not teach "no entities"); the classification tasks
+    the Doc annotates, each with its gold labels and ``class_negatives`` others
+    (:func:`..core.class_sampling.gold_items`); the structures and relations it annotates.
 
     Descriptions and thresholds of labels known to ``base`` are kept.
     """
@@ -116,20 +123,15 @@ def sample_schema(gold: Gold, base: Schema, entity_labels: Sequence[str], settin
         rng.shuffle(labels)
     else:
         labels.sort(key=lambda label: entity_labels.index(label) if label in entity_labels else -1)
-    tasks = []
-    for task in base.classifications:
-        order = list(task.labels)
-        if settings.shuffle_labels:
-            rng.shuffle(order)
-        descriptions = tuple(d for d in task.descriptions if d[0] in order)
-        tasks.append(ClassificationTask(task.name, tuple(order), descriptions, task.multi_label, task.threshold, task.prompt))
-    return Schema(
+    items = gold_items(gold.cats, base, settings.class_negatives, settings.shuffle_labels, rng)
+    schema = Schema(
         entities=tuple(known.get(label, EntityType(label)) for label in labels),
-        classifications=tuple(tasks),
+        classifications=tuple(item.task for item in items),
         structures=tuple(s for s in base.structures if s.name in gold.structures),
         relations=tuple(r for r in base.relations if r.name in gold.relations),
         threshold=base.threshold,
     )
+    return schema, replace(gold, classes={item.task.name: item.targets for item in items})
 
 
 class _WordIndex:
@@ -207,10 +209,7 @@ def make_targets(schema: Schema, record: EncodedText, words: Sequence[Word], gol
                     for pos in _positions(instance.get(slot), index, record.prefix):
                         cells.append((k, m, *pos))
         else:
-            task = schema.classifications[seg.index]
-            key = (lambda label: f"{task.name}:{label}") if len(schema.classifications) > 1 else (lambda label: label)
-            values = [gold.cats.get(key(label)) for label in task.labels]
-            target = None if all(v is None for v in values) else [float(v or 0.0) for v in values]
+            target = gold.classes.get(schema.classifications[seg.index].name)
         counts.append(count)
         positives.append(cells)
         classes.append(target)
