@@ -1,10 +1,12 @@
 """End-to-end demo: load a GLiNER2 checkpoint into spaCy, annotate real texts, save, reload.
 
+    python scripts/demo.py                                     # the bundled model (no download)
     python scripts/demo.py --model fastino/gliner2-base-v1   # a Hub id or a local folder
-    python scripts/demo.py --model tiny                        # a tiny random checkpoint (no download)
+    python scripts/demo.py --model tiny                        # a tiny random checkpoint
 
-``tiny`` builds a random-weight checkpoint with the reference ``gliner2`` package
-(the ``test`` extra): the outputs are meaningless, the plumbing is real.
+The default, ``spacy-gliner2/minilm-small``, is the small model inside the package (README,
+Models). ``tiny`` builds a random-weight checkpoint with the reference ``gliner2`` package
+(the ``test`` extra): its outputs are meaningless, the plumbing is real.
 """
 import argparse
 import csv
@@ -27,7 +29,8 @@ def texts_from(data: Path, n: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", help="Hub id, local checkpoint folder, or 'tiny'")
+    parser.add_argument("--model", default="spacy-gliner2/minilm-small",
+                        help="the bundled model (default), a Hub id, a local checkpoint folder, or 'tiny'")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "training" / "demo")
     parser.add_argument("--n", type=int, default=8, help="texts per data set")
@@ -49,10 +52,8 @@ def main() -> None:
         "gliner2",
         config={
             "model": model,
-            "entities": {"person": "a named human", "organization": None, "country": None, "political party": None},
-            "classifications": {"topic": ["world", "sports", "business", "science"]},
-            "structures": {"event": ["what::str", "where::str", "who::list"]},
-            "relations": ["member_of"],
+            "entities": ["person", "organization", "country", "political party"],
+            "classifications": {"topic": ["world", "sports", "business", "science and technology"]},
         },
     )
     texts = texts_from(args.data, args.n)
@@ -63,7 +64,6 @@ def main() -> None:
         print("\n" + doc.text[:200])
         print("  ents:", [(e.text, e.label_) for e in doc.ents])
         print("  cats:", {k: round(v, 3) for k, v in doc.cats.items()})
-        print("  structures:", json.dumps(doc._.gliner2["structures"])[:300])
     print(f"\n{len(docs)} texts in {elapsed:.2f}s ({len(docs) / elapsed:.1f} texts/s)")
 
     nlp.to_disk(args.out / "pipeline")

@@ -62,6 +62,8 @@ def _zero_shot(args: argparse.Namespace) -> None:
     result.update(model=args.model, limit=args.limit)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2), encoding="utf8")
+    if args.markdown:
+        args.markdown.write_text(table(result) + "\n", encoding="utf8")
     print(table(result))
     print(f"wrote {args.out}", file=sys.stderr)
 
@@ -206,6 +208,7 @@ def main() -> None:
     zs.add_argument("model", help="a saved pipeline folder, or a checkpoint (folder or Hub id)")
     zs.add_argument("--data", type=Path, default=Path("../shared/data/eval"), help="the eval folder of the shared data")
     zs.add_argument("--out", type=Path, required=True, help="JSON file for every figure")
+    zs.add_argument("--markdown", type=Path, help="also write the table (Markdown) to this file")
     zs.add_argument("--sets", help="comma-separated set names (default: all)")
     zs.add_argument("--limit", type=int, help="N texts of each set, spread over it (a quick run)")
     zs.add_argument("--factory", choices=["gliner2", "gliclass"], help="for a checkpoint (default: its family)")

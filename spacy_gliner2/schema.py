@@ -178,6 +178,15 @@ class Schema:
             seen.add(key)
         return keys
 
+    def apart(self) -> List["Schema"]:
+        """One schema per task: the entities (with their attributes), each classification task,
+        structure and relation (a prompt too long for the encoder runs in these passes)."""
+        parts = [Schema(entities=self.entities, entity_attributes=self.entity_attributes, threshold=self.threshold)]
+        parts = parts if self.entities else []
+        for section in ("classifications", "structures", "relations"):
+            parts += [Schema(threshold=self.threshold, **{section: (task,)}) for task in getattr(self, section)]
+        return parts
+
     def judged(self, cats: Dict[str, float]) -> Dict[str, Dict[str, float]]:
         """Per task, the labels that ``cats`` (a ``doc.cats``, keys by :meth:`cats_keys`) gives a value."""
         out: Dict[str, Dict[str, float]] = {task.name: {} for task in self.classifications}

@@ -26,6 +26,7 @@ def test_hub_id_offline_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="not in the local Hugging Face cache") as err:
         resolve("some-org/not-cached-model", HubOptions(cache_dir=str(tmp_path), local_files_only=True))
     assert "some-org/not-cached-model" in str(err.value)
+    assert 'model = "spacy-gliner2/minilm-small"' in str(err.value)  # the way to run without the Hub
     code = (
         "from spacy_gliner2.core.checkpoint import resolve, CheckpointError\n"
         "try:\n"

@@ -7,7 +7,7 @@ import spacy
 import torch
 from equality import close
 
-from spacy_gliner2.schema import SchemaError
+from spacy_gliner2.schema import Schema, SchemaError
 
 CONFIG = {
     "entities": {"person": "a human being", "organization": None, "location": {"threshold": 0.4}},
@@ -194,3 +194,25 @@ def test_load_time_config_overrides_win(nlp, tmp_path):
     pipe = loaded.get_pipe("gliner2")
     assert pipe.cfg["batch_size"] == 2 and pipe.schema.threshold == 0.9
     assert [e.name for e in pipe.schema.entities] == ["x"]
+
+
+def test_a_prompt_too_long_for_one_pass_runs_task_by_task(bert_checkpoint):
+    """Over half of the encoder's positions taken by the prompt: each task runs in its own pass
+    (same windows as alone), and the results are those of the tasks run one at a time."""
+    nlp = make_nlp(bert_checkpoint, structures=None, relations=None)
+    runner = nlp.get_pipe("gliner2").runner
+    limit = runner.max_tokens
+    tasks = {name: [f"{name} label number {i}" for i in range(limit // 30)] for name in ("topic", "tone")}
+    full = {"entities": ["person", "city"], "classifications": tasks}
+    text = "Angela Merkel met Tim Cook in Berlin."
+    schema = Schema.from_config(**full)
+    assert runner.prompt_tokens(schema) > limit // 2 and len(runner.passes(schema)) == 3
+    doc = nlp(text, component_cfg={"gliner2": full})
+    alone = [nlp(text, component_cfg={"gliner2": {"entities": full["entities"], "classifications": None}}),
+             *(nlp(text, component_cfg={"gliner2": {"entities": None, "classifications": {k: v}}}) for k, v in tasks.items())]
+    assert doc._.gliner2["entities"] == alone[0]._.gliner2["entities"]
+    for task, single in zip(tasks, alone[1:]):
+        assert doc._.gliner2["classifications"][task] == single._.gliner2["classifications"][task]
+        assert all(doc.cats[f"{task}:{label}"] == pytest.approx(p) for label, p in single.cats.items())
+    small = Schema.from_config(entities=["person"], classifications={"topic": ["a", "b"]})
+    assert runner.passes(small) == [small]  # a prompt that fits runs in one pass, as always

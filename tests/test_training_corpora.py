@@ -120,3 +120,24 @@ def test_tasks_are_read_from_task_prefixed_cats():
     one = [eg({"sport": 1.0, "politics": 0.0}), eg({"time:of day": 1.0})]  # not every key has a task
     assert category_task(one) == {"category": {"labels": ["politics", "sport", "time:of day"], "multi_label": False}}
     assert category_task([eg({})]) is None
+
+
+def test_training_reads_the_data_tasks_the_pipeline_does_not_predict(bert_checkpoint):
+    from spacy.training import Example
+
+    nlp = spacy.blank("en")
+    pipe = nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": ["person"],
+                                           "classifications": {"mood": ["sad", "glad"]}})
+    docs = [nlp.make_doc(t) for t in ("Book a flight.", "What a day!")]
+    docs[0].cats, docs[1].cats = {"intent:book flight": 1.0}, {"mood:glad": 1.0}
+    examples = [Example(d, d) for d in docs]
+    nlp.initialize(lambda: examples)
+    assert [t.name for t in pipe.schema.classifications] == ["mood"]  # what it predicts
+    assert {t.name: t.labels for t in pipe.training_schema.classifications} == {"mood": ("sad", "glad"),
+                                                                             "intent": ("book flight",)}
+    schema, gold = sample_schema(pipe._gold(docs[0]), pipe.training_schema, [], TrainingSettings(), random.Random(0))
+    assert [t.name for t in schema.classifications] == ["intent"] and gold.classes == {"intent": [1.0]}
+    restored = spacy.blank("en").add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": ["person"],
+                                                             "classifications": {"mood": ["sad", "glad"]}})
+    restored.from_bytes(pipe.to_bytes())
+    assert restored.training_schema == pipe.training_schema

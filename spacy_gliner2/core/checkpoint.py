@@ -17,9 +17,19 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 from safetensors.torch import load_file, save_file
 
+from .compact import compact_state, expand_state
+
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
+COMPACT = "model.compact.safetensors"  # int8 / fp16 weights (:mod:`.compact`): models shipped in the package
 PICKLE = "pytorch_model.bin"
+MODELS = Path(__file__).resolve().parent.parent / "models"
+# Models inside the package, by the name a config gives as `model` (no Hub needed).
+BUNDLED = {"spacy-gliner2/minilm-small": "minilm-small"}
+OFFLINE_HINT = (
+    "To run without the Hub, use the model bundled with spacy-gliner2: model = \"spacy-gliner2/minilm-small\" "
+    "(small, trained by this project; README, Models)."
+)
 
 
 class CheckpointError(OSError):
@@ -48,6 +58,11 @@ def resolve(
     if path.is_dir():
         return path
     name = str(name_or_path)
+    if name in BUNDLED:
+        folder = MODELS / BUNDLED[name]
+        if not (folder / CONFIG).is_file():
+            raise CheckpointError(f"The bundled model {name!r} is missing from {folder}: reinstall spacy-gliner2.")
+        return folder
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise CheckpointError(f"{what} checkpoint folder {name!r} does not exist (or is not a folder).")
     hub = hub or HubOptions()
@@ -64,7 +79,7 @@ def resolve(
             f"{what} model {name!r} is not in the local Hugging Face cache and cannot be "
             "downloaded (offline: HF_HUB_OFFLINE=1, local_files_only, or no network). "
             f"Download it once on a connected machine (`hf download {name}`), or pass the "
-            "path of a local checkpoint folder as `model`."
+            f"path of a local checkpoint folder as `model`. {OFFLINE_HINT}"
         ) from err
     except (HfHubHTTPError, ValueError) as err:
         raise CheckpointError(f"Could not fetch {what} model {name!r} from the Hugging Face Hub: {err}") from err
@@ -106,7 +121,13 @@ def build_encoder(encoder_config: Dict[str, Any], where: str = "encoder_config/c
 
 
 def read_weights(folder: Path) -> Dict[str, torch.Tensor]:
-    """The state dict: safetensors first, else a pickle read with ``weights_only``."""
+    """The state dict (fp32): safetensors first (compact ones expanded), else a pickle read
+    with ``weights_only``."""
+    if (folder / COMPACT).is_file() and not (folder / SAFETENSORS).is_file():
+        try:
+            return expand_state(load_file(str(folder / COMPACT)))
+        except Exception as err:  # safetensors raises several error types
+            raise CheckpointError(f"{folder / COMPACT} cannot be read ({err}); the file is truncated or corrupt.") from err
     if (folder / SAFETENSORS).is_file():
         try:
             return load_file(str(folder / SAFETENSORS))
@@ -126,10 +147,14 @@ def read_weights(folder: Path) -> Dict[str, torch.Tensor]:
     raise CheckpointError(f"{folder} has neither {SAFETENSORS} nor {PICKLE}: no weights to load.")
 
 
-def write_weights(model: torch.nn.Module, folder: Path) -> None:
-    """The model's state dict as ``model.safetensors``."""
+def write_weights(model: torch.nn.Module, folder: Path, compact: bool = False) -> None:
+    """The model's state dict as ``model.safetensors`` (fp32), or with ``compact`` as
+    ``model.compact.safetensors`` (int8 matrices, fp16 rest: :mod:`.compact`)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / SAFETENSORS))
+    if compact:
+        save_file(compact_state(state), str(folder / COMPACT))
+    else:
+        save_file(state, str(folder / SAFETENSORS))
 
 
 def load_tokenizer(folder: Path) -> Any:

@@ -150,6 +150,7 @@ class ZeroShotComponent(TrainablePipe):
             "hub": dict(hub or {}),
             "training": dict(training or {}),
             **{key: [] for key in self.learned_keys},
+            "class_tasks": {},  # the training data's classification tasks (initialize; see training_schema)
         }
         self.training = self.settings_type.from_config(self.cfg["training"])
         self.model = None  # a thinc wrapper of the torch model, once loaded
@@ -224,9 +225,24 @@ class ZeroShotComponent(TrainablePipe):
         examples = list(get_examples())
         validate_examples(examples, f"{type(self).__name__}.initialize")
         schema = self._learn_labels(examples)
+        self.cfg["class_tasks"] = category_task(examples) or {}
         self.schema = self.parse_schema(schema)
         self.cfg["schema"] = schema
         self._overrides = {}
+
+    @property
+    def training_schema(self) -> Schema:
+        """What training reads gold against and samples prompts from: the schema, plus the
+        classification tasks of the training data (``doc.cats``) that it does not predict. So
+        a pipeline can train on many tasks (hundreds of labels) and predict a few."""
+        configured = dict(self.cfg["schema"].get("classifications") or {})
+        extra = {k: v for k, v in self.cfg.get("class_tasks", {}).items() if k not in configured}
+        if not extra:
+            return self.schema
+        key = "training " + json.dumps(extra, sort_keys=True)  # beside the per-call schemas
+        if key not in self._overrides:
+            self._overrides[key] = self.parse_schema({**self.cfg["schema"], "classifications": {**configured, **extra}})
+        return self._overrides[key]
 
     # -- prediction --------------------------------------------------------
 
@@ -367,7 +383,7 @@ class ZeroShotComponent(TrainablePipe):
         """One PPO update on the classification tasks of ``examples`` (:mod:`.rl`): gradients
         of its last epoch are left for :meth:`finish_update`."""
         groups = [(eg.reference, rows) for eg in examples
-                  for rows in [class_rows(eg.reference.cats, self.schema, self.training.shuffle_labels, state.rng)]
+                  for rows in [class_rows(eg.reference.cats, self.training_schema, self.training.shuffle_labels, state.rng)]
                   if rows]
         if not groups:
             return None, {}
@@ -412,6 +428,7 @@ class ZeroShotComponent(TrainablePipe):
         saved = srsly.json_loads(data)
         for key in self.learned_keys:
             self.cfg[key] = saved.get(key, [])
+        self.cfg["class_tasks"] = saved.get("class_tasks", {})
         schema = dict(self.cfg["schema"])
         for key, value in saved.get("schema", {}).items():
             if key in self.schema_keys and not schema.get(key) and value:

@@ -177,8 +177,26 @@ class Runner(Generic[Output]):
         window: int = DEFAULT_WINDOW_WORDS,
         overlap: int = DEFAULT_WINDOW_OVERLAP,
     ) -> List[Output]:
-        """The result of each text. ``words`` are its (un-normalised) words."""
+        """The result of each text. ``words`` are its (un-normalised) words. A schema whose
+        prompt takes over half of what the encoder reads runs task by task (:meth:`passes`)."""
         self.check_schema(schema)
+        passes = self.passes(schema)
+        if len(passes) > 1:
+            outputs = [self._run(texts, words, part, batch_size, max_batch_tokens, window, overlap) for part in passes]
+            return [self.combine(per_text) for per_text in zip(*outputs)]
+        return self._run(texts, words, schema, batch_size, max_batch_tokens, window, overlap)
+
+    def passes(self, schema: Schema) -> List[Schema]:
+        """The schemas one call runs: the schema itself, or (a family that can) one per task
+        when its prompt leaves the text less than half of an encoder with a length limit."""
+        return [schema]
+
+    def combine(self, outputs: Sequence[Output]) -> Output:
+        """One text's result from the results of :meth:`passes` (disjoint tasks)."""
+        raise NotImplementedError
+
+    def _run(self, texts: Sequence[str], words: Sequence[Sequence[Word]], schema: Schema, batch_size: int,
+             max_batch_tokens: int, window: int, overlap: int) -> List[Output]:
         jobs, encoded = self.windows(texts, words, schema, window, overlap)
         order = sorted(range(len(jobs)), key=lambda j: len(encoded[j].input_ids))
         parts: List[Optional[Output]] = [None] * len(jobs)

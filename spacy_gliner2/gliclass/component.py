@@ -118,7 +118,7 @@ class GLiClassComponent(ZeroShotComponent):
     def _loss(self, examples: Sequence[Example], rng: random.Random, generator: torch.Generator) -> Tuple[Optional[torch.Tensor], Dict[str, float]]:
         """The GLiClass losses (:mod:`.training`) over every window of every (Doc, task) input."""
         groups = [(eg.reference, [item]) for eg in examples
-                  for item in gold_items(eg.reference.cats, self.schema, self.training, rng)]
+                  for item in gold_items(eg.reference.cats, self.training_schema, self.training, rng)]
         if not groups:
             return None, {}
         batch, items = self._class_batch(groups)

@@ -202,7 +202,7 @@ class GLiNER2Component(ZeroShotComponent):
             gold_doc = self._gold(doc)
             gold_labels = [label for label, _, _ in gold_doc.entities]
             pool = negative_pool(gold_labels, self.cfg.get("entity_label_groups", []), self.cfg["entity_labels"])
-            schema, gold_doc = sample_schema(gold_doc, self.schema, pool, self.training, rng)
+            schema, gold_doc = sample_schema(gold_doc, self.training_schema, pool, self.training, rng)
             if schema.is_empty:
                 continue
             jobs, records = self.runner.windows(

@@ -1,12 +1,12 @@
 """The GLiNER2 hooks of the shared runner: prompt encoding, batches, decoding and window merge."""
 from pathlib import Path
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from ..core.batching import TextWindow
 from ..core.runner import Runner
 from ..schema import Schema, SchemaError
 from .checkpoint import HUB_PATTERNS, load_model, new_model, save_model
-from .decoding import Probs, Result, decode, merge_windows
+from .decoding import Probs, Result, decode, empty_result, merge_windows
 from .encoding import Batch, EncodedText, Encoder, make_batch
 from .model import GLiNER2Model, TaskScores
 
@@ -72,6 +72,20 @@ class GLiNER2Runner(Runner[Output]):
 
     def prompt_tokens(self, schema: Schema) -> int:
         return len(self.encoder.encode(schema, [(".", 0, 0)]).input_ids) - 1
+
+    def passes(self, schema: Schema) -> List[Schema]:
+        limit = self.max_tokens
+        if limit is None or len(schema.apart()) < 2 or self.prompt_tokens(schema) <= limit // 2:
+            return [schema]
+        return schema.apart()
+
+    def combine(self, outputs: Sequence[Output]) -> Output:
+        result, probs = empty_result(), {}
+        for part, part_probs in outputs:
+            for section, values in part.items():
+                result.setdefault(section, {}).update(values)
+            probs.update(part_probs)
+        return result, probs
 
     def collate(self, records: Sequence[EncodedText]) -> Batch:
         return make_batch(records, self.pad_id)
