@@ -1,4 +1,4 @@
-"""Command line: ``python -m spacy_gliner2 run|convert|export|feedback|kernels|ray ...`` (also ``spacy-gliner2 ...``).
+"""Command line: ``python -m spacy_gliner2 run|convert|export|feedback|calibrate|kernels|ray|zero-shot ...`` (also ``spacy-gliner2 ...``).
 
     python -m spacy_gliner2 run training/model-best texts.jsonl annotated.jsonl    # a saved pipeline
     python -m spacy_gliner2 run fastino/gliner2-base-v1 - - --schema schema.json < texts.txt
@@ -11,6 +11,7 @@
     python -m spacy_gliner2 export training/model-best exported/   # a reference-format checkpoint
     python -m spacy_gliner2 export training/model-best exported/ --component gliclass
     python -m spacy_gliner2 feedback training/model-best verdicts.jsonl improved/ --component gliclass
+    python -m spacy_gliner2 calibrate training/model-best dev.spacy calibrated/ --task intent --share 0.1
     python -m spacy_gliner2 kernels [--build]   # the compiled CPU kernels: can they run here, are they built
     python -m spacy_gliner2 ray training/model-best texts.parquet annotated.parquet   # with Ray Data
     python -m spacy_gliner2 zero-shot training/model-best --out zero-shot.json [--limit 100]   # the paper's test sets
@@ -149,6 +150,21 @@ def _feedback(args: argparse.Namespace) -> None:
     print(f"{len(examples)} texts; agreement with the verdicts {before:.3f} -> {after:.3f}; wrote {args.output}")
 
 
+def _calibrate(args: argparse.Namespace) -> None:
+    from spacy.tokens import DocBin
+
+    from .calibration import calibrate, set_abstention
+
+    nlp = spacy.load(args.pipeline)
+    gold = list(DocBin().from_disk(args.dev).get_docs(nlp.vocab))
+    report = calibrate(nlp, args.component, gold, args.task, args.share)
+    set_abstention(nlp, args.component, args.task, report["abstain_below"])
+    nlp.to_disk(args.output)
+    kept = report["accuracy_kept"]
+    print(f"{args.task}: abstain below {report['abstain_below']:.4f} ({report['abstained']:.1%} of {report['n']} dev texts); "
+          f"accuracy {report['accuracy']:.3f} on all, {'n/a' if kept is None else f'{kept:.3f}'} on the rest; wrote {args.output}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m spacy_gliner2", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -217,6 +233,14 @@ def main() -> None:
     zs.add_argument("--gpu-id", type=int, default=-1)
     zs.add_argument("--quiet", action="store_true", help="no progress bars")
     zs.set_defaults(run=_zero_shot)
+    cal = sub.add_parser("calibrate", help="calibrate a single-label task's uncertain outcome (abstain_below) on a dev set")
+    cal.add_argument("pipeline", type=Path)
+    cal.add_argument("dev", type=Path, help="a .spacy DocBin with gold doc.cats")
+    cal.add_argument("output", type=Path, help="where the pipeline with the task's abstain_below is written")
+    cal.add_argument("--task", required=True)
+    cal.add_argument("--share", type=float, default=0.1, help="share of the dev texts to abstain on (least confident)")
+    cal.add_argument("--component", default="gliner2")
+    cal.set_defaults(run=_calibrate)
     kern = sub.add_parser("kernels", help="report the compiled CPU kernels' state (--build: build them now)")
     kern.add_argument("--build", action="store_true", help="build now (also after a remembered failure)")
     kern.set_defaults(run=_kernels)

@@ -25,6 +25,9 @@ FIELD_DTYPES = ("str", "list")
 SCHEMA_KEYS = ("entities", "classifications", "structures", "relations", "entity_attributes")
 
 
+UNCERTAIN = "uncertain"  # the decision of a task that abstains (abstain_below)
+
+
 class SchemaError(ValueError):
     """A schema that cannot be used, with a message saying how to fix it."""
 
@@ -45,6 +48,12 @@ class ClassificationTask:
     threshold: float = DEFAULT_THRESHOLD
     prompt: Optional[str] = None
     examples: Tuple[Tuple[str, Union[str, Tuple[str, ...]]], ...] = ()  # (text, label or labels)
+    abstain_below: Optional[float] = None  # single-label: decide UNCERTAIN when the best label's probability is lower
+
+    @property
+    def outcomes(self) -> Tuple[str, ...]:
+        """The labels a decision can name: the labels, and UNCERTAIN for a task that abstains."""
+        return self.labels + ((UNCERTAIN,) if self.abstain_below is not None else ())
 
 
 @dataclass(frozen=True)
@@ -160,13 +169,14 @@ class Schema:
     def cats_keys(self) -> List[Tuple[str, str, str]]:
         """``(task, label, doc.cats key)`` for every class label.
 
-        One task: the key is the label. Several tasks: ``"task:label"``.
+        One task: the key is the label. Several tasks: ``"task:label"``. A task that abstains
+        also has an UNCERTAIN key (1.0 when it abstained).
         """
         many = len(self.classifications) > 1
         keys = [
             (task.name, label, f"{task.name}:{label}" if many else label)
             for task in self.classifications
-            for label in task.labels
+            for label in task.outcomes
         ]
         seen = set()
         for task, label, key in keys:
@@ -339,7 +349,7 @@ def _parse_attributes(value: Any, entities: Tuple[EntityType, ...]) -> Tuple[Att
     return tuple(groups)
 
 
-_TASK_KEYS = ("labels", "multi_label", "threshold", "prompt", "examples")
+_TASK_KEYS = ("labels", "multi_label", "threshold", "prompt", "examples", "abstain_below")
 
 
 def _parse_classifications(value: Any) -> Tuple[ClassificationTask, ...]:
@@ -389,6 +399,12 @@ def _parse_task(name: Any, config: Any) -> ClassificationTask:
         raise SchemaError(f"multi_label of {where} must be true or false, got {multi!r}.")
     prompt = config.get("prompt")
     prompt = None if prompt in (None, "") else _text(prompt, f"prompt of {where}")
+    abstain = _optional_threshold(config.get("abstain_below"), f"abstain_below of {where}")
+    if abstain is not None and (multi or UNCERTAIN in labels):
+        raise SchemaError(
+            f"abstain_below of {where}: a task abstains by deciding {UNCERTAIN!r}, which needs a single-label task "
+            f"without a label of that name (multi-label tasks already decide no label below their threshold)."
+        )
     examples = []
     for example in config.get("examples") or ():
         if not isinstance(example, (list, tuple)) or len(example) != 2:
@@ -415,6 +431,7 @@ def _parse_task(name: Any, config: Any) -> ClassificationTask:
         threshold=_threshold(config.get("threshold", DEFAULT_THRESHOLD), f"threshold of {where}"),
         prompt=prompt,
         examples=tuple(examples),
+        abstain_below=abstain,
     )
 
 

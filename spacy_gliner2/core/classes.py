@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from ..schema import ClassificationTask
+from ..schema import UNCERTAIN, ClassificationTask
 
 Decision = Any  # {"label", "confidence"} or a list of them
 LabelProbs = Dict[str, float]
@@ -16,7 +16,8 @@ LabelProbs = Dict[str, float]
 def classify(task: ClassificationTask, logits: torch.Tensor, at_least_one: bool = True) -> Tuple[Decision, LabelProbs]:
     """Multi-label: sigmoid, every label at or over the task's threshold (with
     ``at_least_one``, the best label when none is). Single-label: softmax, the argmax
-    (the first of equal maxima)."""
+    (the first of equal maxima); with ``abstain_below``, UNCERTAIN when its probability is
+    lower (the probabilities then hold UNCERTAIN: 1.0 or 0.0)."""
     if task.multi_label:
         probs = torch.sigmoid(logits).tolist()
         chosen = [{"label": label, "confidence": p} for label, p in zip(task.labels, probs) if p >= task.threshold]
@@ -28,6 +29,10 @@ def classify(task: ClassificationTask, logits: torch.Tensor, at_least_one: bool 
         probs = torch.softmax(logits, dim=-1).tolist()
         best = max(range(len(probs)), key=probs.__getitem__)
         decision = {"label": task.labels[best], "confidence": probs[best]}
+        if task.abstain_below is not None:
+            abstains = probs[best] < task.abstain_below
+            decision["label"] = UNCERTAIN if abstains else decision["label"]
+            return decision, {**dict(zip(task.labels, probs)), UNCERTAIN: float(abstains)}
     return decision, dict(zip(task.labels, probs))
 
 

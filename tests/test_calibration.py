@@ -1,0 +1,56 @@
+"""The uncertain outcome: a single-label task that abstains below a calibrated confidence."""
+import pytest
+import spacy
+import torch
+from spacy.tokens import DocBin
+
+from spacy_gliner2.calibration import abstention_threshold, calibrate, set_abstention
+from spacy_gliner2.core.classes import classify, merge_classes
+from spacy_gliner2.schema import UNCERTAIN, Schema, SchemaError
+
+
+def test_the_threshold_leaves_the_least_confident_share_below_it():
+    confidences = [0.9, 0.2, 0.5, 0.7, 0.3, 0.8, 0.6, 0.4, 0.95, 0.1]
+    t = abstention_threshold(confidences, 0.3)
+    assert t == pytest.approx(0.35) and sorted(c for c in confidences if c < t) == [0.1, 0.2, 0.3]
+    assert abstention_threshold(confidences, 0.0) == 0.0
+    with pytest.raises(ValueError, match="share"):
+        abstention_threshold(confidences, 1.0)
+
+
+def test_a_task_abstains_below_its_threshold_with_its_own_key():
+    schema = Schema.from_config(classifications={"mood": {"labels": ["sad", "glad"], "abstain_below": 0.7},
+                                                 "topic": ["a", "b"]})
+    task = schema.classifications[0]
+    assert ("mood", UNCERTAIN, "mood:uncertain") in schema.cats_keys()
+    unsure, probs = classify(task, torch.tensor([0.0, 0.5]))  # best: glad at 0.62
+    assert unsure["label"] == UNCERTAIN and probs[UNCERTAIN] == 1.0 and probs["glad"] == pytest.approx(0.6225, abs=1e-4)
+    sure, probs = classify(task, torch.tensor([0.0, 2.0]))
+    assert sure["label"] == "glad" and probs[UNCERTAIN] == 0.0
+    assert merge_classes([(unsure, {}), (sure, probs)])[0]["label"] == "glad"  # the most confident window decides
+    for bad in ({"labels": ["a", "b"], "multi_label": True, "abstain_below": 0.5},
+                {"labels": ["a", UNCERTAIN], "abstain_below": 0.5}):
+        with pytest.raises(SchemaError, match="abstain_below"):
+            Schema.from_config(classifications={"t": bad})
+
+
+def test_calibrate_writes_the_threshold_into_the_saved_pipeline(bert_checkpoint, tmp_path):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": None,
+                                    "classifications": {"mood": ["sad", "glad"]}})
+    texts = [f"Text number {i} about {w}." for i, w in enumerate(["rain", "sun", "tax", "cake", "loss", "win"] * 3)]
+    gold = []
+    for i, text in enumerate(texts):
+        doc = nlp.make_doc(text)
+        doc.cats = {"glad": float(i % 2), "sad": float(1 - i % 2)}
+        gold.append(doc)
+    report = calibrate(nlp, "gliner2", gold, "mood", 1 / 3)
+    assert report["n"] == 18 and report["abstained"] == pytest.approx(1 / 3, abs=0.06)
+    set_abstention(nlp, "gliner2", "mood", report["abstain_below"])
+    nlp.to_disk(tmp_path / "calibrated")
+    reloaded = spacy.load(tmp_path / "calibrated")
+    decided = [doc._.gliner2["classifications"]["mood"]["label"] for doc in reloaded.pipe(texts)]
+    assert decided.count(UNCERTAIN) == round(report["abstained"] * 18)
+    assert all(doc.cats[UNCERTAIN] == float(d == UNCERTAIN) for doc, d in zip(reloaded.pipe(texts), decided))
+    with pytest.raises(SchemaError, match="single-label"):
+        calibrate(nlp, "gliner2", gold, "topic", 0.1)
