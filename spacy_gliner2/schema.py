@@ -5,7 +5,7 @@ objects and validated with errors that say what is wrong and how to fix it.
 Knows nothing of torch or spaCy.
 """
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 SPECIAL_TOKENS: Tuple[str, ...] = (
@@ -49,6 +49,25 @@ class ClassificationTask:
     prompt: Optional[str] = None
     examples: Tuple[Tuple[str, Union[str, Tuple[str, ...]]], ...] = ()  # (text, label or labels)
     abstain_below: Optional[float] = None  # single-label: decide UNCERTAIN when the best label's probability is lower
+    numeric_labels: bool = False  # the prompt names each label by its number (a GenCLS++ ablation)
+    label_numbers: Tuple[int, ...] = ()  # each label's 1-based place in the configured task (default: in order)
+
+    @property
+    def shown_labels(self) -> Tuple[str, ...]:
+        """The label names the prompt shows: the labels, or their numbers with ``numeric_labels``."""
+        if not self.numeric_labels:
+            return self.labels
+        return tuple(str(n) for n in self.label_numbers or range(1, len(self.labels) + 1))
+
+    def shown(self, label: str) -> str:
+        return self.shown_labels[self.labels.index(label)] if self.numeric_labels else label
+
+    def subset(self, labels: Sequence[str]) -> "ClassificationTask":
+        """The task prompted with ``labels`` (some of its labels, in that order); each keeps its
+        description and number."""
+        numbers = dict(zip(self.labels, self.label_numbers or range(1, len(self.labels) + 1)))
+        return replace(self, labels=tuple(labels), descriptions=tuple(d for d in self.descriptions if d[0] in labels),
+                       label_numbers=tuple(numbers[label] for label in labels))
 
     @property
     def outcomes(self) -> Tuple[str, ...]:
@@ -349,7 +368,7 @@ def _parse_attributes(value: Any, entities: Tuple[EntityType, ...]) -> Tuple[Att
     return tuple(groups)
 
 
-_TASK_KEYS = ("labels", "multi_label", "threshold", "prompt", "examples", "abstain_below")
+_TASK_KEYS = ("labels", "multi_label", "threshold", "prompt", "examples", "abstain_below", "numeric_labels")
 
 
 def _parse_classifications(value: Any) -> Tuple[ClassificationTask, ...]:
@@ -400,6 +419,9 @@ def _parse_task(name: Any, config: Any) -> ClassificationTask:
     prompt = config.get("prompt")
     prompt = None if prompt in (None, "") else _text(prompt, f"prompt of {where}")
     abstain = _optional_threshold(config.get("abstain_below"), f"abstain_below of {where}")
+    numeric = config.get("numeric_labels", False)
+    if not isinstance(numeric, bool):
+        raise SchemaError(f"numeric_labels of {where} must be true or false, got {numeric!r}.")
     if abstain is not None and (multi or UNCERTAIN in labels):
         raise SchemaError(
             f"abstain_below of {where}: a task abstains by deciding {UNCERTAIN!r}, which needs a single-label task "
@@ -432,6 +454,7 @@ def _parse_task(name: Any, config: Any) -> ClassificationTask:
         prompt=prompt,
         examples=tuple(examples),
         abstain_below=abstain,
+        numeric_labels=numeric,
     )
 
 

@@ -54,3 +54,41 @@ def test_calibrate_writes_the_threshold_into_the_saved_pipeline(bert_checkpoint,
     assert all(doc.cats[UNCERTAIN] == float(d == UNCERTAIN) for doc, d in zip(reloaded.pipe(texts), decided))
     with pytest.raises(SchemaError, match="single-label"):
         calibrate(nlp, "gliner2", gold, "topic", 0.1)
+
+
+def test_numeric_label_names_follow_the_configured_order_through_sampling():
+    import random
+
+    from spacy_gliner2.core.class_sampling import gold_items
+    from spacy_gliner2.gliclass.runner import label_texts
+    from spacy_gliner2.gliner2.encoding import schema_segments
+
+    schema = Schema.from_config(classifications={"t": {"labels": {"sports": None, "politics": "government", "art": None},
+                                                       "numeric_labels": True, "examples": [["A match.", "sports"]]}})
+    task = schema.classifications[0]
+    assert task.labels == ("sports", "politics", "art") and task.shown_labels == ("1", "2", "3")
+    assert task.subset(["art", "sports"]).shown_labels == ("3", "1")
+    for seed in range(5):
+        (item,) = gold_items({"politics": 1.0}, schema, 1, True, random.Random(seed))
+        assert dict(zip(item.task.labels, item.task.shown_labels)) == {k: v for k, v in
+                                                                      {"sports": "1", "politics": "2", "art": "3"}.items()
+                                                                      if k in item.task.labels}
+    (segment,) = schema_segments(schema)
+    words = " ".join(segment.elements)
+    assert "[L] 1 [L] 2 [L] 3" in words and "[DESCRIPTION] 2: government" in words and "[OUTPUT] 1" in words
+    assert not any(name in words for name in ("art", "politics", "sports"))
+    assert label_texts(task) == ["1", "2: government", "3"]
+    plain = Schema.from_config(classifications={"t": ["b", "a"]}).classifications[0]
+    assert plain.shown_labels == ("b", "a") and plain.shown("a") == "a"
+
+
+def test_numeric_labels_decide_by_label_name(bert_checkpoint):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": None,
+                                    "classifications": {"t": {"labels": ["sad", "glad"], "numeric_labels": True}}})
+    doc = nlp("What a day.")
+    assert set(doc.cats) == {"sad", "glad"} and doc._.gliner2["classifications"]["t"]["label"] in ("sad", "glad")
+    named = spacy.blank("en")
+    named.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": None,
+                                      "classifications": {"t": ["sad", "glad"]}})
+    assert named("What a day.").cats != doc.cats  # the prompt differs

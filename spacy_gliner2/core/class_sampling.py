@@ -33,8 +33,5 @@ def gold_items(cats: Dict[str, float], schema: Schema, negatives: int, shuffle: 
             rng.shuffle(labels)
         else:
             labels.sort(key=task.labels.index)
-        descriptions = tuple(d for d in task.descriptions if d[0] in labels)
-        prompt_task = ClassificationTask(task.name, tuple(labels), descriptions, task.multi_label,
-                                         task.threshold, task.prompt, task.examples)
-        items.append(Item(prompt_task, [gold.get(label, 0.0) for label in labels]))
+        items.append(Item(task.subset(labels), [gold.get(label, 0.0) for label in labels]))
     return items

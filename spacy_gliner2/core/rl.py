@@ -42,10 +42,7 @@ def class_rows(cats: Dict[str, float], schema: Schema, shuffle: bool, rng: rando
         labels = list(task.labels)
         if shuffle:
             rng.shuffle(labels)
-        descriptions = tuple(d for d in task.descriptions if d[0] in labels)
-        prompt = ClassificationTask(task.name, tuple(labels), descriptions, task.multi_label, task.threshold,
-                                    task.prompt, task.examples)
-        rows.append(ClassRow(prompt, [judged.get(label) for label in labels]))
+        rows.append(ClassRow(task.subset(labels), [judged.get(label) for label in labels]))
     return rows
 
 

@@ -50,11 +50,13 @@ class ClassBatch:
 def label_texts(task: ClassificationTask) -> List[str]:
     """The text of each label slot: the label, with its description after a colon when it has one."""
     descriptions = dict(task.descriptions)
-    return [f"{label}: {descriptions[label]}" if label in descriptions else label for label in task.labels]
+    return [f"{shown}: {descriptions[label]}" if label in descriptions else shown
+            for label, shown in zip(task.labels, task.shown_labels)]
 
 
 def task_examples(task: ClassificationTask) -> List[Example]:
-    return [Example(text, (out,) if isinstance(out, str) else tuple(out)) for text, out in task.examples]
+    return [Example(text, tuple(task.shown(o) for o in ((out,) if isinstance(out, str) else out)))
+            for text, out in task.examples]
 
 
 class GLiClassRunner(Runner[Output]):

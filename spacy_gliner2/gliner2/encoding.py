@@ -94,10 +94,10 @@ def schema_segments(schema: Schema) -> List[Segment]:
     for i, r in enumerate(schema.relations):
         prompt = f"{r.name}: {r.description}" if r.description else r.name
         segments.append(_segment(RELATION, i, prompt, RELATION_SLOTS))
-    for i, t in enumerate(schema.classifications):
-        prompt = _prompt(f"{t.name}: {t.prompt}" if t.prompt else t.name, t.descriptions)
-        prompt += "".join(f" [EXAMPLE] {text} [OUTPUT] {out}" for text, out in t.examples)
-        segments.append(_segment(CLASSIFICATION, i, prompt, t.labels))
+    for i, t in enumerate(schema.classifications):  # labels as shown (numbers with numeric_labels)
+        prompt = _prompt(f"{t.name}: {t.prompt}" if t.prompt else t.name, [(t.shown(lab), d) for lab, d in t.descriptions])
+        prompt += "".join(f" [EXAMPLE] {text} [OUTPUT] {t.shown(out)}" for text, out in t.examples)
+        segments.append(_segment(CLASSIFICATION, i, prompt, t.shown_labels))
     return segments
 
 
