@@ -20,7 +20,7 @@ import argparse
 import json
 import random
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import spacy
 from spacy.tokens import Doc, Span
