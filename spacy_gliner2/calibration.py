@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterable, List, Sequence
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from .schema import ClassificationTask, Schema, SchemaError
+from .schema import ClassificationTask, Schema, SchemaError, classification_section
 
 
 def abstention_threshold(confidences: Sequence[float], share: float) -> float:
@@ -63,10 +63,7 @@ def set_abstention(nlp: Language, component: str, task_name: str, threshold: flo
     """Set the task's ``abstain_below`` in the component and in the pipeline config (saved with it)."""
     pipe = nlp.get_pipe(component)
     task = _task(pipe.schema, task_name)
-    section = pipe.cfg["schema"].get("classifications") or {}
-    if isinstance(section, (list, tuple)):  # reference style: [{"task": ..., ...}]
-        section = {item["task"]: {k: v for k, v in item.items() if k != "task"} for item in section}
-    section = dict(section)
+    section = classification_section(pipe.cfg["schema"].get("classifications"))
     entry = section.get(task_name, list(task.labels))
     entry = dict(entry) if isinstance(entry, dict) and "labels" in entry else {"labels": entry}
     section[task_name] = {**entry, "abstain_below": threshold}

@@ -371,6 +371,14 @@ def _parse_attributes(value: Any, entities: Tuple[EntityType, ...]) -> Tuple[Att
 _TASK_KEYS = ("labels", "multi_label", "threshold", "prompt", "examples", "abstain_below", "numeric_labels")
 
 
+def classification_section(value: Any) -> Dict[str, Any]:
+    """A config's ``classifications`` as a mapping task -> options (the reference's list form
+    ``[{"task": ..., ...}]`` converted; None gives an empty mapping)."""
+    if isinstance(value, (list, tuple)):
+        return {item["task"]: {k: v for k, v in item.items() if k != "task"} for item in value}
+    return dict(value or {})
+
+
 def _parse_classifications(value: Any) -> Tuple[ClassificationTask, ...]:
     if value is None:
         return ()

@@ -141,3 +141,18 @@ def test_training_reads_the_data_tasks_the_pipeline_does_not_predict(bert_checkp
                                                              "classifications": {"mood": ["sad", "glad"]}})
     restored.from_bytes(pipe.to_bytes())
     assert restored.training_schema == pipe.training_schema
+
+
+def test_a_configured_task_keeps_training_on_plain_label_keys(bert_checkpoint):
+    from spacy.training import Example
+
+    nlp = spacy.blank("en")
+    pipe = nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": ["person"],
+                                           "classifications": [{"task": "topic", "labels": ["sport", "politics"]}]})
+    doc = nlp.make_doc("A match.")
+    doc.cats = {"sport": 1.0, "politics": 0.0}  # one task: the keys are its labels
+    nlp.initialize(lambda: [Example(doc, doc)])
+    assert pipe.training_schema is pipe.schema and pipe.cfg["class_tasks"] == {}
+    schema, gold = sample_schema(pipe._gold(doc), pipe.training_schema, [], TrainingSettings(shuffle_labels=False),
+                                 random.Random(0))
+    assert gold.classes == {"topic": [1.0, 0.0]}

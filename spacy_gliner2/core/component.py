@@ -23,7 +23,7 @@ from spacy.training import Example, validate_examples
 from spacy.util import minibatch, raise_error
 from thinc.api import PyTorchWrapper_v2
 
-from ..schema import Schema, SchemaError
+from ..schema import Schema, SchemaError, classification_section
 from ..text import Word, split_words, words_from_tokens
 from .checkpoint import HubOptions, checkpoint_files, write_checkpoint_files
 from .optim import OptimSettings, TrainingState
@@ -225,7 +225,8 @@ class ZeroShotComponent(TrainablePipe):
         examples = list(get_examples())
         validate_examples(examples, f"{type(self).__name__}.initialize")
         schema = self._learn_labels(examples)
-        self.cfg["class_tasks"] = category_task(examples) or {}
+        learned = category_task(examples) or {}
+        self.cfg["class_tasks"] = learned if len(learned) > 1 else {}  # task-prefixed doc.cats keys only
         self.schema = self.parse_schema(schema)
         self.cfg["schema"] = schema
         self._overrides = {}
@@ -235,7 +236,7 @@ class ZeroShotComponent(TrainablePipe):
         """What training reads gold against and samples prompts from: the schema, plus the
         classification tasks of the training data (``doc.cats``) that it does not predict. So
         a pipeline can train on many tasks (hundreds of labels) and predict a few."""
-        configured = dict(self.cfg["schema"].get("classifications") or {})
+        configured = classification_section(self.cfg["schema"].get("classifications"))
         extra = {k: v for k, v in self.cfg.get("class_tasks", {}).items() if k not in configured}
         if not extra:
             return self.schema
