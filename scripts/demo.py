@@ -52,8 +52,8 @@ def main() -> None:
         "gliner2",
         config={
             "model": model,
-            "entities": ["person", "organization", "country", "political party"],
-            "classifications": {"topic": ["world", "sports", "business", "science and technology"]},
+            "entities": ["person", "organization", "location"],
+            "classifications": {"topic": ["politics", "sports", "business", "science"]},
         },
     )
     texts = texts_from(args.data, args.n)
@@ -66,6 +66,7 @@ def main() -> None:
         print("  cats:", {k: round(v, 3) for k, v in doc.cats.items()})
     print(f"\n{len(docs)} texts in {elapsed:.2f}s ({len(docs) / elapsed:.1f} texts/s)")
 
+    args.out.mkdir(parents=True, exist_ok=True)
     nlp.to_disk(args.out / "pipeline")
     reloaded = spacy.load(args.out / "pipeline")
     same = all(
