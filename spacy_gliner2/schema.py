@@ -51,6 +51,11 @@ class ClassificationTask:
     abstain_below: Optional[float] = None  # single-label: decide UNCERTAIN when the best label's probability is lower
     numeric_labels: bool = False  # the prompt names each label by its number (a GenCLS++ ablation)
     label_numbers: Tuple[int, ...] = ()  # each label's 1-based place in the configured task (default: in order)
+    nearest_examples: Optional[int] = None  # k: ``examples`` are a pool; each text's prompt shows its k nearest
+
+    def showing(self, examples: Sequence[Tuple[str, Union[str, Tuple[str, ...]]]]) -> "ClassificationTask":
+        """The task prompted with exactly ``examples`` (a text's nearest ones)."""
+        return replace(self, examples=tuple(examples), nearest_examples=None)
 
     @property
     def shown_labels(self) -> Tuple[str, ...]:
@@ -180,6 +185,11 @@ class Schema:
         """The entity labels of the prompt: the entity types, then every attribute label (sorted)."""
         labels = sorted(g.prompt_label(label) for g in self.entity_attributes for label in g.labels)
         return self.entities + tuple(EntityType(label) for label in labels)
+
+    @property
+    def retrieves(self) -> bool:
+        """Whether a classification task chooses each text's examples (``nearest_examples``)."""
+        return any(task.nearest_examples for task in self.classifications)
 
     @property
     def is_empty(self) -> bool:
@@ -368,7 +378,8 @@ def _parse_attributes(value: Any, entities: Tuple[EntityType, ...]) -> Tuple[Att
     return tuple(groups)
 
 
-_TASK_KEYS = ("labels", "multi_label", "threshold", "prompt", "examples", "abstain_below", "numeric_labels")
+_TASK_KEYS = ("labels", "multi_label", "threshold", "prompt", "examples", "abstain_below", "numeric_labels",
+              "nearest_examples")
 
 
 def classification_section(value: Any) -> Dict[str, Any]:
@@ -453,6 +464,14 @@ def _parse_task(name: Any, config: Any) -> ClassificationTask:
             if label not in labels:
                 raise SchemaError(f"Example output {label!r} of {where} is not one of its labels {labels}.")
         examples.append((text, tuple(out) if isinstance(out, (list, tuple)) else out))
+    nearest = config.get("nearest_examples")
+    if nearest is not None and (isinstance(nearest, bool) or not isinstance(nearest, int) or nearest < 1):
+        raise SchemaError(f"nearest_examples of {where} must be a whole number >= 1 (or absent), got {nearest!r}.")
+    if nearest is not None and not examples:
+        raise SchemaError(
+            f"nearest_examples of {where} chooses each text's examples from the task's examples, which are "
+            "missing: give a pool of labelled examples ([input_text, label] pairs) under examples."
+        )
     return ClassificationTask(
         name=name,
         labels=tuple(labels),
@@ -463,6 +482,7 @@ def _parse_task(name: Any, config: Any) -> ClassificationTask:
         examples=tuple(examples),
         abstain_below=abstain,
         numeric_labels=numeric,
+        nearest_examples=nearest,
     )
 
 

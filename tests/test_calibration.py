@@ -2,7 +2,6 @@
 import pytest
 import spacy
 import torch
-from spacy.tokens import DocBin
 
 from spacy_gliner2.calibration import abstention_threshold, calibrate, set_abstention
 from spacy_gliner2.core.classes import classify, merge_classes

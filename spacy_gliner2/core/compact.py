@@ -31,10 +31,6 @@ def compact_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def is_compact(state: Dict[str, torch.Tensor]) -> bool:
-    return any(name.endswith(SCALE) for name in state)
-
-
 def expand_state(stored: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """The fp32 state dict of :func:`compact_state`'s output."""
     out: Dict[str, torch.Tensor] = {}

@@ -373,7 +373,7 @@ class ZeroShotComponent(TrainablePipe):
         each (window, task) in the batch's order (a window teaches what its text does)."""
         runner, records, rows = self.runner, [], []
         for doc, items in groups:
-            schema = Schema(classifications=tuple(item.task for item in items))
+            schema = runner.example_schemas(Schema(classifications=tuple(item.task for item in items)), [doc.text])[0]
             _, encoded = runner.windows([doc.text], [self._words(doc)], schema, self.cfg["window_size"],
                                         self.cfg["window_overlap"])
             records += encoded

@@ -8,7 +8,7 @@ copy (precision); a family subclasses it with its hooks (``encode``, ``collate``
 import copy
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Generic, Iterable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, ClassVar, Dict, Generic, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import torch
 
@@ -18,6 +18,7 @@ from ..runtime.precision import cpu_has_bf16_units, int8_products_available
 from ..schema import Schema, SchemaError
 from ..text import DEFAULT_WINDOW_OVERLAP, DEFAULT_WINDOW_WORDS, Word
 from .batching import TextWindow, document_windows, length_batches
+from .neighbours import example_schemas
 from .checkpoint import FAMILY_NAMES, CheckpointError, HubOptions, is_plain_encoder, resolve
 
 PRECISIONS = ("fp32", "int8", "fp16", "bf16")
@@ -37,6 +38,8 @@ class Runner(Generic[Output]):
         self.config = config
         self.precision = "fp32"
         self._runtime: Optional[torch.nn.Module] = None
+        self._pool_embeddings: Dict[Tuple[str, ...], torch.Tensor] = {}  # example pools, for these weights
+        self.pad_id = 0
 
     # -- family hooks ------------------------------------------------------
 
@@ -131,11 +134,12 @@ class Runner(Generic[Output]):
         self.invalidate()
 
     def __getstate__(self) -> Dict[str, Any]:  # copies and pickles rebuild the runtime copy on first use
-        return {**self.__dict__, "_runtime": None}
+        return {**self.__dict__, "_runtime": None, "_pool_embeddings": {}}
 
     def invalidate(self) -> None:
         """Forget the reduced-precision copy and weight-derived caches (after the fp32 weights changed)."""
         self._runtime = None
+        self._pool_embeddings = {}
         self.model.invalidate_caches()
 
     @property
@@ -177,27 +181,69 @@ class Runner(Generic[Output]):
         window: int = DEFAULT_WINDOW_WORDS,
         overlap: int = DEFAULT_WINDOW_OVERLAP,
     ) -> List[Output]:
-        """The result of each text. ``words`` are its (un-normalised) words. A schema whose
-        prompt takes over half of what the encoder reads runs task by task (:meth:`passes`)."""
+        """The result of each text. ``words`` are its (un-normalised) words. A task with
+        ``nearest_examples`` prompts each text with its own examples (:meth:`example_schemas`); a
+        prompt over half of what the encoder reads runs task by task (:meth:`passes`)."""
         self.check_schema(schema)
-        passes = self.passes(schema)
-        if len(passes) > 1:
-            outputs = [self._run(texts, words, part, batch_size, max_batch_tokens, window, overlap) for part in passes]
-            return [self.combine(per_text) for per_text in zip(*outputs)]
-        return self._run(texts, words, schema, batch_size, max_batch_tokens, window, overlap)
+        per_text = self.example_schemas(schema, texts)
+        passes = self.passes(per_text)
+        outputs = [self._run(texts, words, part, batch_size, max_batch_tokens, window, overlap) for part in passes]
+        if len(outputs) == 1:
+            return outputs[0]
+        return [self.combine(results) for results in zip(*outputs)]
 
-    def passes(self, schema: Schema) -> List[Schema]:
-        """The schemas one call runs: the schema itself, or (a family that can) one per task
-        when its prompt leaves the text less than half of an encoder with a length limit."""
-        return [schema]
+    def example_schemas(self, schema: Schema, texts: Sequence[str]) -> List[Schema]:
+        """``schema`` for each text, its tasks with ``nearest_examples`` showing the text's nearest
+        pool examples (:mod:`.neighbours`, with :meth:`embed`)."""
+        return example_schemas(schema, texts, self.embed, self._pool_embeddings)
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """``(N, D)`` unit vectors of texts read alone: the encoder's last hidden states averaged
+        over the text's tokens (a text longer than the encoder reads is read in pieces, all averaged)."""
+        tokenizer, limit = self.tokenizer, (self.max_tokens or 512) - 2
+        first = [] if tokenizer.cls_token_id is None else [tokenizer.cls_token_id]
+        last = [] if tokenizer.sep_token_id is None else [tokenizer.sep_token_id]
+        pieces: List[List[int]] = []
+        owners: List[int] = []
+        for i, text in enumerate(texts):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"] or [tokenizer.unk_token_id]
+            for start in range(0, len(ids), limit):
+                pieces.append(first + ids[start:start + limit] + last)
+                owners.append(i)
+        sums = torch.zeros(len(texts), self.model.hidden_size)
+        counts = torch.zeros(len(texts), 1)
+        training = self.model.training
+        model = self.runtime_model
+        order = sorted(range(len(pieces)), key=lambda j: len(pieces[j]))
+        with torch.inference_mode():
+            for start in range(0, len(order), 32):
+                chunk = order[start:start + 32]
+                width = max(len(pieces[j]) for j in chunk)
+                ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros(len(chunk), width, dtype=torch.long)
+                for row, j in enumerate(chunk):
+                    ids[row, :len(pieces[j])] = torch.tensor(pieces[j])
+                    mask[row, :len(pieces[j])] = 1
+                hidden = model.run_encoder(ids.to(self.device), mask.to(self.device)).float().cpu()
+                where = torch.tensor([owners[j] for j in chunk])
+                sums.index_add_(0, where, (hidden * mask.unsqueeze(-1)).sum(1))
+                counts.index_add_(0, where, mask.sum(1, keepdim=True).float())
+        self.model.train(training)
+        return torch.nn.functional.normalize(sums / counts, dim=1)
+
+    def passes(self, schemas: List[Schema]) -> List[List[Schema]]:
+        """The per-text schemas of each pass one call runs: the schemas themselves, or (a family
+        that can) one pass per task when a prompt leaves the text less than half of an encoder
+        with a length limit."""
+        return [schemas]
 
     def combine(self, outputs: Sequence[Output]) -> Output:
         """One text's result from the results of :meth:`passes` (disjoint tasks)."""
         raise NotImplementedError
 
-    def _run(self, texts: Sequence[str], words: Sequence[Sequence[Word]], schema: Schema, batch_size: int,
+    def _run(self, texts: Sequence[str], words: Sequence[Sequence[Word]], schemas: Sequence[Schema], batch_size: int,
              max_batch_tokens: int, window: int, overlap: int) -> List[Output]:
-        jobs, encoded = self.windows(texts, words, schema, window, overlap)
+        jobs, encoded = self.windows(texts, words, schemas, window, overlap)
         order = sorted(range(len(jobs)), key=lambda j: len(encoded[j].input_ids))
         parts: List[Optional[Output]] = [None] * len(jobs)
         if self.model.training:
@@ -208,7 +254,7 @@ class Runner(Generic[Output]):
             for chunk in chunks:
                 batch = self.collate([encoded[j] for j in chunk]).to(self.device)
                 for j, scores in zip(chunk, self.forward(model, batch)):
-                    parts[j] = self.decode(schema, encoded[j], scores, jobs[j])
+                    parts[j] = self.decode(schemas[jobs[j].doc], encoded[j], scores, jobs[j])
                 if len(chunks) > 1:  # several batches (a long document, many texts): keep them from growing the heap
                     return_freed_memory()
         per_doc: List[List[Output]] = [[] for _ in texts]  # in document order
@@ -220,17 +266,19 @@ class Runner(Generic[Output]):
         self,
         texts: Sequence[str],
         words: Sequence[Sequence[Word]],
-        schema: Schema,
+        schema: Union[Schema, Sequence[Schema]],
         window: int = DEFAULT_WINDOW_WORDS,
         overlap: int = DEFAULT_WINDOW_OVERLAP,
     ) -> Tuple[List[TextWindow], List[Record]]:
-        """Cut texts into word windows and encode them, halving windows that outgrow
-        the encoder (never truncating). Serves inference and training alike."""
+        """Cut texts into word windows and encode them (with ``schema``, or each text with its own),
+        halving windows that outgrow the encoder (never truncating). Serves inference and training alike."""
+        schemas = [schema] * len(texts) if isinstance(schema, Schema) else schema
         queue = document_windows(texts, words, window, overlap)[::-1]
         limit = self.max_tokens
         jobs, encoded = [], []
         while queue:
             job = queue.pop()
+            schema = schemas[job.doc]
             record = self.encode(schema, job)
             if limit is None or len(record.input_ids) <= limit:
                 jobs.append(job)

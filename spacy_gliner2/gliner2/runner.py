@@ -23,7 +23,6 @@ class GLiNER2Runner(Runner[Output]):
     def __init__(self, model: GLiNER2Model, tokenizer: Any, config: Dict[str, Any]):
         super().__init__(model, tokenizer, config)
         self.encoder = Encoder(tokenizer)
-        self.pad_id = 0
 
     @classmethod
     def read(cls, folder: Path) -> Tuple[GLiNER2Model, Any, Dict[str, Any]]:
@@ -73,11 +72,14 @@ class GLiNER2Runner(Runner[Output]):
     def prompt_tokens(self, schema: Schema) -> int:
         return len(self.encoder.encode(schema, [(".", 0, 0)]).input_ids) - 1
 
-    def passes(self, schema: Schema) -> List[Schema]:
+    def passes(self, schemas: List[Schema]) -> List[List[Schema]]:
         limit = self.max_tokens
-        if limit is None or len(schema.apart()) < 2 or self.prompt_tokens(schema) <= limit // 2:
-            return [schema]
-        return schema.apart()
+        distinct = {id(s): s for s in schemas}
+        if (limit is None or not schemas or len(schemas[0].apart()) < 2
+                or max(self.prompt_tokens(s) for s in distinct.values()) <= limit // 2):
+            return [schemas]
+        parts = {key: s.apart() for key, s in distinct.items()}  # the same tasks in every text's schema
+        return [list(per_text) for per_text in zip(*(parts[id(s)] for s in schemas))]
 
     def combine(self, outputs: Sequence[Output]) -> Output:
         result, probs = empty_result(), {}
