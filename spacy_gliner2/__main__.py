@@ -1,4 +1,4 @@
-"""Command line: ``python -m spacy_gliner2 run|convert|export|feedback|calibrate|kernels|ray|zero-shot ...`` (also ``spacy-gliner2 ...``).
+"""Command line: ``python -m spacy_gliner2 run|convert|export|feedback|calibrate|kernels|ray|zero-shot|strategies ...`` (also ``spacy-gliner2 ...``).
 
     python -m spacy_gliner2 run training/model-best texts.jsonl annotated.jsonl    # a saved pipeline
     python -m spacy_gliner2 run fastino/gliner2-base-v1 - - --schema schema.json < texts.txt
@@ -15,6 +15,7 @@
     python -m spacy_gliner2 kernels [--build]   # the compiled CPU kernels: can they run here, are they built
     python -m spacy_gliner2 ray training/model-best texts.parquet annotated.parquet   # with Ray Data
     python -m spacy_gliner2 zero-shot training/model-best --out zero-shot.json [--limit 100]   # the paper's test sets
+    python -m spacy_gliner2 strategies training/model-best --out strategies.json --definitions configs/label-definitions.json
 """
 import argparse
 import contextlib
@@ -66,6 +67,26 @@ def _zero_shot(args: argparse.Namespace) -> None:
     if args.markdown:
         args.markdown.write_text(table(result) + "\n", encoding="utf8")
     print(table(result))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+def _strategies(args: argparse.Namespace) -> None:
+    from .stream import load_pipeline
+    from .strategies import compare, read_definitions, strategy_table
+    from .zero_shot import CLASS_SETS, load_sets
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    nlp = load_pipeline(args.model, args.factory, {"classifications": {"zero_shot": ["yes", "no"]}}, args.gpu_id)
+    sets = load_sets(args.data, args.sets.split(",") if args.sets else list(CLASS_SETS))
+    result = compare(nlp, sets, args.strategies.split(","), read_definitions(args.definitions), args.k, args.share,
+                     args.limit, args.batch_size, report=lambda line: print(line, file=sys.stderr))
+    result.update(model=args.model, limit=args.limit, definitions=str(args.definitions))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2), encoding="utf8")
+    if args.markdown:
+        args.markdown.write_text(strategy_table(result) + "\n", encoding="utf8")
+    print(strategy_table(result))
     print(f"wrote {args.out}", file=sys.stderr)
 
 
@@ -233,6 +254,23 @@ def main() -> None:
     zs.add_argument("--gpu-id", type=int, default=-1)
     zs.add_argument("--quiet", action="store_true", help="no progress bars")
     zs.set_defaults(run=_zero_shot)
+    st = sub.add_parser("strategies", help="GenCLS++ strategies (descriptions, examples, numeric labels, abstention) "
+                                            "on the zero-shot classification sets")
+    st.add_argument("model", help="a saved pipeline folder, or a checkpoint (folder or Hub id)")
+    st.add_argument("--data", type=Path, default=Path("../shared/data/eval"), help="the eval folder of the shared data")
+    st.add_argument("--out", type=Path, required=True, help="JSON file for every figure")
+    st.add_argument("--markdown", type=Path, help="also write the table (Markdown) to this file")
+    st.add_argument("--strategies", default="plain,descriptions,numeric,examples,nearest,uncertain")
+    st.add_argument("--definitions", type=Path, help="JSON {set: {label: definition}} for 'descriptions'")
+    st.add_argument("--sets", help="comma-separated classification set names (default: all seven)")
+    st.add_argument("--limit", type=int, help="N scored texts of each set, spread over it")
+    st.add_argument("--k", type=int, default=4, help="examples per text for 'nearest'")
+    st.add_argument("--share", type=float, default=0.1, help="share of the pool that abstains for 'uncertain'")
+    st.add_argument("--factory", choices=["gliner2", "gliclass"], help="for a checkpoint (default: its family)")
+    st.add_argument("--batch-size", type=int, default=32)
+    st.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    st.add_argument("--gpu-id", type=int, default=-1)
+    st.set_defaults(run=_strategies)
     cal = sub.add_parser("calibrate", help="calibrate a single-label task's uncertain outcome (abstain_below) on a dev set")
     cal.add_argument("pipeline", type=Path)
     cal.add_argument("dev", type=Path, help="a .spacy DocBin with gold doc.cats")
@@ -256,7 +294,7 @@ def main() -> None:
     rd.add_argument("--address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local one)")
     rd.set_defaults(run=_ray)
     args = parser.parse_args()
-    if args.command not in ("run", "ray", "zero-shot"):
+    if args.command not in ("run", "ray", "zero-shot", "strategies"):
         args.run(args)
         return
     try:

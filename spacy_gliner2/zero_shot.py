@@ -137,7 +137,8 @@ def micro_f1(predicted: Sequence[Iterable[Entity]], gold: Sequence[Iterable[Enti
     return {"p": precision, "r": recall, "f": f}
 
 
-def _component(nlp: Language) -> Tuple[str, str]:
+def component_of(nlp: Language) -> Tuple[str, str]:
+    """(name, factory) of the pipeline's first ``gliner2`` or ``gliclass`` component."""
     for name in nlp.pipe_names:
         factory = nlp.get_pipe_meta(name).factory
         if factory in ("gliner2", "gliclass"):
@@ -145,32 +146,39 @@ def _component(nlp: Language) -> Tuple[str, str]:
     raise ValueError(f"The pipeline has no gliner2 or gliclass component (it has {nlp.pipe_names}).")
 
 
+def decisions(nlp: Language, texts: Sequence[str], task: Any, batch_size: int = 32, progress: bool = False,
+              desc: str = "") -> List[Dict[str, Any]]:
+    """The ``{label, confidence}`` decision of each text for one single-label task ``task`` (its
+    labels, or its options), given per call as the only task."""
+    from tqdm import tqdm
+
+    name, factory = component_of(nlp)
+    cfg: Dict[str, Any] = {"classifications": {"zero_shot": task}}
+    cfg.update({"entities": None, "structures": None, "relations": None} if factory == "gliner2" else {})
+    docs = nlp.pipe(texts, batch_size=batch_size, component_cfg={name: cfg})
+    docs = tqdm(docs, total=len(texts), desc=desc, unit="text", disable=not progress, leave=False)
+    return [(doc._.gliclass if factory == "gliclass" else doc._.gliner2["classifications"])["zero_shot"] for doc in docs]
+
+
 def evaluate(nlp: Language, sets: Sequence[EvalSet], batch_size: int = 32, progress: bool = True) -> Dict[str, Any]:
     """Every set's score (entity sets need a ``gliner2`` component), then the averages."""
     from tqdm import tqdm
 
-    name, factory = _component(nlp)
+    name, factory = component_of(nlp)
     scores: Dict[str, Any] = {}
     for s in sets:
         texts = [text for text, _ in s.items]
         if s.kind == "entities" and factory != "gliner2":
             scores[s.name] = {"n": 0, "skipped": "a gliclass pipeline classifies only"}
-            continue
-        if s.kind == "entities":  # only this set's task runs
+        elif s.kind == "entities":  # only this set's task runs
             cfg = {"entities": s.labels, "classifications": None, "structures": None, "relations": None}
-        else:
-            cfg = {"classifications": {"zero_shot": s.labels}}
-            cfg.update({"entities": None, "structures": None, "relations": None} if factory == "gliner2" else {})
-        docs = nlp.pipe(texts, batch_size=batch_size, component_cfg={name: cfg})
-        docs = tqdm(docs, total=len(texts), desc=s.name, unit="text", disable=not progress, leave=False)
-        if s.kind == "entities":
+            docs = nlp.pipe(texts, batch_size=batch_size, component_cfg={name: cfg})
+            docs = tqdm(docs, total=len(texts), desc=s.name, unit="text", disable=not progress, leave=False)
             predicted = [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in docs]
             scores[s.name] = {"n": len(texts), **micro_f1(predicted, [g for _, g in s.items])}
         else:
-            decided = [(doc._.gliclass if factory == "gliclass" else doc._.gliner2["classifications"])["zero_shot"]
-                       for doc in docs]
-            correct = sum(d["label"] == gold for d, (_, gold) in zip(decided, s.items))
-            scores[s.name] = {"n": len(texts), "accuracy": correct / max(len(texts), 1)}
+            decided = decisions(nlp, texts, s.labels, batch_size, progress, s.name)
+            scores[s.name] = {"n": len(texts), "accuracy": accuracy(decided, [g for _, g in s.items])}
     ner = [scores[n]["f"] for n in NER_SETS if "f" in scores.get(n, {})]
     crossner = [scores[n]["f"] for n in NER_SETS if n.startswith("CrossNER") and "f" in scores.get(n, {})]
     cls = [scores[n]["accuracy"] for n in CLASS_SETS if "accuracy" in scores.get(n, {})]
@@ -179,6 +187,11 @@ def evaluate(nlp: Language, sets: Sequence[EvalSet], batch_size: int = 32, progr
             "crossner_only_average_f1": sum(crossner) / len(crossner) if len(crossner) == 5 else None,
             "classification_average_accuracy": sum(cls) / len(cls) if len(cls) == len(CLASS_SETS) else None,
             "paper": PAPER}
+
+
+def accuracy(decided: Sequence[Dict[str, Any]], gold: Sequence[str]) -> float:
+    """The share of decisions naming the gold label."""
+    return sum(d["label"] == g for d, g in zip(decided, gold)) / max(len(gold), 1)
 
 
 def table(result: Dict[str, Any]) -> str:
