@@ -69,10 +69,16 @@ class ClassificationTask:
 
     def subset(self, labels: Sequence[str]) -> "ClassificationTask":
         """The task prompted with ``labels`` (some of its labels, in that order); each keeps its
-        description and number."""
+        description and number, and examples keep only those labels (an example left without one goes)."""
         numbers = dict(zip(self.labels, self.label_numbers or range(1, len(self.labels) + 1)))
+        examples = []
+        for text, out in self.examples:
+            if isinstance(out, str):
+                examples += [(text, out)] if out in labels else []
+            elif any(label in labels for label in out):
+                examples.append((text, tuple(label for label in out if label in labels)))
         return replace(self, labels=tuple(labels), descriptions=tuple(d for d in self.descriptions if d[0] in labels),
-                       label_numbers=tuple(numbers[label] for label in labels))
+                       label_numbers=tuple(numbers[label] for label in labels), examples=tuple(examples))
 
     @property
     def outcomes(self) -> Tuple[str, ...]:

@@ -67,6 +67,9 @@ def test_numeric_label_names_follow_the_configured_order_through_sampling():
     task = schema.classifications[0]
     assert task.labels == ("sports", "politics", "art") and task.shown_labels == ("1", "2", "3")
     assert task.subset(["art", "sports"]).shown_labels == ("3", "1")
+    assert task.subset(["art", "politics"]).examples == ()  # an example of a label the prompt lacks is left out
+    (left,) = schema_segments(Schema(classifications=(task.subset(["art", "politics"]),)))
+    assert "[EXAMPLE]" not in " ".join(left.elements)
     for seed in range(5):
         (item,) = gold_items({"politics": 1.0}, schema, 1, True, random.Random(seed))
         assert dict(zip(item.task.labels, item.task.shown_labels)) == {k: v for k, v in
