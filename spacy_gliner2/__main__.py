@@ -24,6 +24,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any, Dict
 
 import spacy
 import torch
@@ -31,6 +32,7 @@ import torch
 from . import convert
 from .core.feedback import agreement, feedback_examples, read_feedback
 from .records import FACTORIES
+from .strategies import STRATEGIES
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -51,43 +53,44 @@ def _run(args: argparse.Namespace) -> None:
     print(report, file=sys.stderr)
 
 
-def _zero_shot(args: argparse.Namespace) -> None:
+def _evaluation_pipeline(args: argparse.Namespace) -> Any:
+    """The pipeline an evaluation command scores (a checkpoint gets a placeholder schema: each set gives its own)."""
     from .stream import load_pipeline
-    from .zero_shot import evaluate, load_sets, table
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    placeholder = {"classifications": {"zero_shot": ["yes", "no"]}}  # a checkpoint needs a schema; each set gives its own
-    nlp = load_pipeline(args.model, args.factory, placeholder, args.gpu_id)
-    sets = load_sets(args.data, args.sets.split(",") if args.sets else None, args.limit)
-    result = evaluate(nlp, sets, args.batch_size, progress=not args.quiet)
-    result.update(model=args.model, limit=args.limit)
+    return load_pipeline(args.model, args.factory, {"classifications": {"zero_shot": ["yes", "no"]}}, args.gpu_id)
+
+
+def _write_result(args: argparse.Namespace, result: Dict[str, Any], markdown: str) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2), encoding="utf8")
     if args.markdown:
-        args.markdown.write_text(table(result) + "\n", encoding="utf8")
-    print(table(result))
+        args.markdown.write_text(markdown + "\n", encoding="utf8")
+    print(markdown)
     print(f"wrote {args.out}", file=sys.stderr)
 
 
+def _zero_shot(args: argparse.Namespace) -> None:
+    from .zero_shot import evaluate, load_sets, table
+
+    nlp = _evaluation_pipeline(args)
+    sets = load_sets(args.data, args.sets.split(",") if args.sets else None, args.limit)
+    result = evaluate(nlp, sets, args.batch_size, progress=not args.quiet)
+    result.update(model=args.model, limit=args.limit)
+    _write_result(args, result, table(result))
+
+
 def _strategies(args: argparse.Namespace) -> None:
-    from .stream import load_pipeline
     from .strategies import compare, read_definitions, strategy_table
     from .zero_shot import CLASS_SETS, load_sets
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    nlp = load_pipeline(args.model, args.factory, {"classifications": {"zero_shot": ["yes", "no"]}}, args.gpu_id)
+    nlp = _evaluation_pipeline(args)
     sets = load_sets(args.data, args.sets.split(",") if args.sets else list(CLASS_SETS))
     result = compare(nlp, sets, args.strategies.split(","), read_definitions(args.definitions), args.k, args.share,
                      args.limit, args.batch_size, report=lambda line: print(line, file=sys.stderr))
     result.update(model=args.model, limit=args.limit, definitions=str(args.definitions))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2), encoding="utf8")
-    if args.markdown:
-        args.markdown.write_text(strategy_table(result) + "\n", encoding="utf8")
-    print(strategy_table(result))
-    print(f"wrote {args.out}", file=sys.stderr)
+    _write_result(args, result, strategy_table(result))
 
 
 def _kernels(args: argparse.Namespace) -> None:
@@ -242,34 +245,25 @@ def main() -> None:
     fb.add_argument("--seed", type=int, default=0)
     fb.set_defaults(run=_feedback)
     zs = sub.add_parser("zero-shot", help="zero-shot scores on the public test sets the GLiNER2 paper reports")
-    zs.add_argument("model", help="a saved pipeline folder, or a checkpoint (folder or Hub id)")
-    zs.add_argument("--data", type=Path, default=Path("../shared/data/eval"), help="the eval folder of the shared data")
-    zs.add_argument("--out", type=Path, required=True, help="JSON file for every figure")
-    zs.add_argument("--markdown", type=Path, help="also write the table (Markdown) to this file")
-    zs.add_argument("--sets", help="comma-separated set names (default: all)")
-    zs.add_argument("--limit", type=int, help="N texts of each set, spread over it (a quick run)")
-    zs.add_argument("--factory", choices=["gliner2", "gliclass"], help="for a checkpoint (default: its family)")
-    zs.add_argument("--batch-size", type=int, default=32)
-    zs.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    zs.add_argument("--gpu-id", type=int, default=-1)
-    zs.add_argument("--quiet", action="store_true", help="no progress bars")
-    zs.set_defaults(run=_zero_shot)
     st = sub.add_parser("strategies", help="GenCLS++ strategies (descriptions, examples, numeric labels, abstention) "
                                             "on the zero-shot classification sets")
-    st.add_argument("model", help="a saved pipeline folder, or a checkpoint (folder or Hub id)")
-    st.add_argument("--data", type=Path, default=Path("../shared/data/eval"), help="the eval folder of the shared data")
-    st.add_argument("--out", type=Path, required=True, help="JSON file for every figure")
-    st.add_argument("--markdown", type=Path, help="also write the table (Markdown) to this file")
-    st.add_argument("--strategies", default="plain,descriptions,numeric,examples,nearest,uncertain")
+    for evaluation in (zs, st):
+        evaluation.add_argument("model", help="a saved pipeline folder, or a checkpoint (folder or Hub id)")
+        evaluation.add_argument("--data", type=Path, default=Path("../shared/data/eval"), help="the eval folder of the shared data")
+        evaluation.add_argument("--out", type=Path, required=True, help="JSON file for every figure")
+        evaluation.add_argument("--markdown", type=Path, help="also write the table (Markdown) to this file")
+        evaluation.add_argument("--sets", help="comma-separated set names (default: all)")
+        evaluation.add_argument("--limit", type=int, help="N (scored) texts of each set, spread over it (a quick run)")
+        evaluation.add_argument("--factory", choices=["gliner2", "gliclass"], help="for a checkpoint (default: its family)")
+        evaluation.add_argument("--batch-size", type=int, default=32)
+        evaluation.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+        evaluation.add_argument("--gpu-id", type=int, default=-1)
+    zs.add_argument("--quiet", action="store_true", help="no progress bars")
+    zs.set_defaults(run=_zero_shot)
+    st.add_argument("--strategies", default=",".join(STRATEGIES))
     st.add_argument("--definitions", type=Path, help="JSON {set: {label: definition}} for 'descriptions'")
-    st.add_argument("--sets", help="comma-separated classification set names (default: all seven)")
-    st.add_argument("--limit", type=int, help="N scored texts of each set, spread over it")
     st.add_argument("--k", type=int, default=4, help="examples per text for 'nearest'")
     st.add_argument("--share", type=float, default=0.1, help="share of the pool that abstains for 'uncertain'")
-    st.add_argument("--factory", choices=["gliner2", "gliclass"], help="for a checkpoint (default: its family)")
-    st.add_argument("--batch-size", type=int, default=32)
-    st.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    st.add_argument("--gpu-id", type=int, default=-1)
     st.set_defaults(run=_strategies)
     cal = sub.add_parser("calibrate", help="calibrate a single-label task's uncertain outcome (abstain_below) on a dev set")
     cal.add_argument("pipeline", type=Path)
