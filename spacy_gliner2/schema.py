@@ -22,6 +22,8 @@ SPECIAL_TOKENS: Tuple[str, ...] = (
 )
 DEFAULT_THRESHOLD = 0.5
 FIELD_DTYPES = ("str", "list")
+RECORD_MODES = ("natural", "latent", "anchorless")  # GLiNER2.5 record-mode structures (boundary checkpoints)
+CARDINALITIES = ("optional_one", "required_one", "zero_or_more", "one_or_more")
 SCHEMA_KEYS = ("entities", "classifications", "structures", "relations", "entity_attributes")
 
 
@@ -93,12 +95,19 @@ class Field:
     choices: Optional[Tuple[str, ...]] = None
     description: Optional[str] = None
     threshold: Optional[float] = None
+    cardinality: Optional[str] = None  # record-mode structures: how many spans an instance takes (None: the mode's default)
+    exclusive: bool = False  # record-mode structures: a span fills this field in one instance at most
 
 
 @dataclass(frozen=True)
 class Structure:
+    """A structure; with ``mode`` (GLiNER2.5 boundary checkpoints), a record structure: many instances,
+    each anchored on a span of its ``anchor`` field (``natural``) or found without one."""
+
     name: str
     fields: Tuple[Field, ...]
+    mode: Optional[str] = None
+    anchor: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -500,9 +509,10 @@ def _parse_structures(value: Any) -> Tuple[Structure, ...]:
     structures = []
     for name, fields in _sorted_items(value):
         name = _text(name, "structure name")
+        options: Mapping[str, Any] = {}
         if isinstance(fields, Mapping):
-            _check_keys(fields, ("fields",), f"structure {name!r}")
-            fields = fields.get("fields")
+            _check_keys(fields, ("fields", "mode", "anchor"), f"structure {name!r}")
+            options, fields = fields, fields.get("fields")
         if not isinstance(fields, (list, tuple)) or not fields:
             raise SchemaError(
                 f"structure {name!r} needs a non-empty list of fields, e.g. "
@@ -510,11 +520,31 @@ def _parse_structures(value: Any) -> Tuple[Structure, ...]:
             )
         parsed = tuple(parse_field(spec, name) for spec in fields)
         _unique((f.name for f in parsed), f"field in structure {name!r}")
-        structures.append(Structure(name, parsed))
+        mode, anchor = _record_mode(name, options.get("mode"), options.get("anchor"), parsed)
+        structures.append(Structure(name, parsed, mode, anchor))
     return tuple(structures)
 
 
-_FIELD_KEYS = ("name", "dtype", "choices", "description", "threshold")
+def _record_mode(name: str, mode: Any, anchor: Any, fields: Tuple[Field, ...]) -> Tuple[Optional[str], Optional[str]]:
+    """A structure's record mode and anchor field (``natural``: the first field unless named)."""
+    where = f"structure {name!r}"
+    if mode is None:
+        if anchor is not None or any(f.cardinality or f.exclusive for f in fields):
+            raise SchemaError(f"{where}: anchor, cardinality and exclusive belong to record-mode structures; "
+                              f"set mode to one of {list(RECORD_MODES)}.")
+        return None, None
+    if mode not in RECORD_MODES:
+        raise SchemaError(f"mode of {where} must be one of {list(RECORD_MODES)}, got {mode!r}.")
+    if mode != "natural" and anchor is not None:
+        raise SchemaError(f"{where}: a {mode} record has no anchor field; remove anchor (or use mode natural).")
+    if mode == "natural":
+        anchor = fields[0].name if anchor is None else anchor
+        if anchor not in [f.name for f in fields]:
+            raise SchemaError(f"anchor {anchor!r} of {where} is not one of its fields {[f.name for f in fields]}.")
+    return mode, anchor
+
+
+_FIELD_KEYS = ("name", "dtype", "choices", "description", "threshold", "cardinality", "exclusive")
 
 
 def parse_field(spec: Any, structure: str = "?") -> Field:
@@ -563,5 +593,11 @@ def parse_field(spec: Any, structure: str = "?") -> Field:
         choices = tuple(_text(c, f"a choice of {where}") for c in choices)
         _unique(choices, f"choice in {where}")
     desc = None if desc in (None, "") else _text(desc, f"description of {where}")
-    return Field(name, dtype, choices, desc, _optional_threshold(threshold, f"threshold of {where}"))
+    cardinality = spec.get("cardinality") if isinstance(spec, Mapping) else None
+    if cardinality is not None and cardinality not in CARDINALITIES:
+        raise SchemaError(f"cardinality of {where} must be one of {list(CARDINALITIES)}, got {cardinality!r}.")
+    exclusive = spec.get("exclusive", False) if isinstance(spec, Mapping) else False
+    if not isinstance(exclusive, bool):
+        raise SchemaError(f"exclusive of {where} must be true or false, got {exclusive!r}.")
+    return Field(name, dtype, choices, desc, _optional_threshold(threshold, f"threshold of {where}"), cardinality, exclusive)
 

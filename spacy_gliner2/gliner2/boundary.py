@@ -58,6 +58,10 @@ class BoundarySettings:
     relation_temperature: float = 1.0
     directional_relation_states: bool = False
     relation_biaffine_content: bool = False
+    enable_records: bool = True
+    record_dim: int = 128
+    record_instance_queries: int = 32
+    record_temperature: float = 1.0
 
     @classmethod
     def read(cls, head: Dict[str, Any]) -> "BoundarySettings":
@@ -68,7 +72,7 @@ class BoundarySettings:
         policy = {"disallow": "flat"}.get(settings.overlap_policy, settings.overlap_policy)
         if policy not in POLICIES:
             raise ValueError(f"boundary_head.overlap_policy {settings.overlap_policy!r} is not one of {list(POLICIES)}")
-        for name in ("pair_temperature", "classification_temperature", "relation_temperature"):
+        for name in ("pair_temperature", "classification_temperature", "relation_temperature", "record_temperature"):
             if getattr(settings, name) <= 0:
                 raise ValueError(f"boundary_head.{name} must be > 0, not {getattr(settings, name)}")
         return cls(**{**values, "overlap_policy": policy})
@@ -95,13 +99,15 @@ class Candidates:
     fill: Optional[List[int]]
     policy: str
     forced: Callable[[List[int], List[Tuple[int, int]]], torch.Tensor]
+    states: Optional[torch.Tensor] = None  # ``(n + 1, d)`` boundary states (record structures read them)
+    records: Optional[Callable[[Any], Any]] = None  # structure -> its record scores (a structure's task)
 
     def rows(self, first: int, count: int) -> "Candidates":
         """The candidates of queries ``first .. first + count - 1`` (one task's)."""
         stop = first + count
         return Candidates(self.spans, self.logits[first:stop], self.probs[first:stop], self.abstains[first:stop],
                           None if self.fill is None else self.fill[first:stop], self.policy,
-                          lambda queries, spans: self.forced([first + q for q in queries], spans))
+                          lambda queries, spans: self.forced([first + q for q in queries], spans), self.states)
 
 
 def _linear(n_in: int, n_out: int) -> nn.Linear:
@@ -308,11 +314,13 @@ class BoundaryHead(nn.Module):
         self.shared_pool_scorer = _PoolScorer(hidden, s)
         self.null_projection = _linear(hidden, 1) if s.enable_abstention else None
         self.count_head = _linear(hidden, 1) if s.enable_count_head else None
+        if s.enable_records:  # candidate states of record structures
+            self.candidate_encoder = _linear(2 * s.boundary_dim, hidden)
 
     def forward(self, words: torch.Tensor, queries: torch.Tensor) -> Candidates:
         """Score ``queries`` ``(Q, H)`` over one text's ``words`` ``(n, H)`` (prefix words included)."""
         s = self.settings
-        spans, logits, _ = self.score(words, queries)
+        spans, logits, _, states = self.score(words, queries)
         probs = torch.sigmoid(logits / s.pair_temperature)
         abstains = [False] * queries.shape[0]
         if self.null_projection is not None:
@@ -323,14 +331,15 @@ class BoundaryHead(nn.Module):
             fill = torch.exp(rates).round().long().clamp(0, s.pool_size).tolist()
 
         def forced(rows: List[int], wanted: List[Tuple[int, int]]) -> torch.Tensor:
-            _, logits, at = self.score(words, queries[rows], torch.tensor(wanted, device=words.device))
+            _, logits, at, _ = self.score(words, queries[rows], torch.tensor(wanted, device=words.device))
             return logits[:, at] / s.pair_temperature
 
-        return Candidates(spans, logits, probs, abstains, fill, s.overlap_policy, forced)
+        return Candidates(spans, logits, probs, abstains, fill, s.overlap_policy, forced, states)
 
     def score(self, words: torch.Tensor, queries: torch.Tensor, forced: Optional[torch.Tensor] = None):
-        """The pool ``(C, 2)``, its logits ``(Q, C)`` and where the ``forced`` spans ``(F, 2)`` sit in it:
-        they join the pool ahead of every other candidate (how the reference scores given spans)."""
+        """The pool ``(C, 2)``, its logits ``(Q, C)``, where the ``forced`` spans ``(F, 2)`` sit in it (they
+        join the pool ahead of every other candidate: how the reference scores given spans) and the
+        boundary states ``(n + 1, d)``."""
         d = self.settings.boundary_dim
         states = self.boundary_encoder(words)  # (n + 1, d)
         qh = self.boundary_query_head
@@ -343,7 +352,7 @@ class BoundaryHead(nn.Module):
         if forced is not None:
             keys = spans[:, 0] * states.shape[0] + spans[:, 1]
             at = [int((keys == int(s_) * states.shape[0] + int(e_)).nonzero()[0]) for s_, e_ in forced.tolist()]
-        return spans, logits, at
+        return spans, logits, at, states
 
     def _inside(self, words: torch.Tensor, queries: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(Q, n + 1)``: per query, the centred cumulative inside logit before each boundary; with

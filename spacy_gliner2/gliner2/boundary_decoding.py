@@ -14,6 +14,7 @@ from ..core.overlap import resolve
 from ..schema import Schema
 from ..text import Word
 from .boundary import Candidates
+from .boundary_records import decode_records
 from .boundary_relations import RelationPairs
 from .encoding import ENTITIES, RELATION, EncodedText, Segment
 from .fields import choices
@@ -178,6 +179,10 @@ def decode_boundary_task(result: Dict[str, Any], schema: Schema, record: Encoded
         result["relations"][rel.name] = _relations(scores, thresholds[0], record.n_prefix, words, text)
     elif seg.kind == ENTITIES:
         result["entities"] = _entities(schema, seg, scores, thresholds, record.n_prefix, words, text)
+    elif schema.structures[seg.index].mode:  # a record structure: its instances
+        structure = schema.structures[seg.index]
+        result["structures"][structure.name] = decode_records(structure, scores.records(structure), schema.threshold,
+                                                              record.n_prefix, words, text)
     else:  # a plain structure: one instance (list fields: every span; str: the best; choices)
         structure = schema.structures[seg.index]
         instance = {}

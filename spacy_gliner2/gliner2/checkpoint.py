@@ -53,8 +53,9 @@ def read_settings(folder: Path) -> Tuple[ModelSettings, Dict[str, Any]]:
         raise CheckpointError(f"token_pooling {pooling!r} in {folder / CONFIG} is not supported; only 'first'.")
     if arch == "boundary":
         head = dict(raw.get("boundary_head") or {})
-        if int(raw.get("config_version") or 0) < 3:  # as the reference: older configs had no relation head
+        if int(raw.get("config_version") or 0) < 3:  # as the reference: older configs had no relation or record head
             head.setdefault("enable_relations", False)
+            head.setdefault("enable_records", False)
         try:
             boundary = BoundarySettings.read(head)
         except (TypeError, ValueError) as error:

@@ -3,6 +3,7 @@
 ``forward(batch)`` runs one encoder pass over a padded :class:`~..encoding.Batch`
 and returns raw scores per task; decoding happens elsewhere.
 """
+import functools
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -11,8 +12,9 @@ from torch import nn
 
 from ..runtime.encoder import EncoderModel
 from .boundary import BoundaryHead, BoundarySettings
+from .boundary_records import RecordDecoder, score_records
 from .boundary_relations import RelationScorer, relation_pairs
-from .encoding import CLASSIFICATION, ENTITIES, RELATION, Batch
+from .encoding import CLASSIFICATION, ENTITIES, RELATION, STRUCTURE, Batch
 from .layers import MAX_COUNT, SpanRep, count_layer, mlp
 
 
@@ -68,6 +70,9 @@ class GLiNER2Model(EncoderModel):
             self.boundary_head = BoundaryHead(hidden, settings.boundary)
             if settings.boundary.enable_relations:
                 self.relation_scorer = RelationScorer(hidden, settings.boundary)
+            b = settings.boundary
+            if b.enable_records:
+                self.record_decoder = RecordDecoder(hidden, b.record_dim, b.record_instance_queries, b.record_temperature)
         self.setup_fast_path()
 
     def fp32_modules(self) -> List[nn.Module]:
@@ -170,6 +175,7 @@ class GLiNER2Model(EncoderModel):
         by_record: Dict[int, List[int]] = {}
         for b, t in span_refs:
             by_record.setdefault(b, []).append(t)
+        records = self.record_decoder if isinstance(getattr(self, "record_decoder", None), RecordDecoder) else None
         for b, tasks in by_record.items():
             slots = [batch.records[b].tasks[t] for t in tasks]
             text = words[b, : batch.n_words[b]]
@@ -177,6 +183,10 @@ class GLiNER2Model(EncoderModel):
             first = 0
             for t, s in zip(tasks, slots):
                 results[b][t] = found.rows(first, len(s.marker_pos))
+                if s.segment.kind == STRUCTURE and records is not None:  # for record-mode structures
+                    results[b][t].records = functools.partial(score_records, records,
+                                                              self.boundary_head.candidate_encoder, results[b][t],
+                                                              tokens[b, s.marker_pos])
                 if s.segment.kind == RELATION:  # the head and tail slots' candidates, paired and scored
                     head, tail = tokens[b, s.marker_pos]
                     results[b][t] = relation_pairs(results[b][t], text, self.relation_scorer, self.settings.boundary,

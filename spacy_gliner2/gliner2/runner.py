@@ -59,6 +59,19 @@ class GLiNER2Runner(Runner[Output]):
                 "checkpoints (fastino/gliner2.5-*) so far, and runs this one's classification tasks only. Remove entities, "
                 "structures and relations from the schema, or use a 'shared' pool checkpoint."
             )
+        records = [s for s in schema.structures if s.mode]
+        if records and not (boundary and boundary.enable_records):
+            raise SchemaError(
+                f"Structure {records[0].name!r} is a record-mode structure (mode {records[0].mode!r}): these run on "
+                "GLiNER2.5 'boundary' checkpoints with a record head (boundary_head.enable_records); remove its mode "
+                "for this checkpoint (one instance per structure on boundary checkpoints, several on span ones)."
+            )
+        for structure in records:
+            if any(f.choices for f in structure.fields):
+                raise SchemaError(
+                    f"Record-mode structure {structure.name!r} has a choice field; spacy-gliner2 does not run choice "
+                    "fields in record structures yet. Make it a plain field, or drop the structure's mode."
+                )
         for task in schema.classifications:
             if any(not isinstance(out, str) for _, out in task.examples):
                 raise SchemaError(

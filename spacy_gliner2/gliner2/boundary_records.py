@@ -1,0 +1,197 @@
+"""Record-mode structures of GLiNER2.5 "boundary" checkpoints: many instances of one structure.
+
+As gliner2 2.1.0 (shared candidate pool): every pool span gets a state ``x_c`` (``candidate_encoder``
+over its two boundary states). Instances are pool spans (``natural``: scored by the anchor field's pair
+logit; ``latent``: by ``latent_seed_head``) or learned queries attending over the pool
+(``anchorless``: ``object_head``). Each (instance, field) scores ABSENT and every pool span:
+``(W_inst u + W_field q) . [null ; W_cand x]``. Instances with ``sigmoid(object / T_rec) >= threshold``
+are decoded, best first; each field takes spans by its cardinality: lists every span with
+``sigmoid >= threshold``, single fields the most probable choice (softmax), ``exclusive`` fields share
+their spans out (lists: each span to its best instance; single: a linear-sum assignment). A span's
+confidence is the lower of its pair probability and its assignment probability. Natural records are
+ordered by anchor; the others keep the first of identical records.
+"""
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..core.overlap import resolve
+from ..schema import Structure
+from ..text import Word
+from .boundary import Candidates
+
+SCALAR = ("optional_one", "required_one")
+ALLOWS_ABSENT = ("optional_one", "zero_or_more")
+EPS32 = float(torch.finfo(torch.float32).eps)
+
+
+class RecordDecoder(nn.Module):
+    """The ``record_decoder`` weights of a checkpoint with ``enable_records``."""
+
+    def __init__(self, hidden: int, dim: int, instances: int, temperature: float = 1.0):
+        super().__init__()
+        self.temperature = temperature
+        self.inst_proj, self.field_proj, self.cand_proj = (nn.Linear(hidden, dim) for _ in range(3))
+        self.null_embed = nn.Parameter(torch.zeros(dim))
+        self.object_head = nn.Linear(hidden, 1)
+        self.latent_seed_head = nn.Linear(hidden, 1)
+        self.instance_embed = nn.Parameter(torch.zeros(instances, hidden))
+        self.q_proj, self.k_proj = nn.Linear(hidden, dim), nn.Linear(hidden, dim)
+        self.v_proj = nn.Linear(hidden, hidden)
+
+
+@dataclass
+class RecordScores:
+    """One record structure's scores in one text: the fields' pool ``candidates`` (their rows), the
+    instances' ``objects`` ``(N,)`` logits and pool ``slots`` (natural; else None), and ``assign``
+    ``(N, F, 1 + C)`` logits of ABSENT and every pool span, per instance and field."""
+
+    candidates: Candidates
+    objects: torch.Tensor
+    slots: Optional[List[int]]
+    assign: torch.Tensor
+    temperature: float
+
+
+def score_records(decoder: RecordDecoder, candidate_encoder: nn.Linear, candidates: Candidates,
+                  fields: torch.Tensor, structure: Structure) -> RecordScores:
+    """The record scores of ``structure`` from its fields' ``candidates`` and query states ``fields`` ``(F, H)``."""
+    states, spans = candidates.states, candidates.spans
+    x = candidate_encoder(torch.cat([states[spans[:, 0]], states[spans[:, 1]]], -1))  # (C, H)
+    slots = None
+    if structure.mode == "natural":
+        anchor = [f.name for f in structure.fields].index(structure.anchor)
+        instances, objects, slots = x, candidates.logits[anchor], list(range(len(x)))
+    elif structure.mode == "latent":
+        instances, objects = x, decoder.latent_seed_head(x).squeeze(-1)
+    else:  # anchorless: learned queries read the pool
+        seeds = decoder.instance_embed
+        attention = decoder.q_proj(seeds) @ decoder.k_proj(x).T / math.sqrt(decoder.q_proj.out_features)
+        instances = seeds + torch.softmax(attention, -1) @ decoder.v_proj(x)
+        objects = decoder.object_head(instances).squeeze(-1)
+    mixed = decoder.inst_proj(instances)[:, None] + decoder.field_proj(fields)[None]  # (N, F, D)
+    assign = torch.cat([(mixed @ decoder.null_embed)[..., None], mixed @ decoder.cand_proj(x).T], -1)
+    return RecordScores(candidates, objects, slots, assign, decoder.temperature)
+
+
+def _cardinality(structure: Structure, f: int) -> str:
+    field = structure.fields[f]
+    if field.cardinality:
+        return field.cardinality
+    # the reference's default: the anchor takes one span; every other field (str ones too) a list
+    return "required_one" if field.name == structure.anchor else "zero_or_more"
+
+
+def _assignment(probs: torch.Tensor, allows_absent: bool) -> List[Optional[int]]:
+    """Per instance row, its pool column (None: ABSENT) by a minimum-cost assignment over
+    ``-log P`` (each column once; ABSENT per row costs ``-log P(ABSENT)``, or more than any span
+    when the field needs one), ties broken by position as the reference."""
+    from scipy.optimize import linear_sum_assignment
+
+    rows, n_cands = probs.shape[0], probs.shape[1] - 1
+    costs = -torch.log(probs[:, 1:].clamp_min(EPS32))
+    worst = float(costs.max()) if n_cands else 0.0
+    absent = -torch.log(probs[:, 0].clamp_min(EPS32)) if allows_absent else torch.full((rows,), worst + 50.0)
+    blocked = max(worst, float(absent.max())) + 1000.0
+    square = torch.full((rows, rows), blocked)
+    square[range(rows), range(rows)] = absent
+    cost = torch.cat([costs, square], 1).double()
+    cost = cost + torch.finfo(torch.float64).eps * max(float(cost.abs().max()), 1.0) * torch.arange(cost.numel(),
+                                                                                                      dtype=torch.float64).view_as(cost)
+    picked: List[Optional[int]] = [None] * rows
+    for r, c in zip(*linear_sum_assignment(cost.numpy())):
+        picked[int(r)] = int(c) if c < n_cands else None
+    return picked
+
+
+def _instances(structure: Structure, scores: RecordScores, threshold: float):
+    """The selected instances, best first: ``(probability, slot or None, {field: [(pool column, prob)]})``."""
+    temperature = scores.temperature
+    probs = torch.sigmoid(scores.objects / temperature)
+    order = sorted((i for i in range(len(probs)) if probs[i] >= threshold), key=lambda i: (-float(probs[i]), i))
+    if not order:
+        return []
+    logits = scores.assign[order] / temperature  # (R, F, 1 + C)
+    found: List[Dict[int, List[Tuple[int, float]]]] = [{} for _ in order]
+    for f in range(len(structure.fields)):
+        cardinality, exclusive = _cardinality(structure, f), structure.fields[f].exclusive
+        scalar, allows_absent = cardinality in SCALAR, cardinality in ALLOWS_ABSENT
+        if structure.mode == "natural" and structure.fields[f].name == structure.anchor:
+            for r, i in enumerate(order):
+                found[r][f] = [(scores.slots[i], float(probs[i]))]
+            continue
+        soft = torch.softmax(logits[:, f], -1)
+        if exclusive and scalar:
+            for r, col in enumerate(_assignment(soft, allows_absent) if soft.shape[1] > 1 else [None] * len(order)):
+                p = None if col is None else float(soft[r, 1 + col])
+                if p is not None and not (p < threshold and allows_absent):
+                    found[r][f] = [(col, p)]
+        elif scalar:
+            for r in range(len(order)):
+                ranked = torch.argsort(soft[r], descending=True).tolist()
+                col = next(c for c in ranked if c > 0 or allows_absent)
+                if col > 0 and not (soft[r, col] < threshold and allows_absent):
+                    found[r][f] = [(col - 1, float(soft[r, col]))]
+        else:
+            sig = torch.sigmoid(logits[:, f, 1:])  # (R, C); ABSENT plays no part in a list
+            if exclusive:
+                best, owner = sig.max(0)
+                for c in range(sig.shape[1]):
+                    if best[c] >= threshold:
+                        found[int(owner[c])].setdefault(f, []).append((c, float(best[c])))
+            else:
+                for r in range(len(order)):
+                    cols = (sig[r] >= threshold).nonzero().squeeze(-1).tolist()
+                    if cols:
+                        found[r][f] = [(c, float(sig[r, c])) for c in cols]
+    picked = [(float(probs[i]), None if scores.slots is None else scores.slots[i], fields)
+              for i, fields in zip(order, found) if fields or structure.mode == "natural"]
+    spans = scores.candidates.spans.tolist()
+    if structure.mode == "natural":
+        return sorted(picked, key=lambda item: tuple(spans[item[1]]))
+    seen, unique = set(), []
+    for item in picked:
+        key = tuple((f, tuple(sorted(tuple(spans[c]) for c, _ in item[2][f]))) for f in sorted(item[2]))
+        if key not in seen:
+            seen.add(key)
+            unique.append(item)
+    return unique
+
+
+def decode_records(structure: Structure, scores: RecordScores, threshold: float, n_prefix: int,
+                   words: Sequence[Word], text: str) -> List[Dict[str, Any]]:
+    """The instances of a record structure in one text (``doc._.gliner2["structures"][name]``)."""
+    candidates = scores.candidates
+    spans = candidates.spans.tolist()
+    n_chars = len(text)
+    # the period the prompt appends to every text is a zero-width word here and a character in the
+    # reference: overlaps are resolved as if it had one, and a span of only that period is dropped after
+    ends = [e + 1 if s == e == n_chars else e for _, s, e in words]
+    out = []
+    for _, _, fields in _instances(structure, scores, threshold):
+        instance: Dict[str, Any] = {}
+        for f, field in enumerate(structure.fields):
+            cardinality = _cardinality(structure, f)
+            items = []
+            for c, assigned in fields.get(f, []):
+                s, e = spans[c][0] - n_prefix, spans[c][1] - n_prefix
+                if s < 0 or e > len(words) or e <= s:
+                    continue  # in the prompt's prefix, or across it
+                start, end = words[s][1], ends[e - 1]
+                pair = float(candidates.probs[f, c])
+                conf = min(pair, assigned)
+                if not (end > n_chars or text[start:end].strip()) or (cardinality in ALLOWS_ABSENT and pair < threshold):
+                    continue
+                if field.threshold is None or conf >= field.threshold:
+                    items.append((conf, start, end))
+            single = cardinality in SCALAR or field.dtype == "str"
+            kept = [{"text": text[s:min(e, n_chars)], "confidence": c, "start": s, "end": min(e, n_chars)}
+                    for c, s, e in resolve(items, candidates.policy)[: 1 if single else None]]
+            kept = [span for span in kept if span["end"] > span["start"]]
+            instance[field.name] = (kept[0] if kept else None) if single else kept
+        if any(v not in (None, []) for v in instance.values()):
+            out.append(instance)
+    return out
