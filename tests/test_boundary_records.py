@@ -61,7 +61,7 @@ def reference_records(reference, text, config, threshold):
     return out, raw
 
 
-@pytest.fixture(scope="module", params=["released", "full", "longest"])
+@pytest.fixture(scope="module", params=["released", "full"])
 def records(request, tmp_path_factory):
     path = build_boundary_checkpoint(tmp_path_factory.mktemp(f"records-{request.param}") / "checkpoint", request.param)
     return request.param, path, gliner2.AutoExtractor.from_pretrained(str(path))

@@ -89,7 +89,11 @@ def _assignment(probs: torch.Tensor, allows_absent: bool) -> List[Optional[int]]
     """Per instance row, its pool column (None: ABSENT) by a minimum-cost assignment over
     ``-log P`` (each column once; ABSENT per row costs ``-log P(ABSENT)``, or more than any span
     when the field needs one), ties broken by position as the reference."""
-    from scipy.optimize import linear_sum_assignment
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError as error:
+        raise ImportError("An exclusive single field of a record structure is assigned with scipy, which is not "
+                          "installed: pip install 'spacy-gliner2[records]' (or scipy).") from error
 
     rows, n_cands = probs.shape[0], probs.shape[1] - 1
     costs = -torch.log(probs[:, 1:].clamp_min(EPS32))
