@@ -1,4 +1,4 @@
-"""Data-sparse experiment (GLiClass / GenCLS++): k labelled examples per label, a supervised warm-up,
+"""Data-sparse experiment (after GLiClass and GenCLS++), on the bundled gliner2 model: k labelled examples per label, a supervised warm-up,
 then (a) more supervised steps, (b) PPO with the F1 reward on the same examples, (c) PPO with
 simulated accept/reject feedback on the warm-up model's decisions for unlabelled texts.
 

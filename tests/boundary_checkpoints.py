@@ -5,7 +5,7 @@ path: ``released`` (what exports of fastino/gliner2.5-*-v1 require: shared pool,
 abstention, count, records, relations), ``default`` (the library's defaults), ``hot`` (``released``
 with classification temperature 0.5, without inside evidence and span content) and ``no_dropout`` (head dropout 0: classifier keys
 ``.0``/``.2`` instead of ``.0``/``.3``), ``full`` (every optional module of the shared pool path,
-temperatures, adaptive threshold, ``nested`` overlaps) and ``longest``. Head weights are redrawn N(0, 1/fan_in) so that class
+temperatures (records' too), adaptive threshold, ``nested`` overlaps) and ``longest``. Head weights are redrawn N(0, 1/fan_in) so that class
 decisions are well separated.
 """
 import shutil
@@ -31,7 +31,7 @@ VARIANTS = {
     "full": dict(RELEASED, content_soft_max_pool=True, boundary_attention_layers=1, boundary_attention_heads=4,
                  boundary_attention_window=4, boundary_refinement_layers=2, candidate_attention_layers=1,
                  query_attention_layers=1, candidate_attention_heads=4, pair_temperature=0.7,
-                 classification_temperature=0.5, adaptive_threshold=True, overlap_policy="nested",
+                 classification_temperature=0.5, adaptive_threshold=True, overlap_policy="nested", record_temperature=1.5,
                  directional_relation_states=True, relation_biaffine_content=True, relation_temperature=1.5,
                  relation_heads_per_type=8, relation_tails_per_type=8, relation_pair_cap=24),
     "longest": dict(RELEASED, overlap_policy="longest"),

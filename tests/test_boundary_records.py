@@ -17,7 +17,8 @@ RECORDS = {
     "founding": {"mode": "natural", "anchor": "company", "fields": ["company::str", "founder::list", "year::str::the year"]},
     "product": {"mode": "latent", "fields": [{"name": "name", "dtype": "str", "cardinality": "optional_one", "exclusive": True},
                                              "price::str", "features::list"]},
-    "deal": {"mode": "anchorless", "fields": ["buyer::str", "seller::str"]},
+    "deal": {"mode": "anchorless", "fields": ["buyer::str", "seller::str",
+                                              {"name": "amount", "dtype": "str", "cardinality": "required_one", "exclusive": True}]},
     "team": {"mode": "latent", "fields": [{"name": "member", "dtype": "list", "exclusive": True},
                                           {"name": "lead", "dtype": "str", "cardinality": "required_one", "threshold": 0.3}]},
 }
@@ -82,8 +83,8 @@ def test_records_match_the_reference(records, threshold):
     for text in TEXTS:
         want, raw = reference_records(reference, text, RECORDS, threshold)
         if variant == "full" and len(text.split()) < 3:
-            # the reference's NaN pool padding on short texts (see test_boundary): its records vanish
-            assert not raw
+            # the reference's NaN pool padding on short texts (see test_boundary): its records vanish or are NaN
+            assert not raw or "NaN" in json.dumps(raw)
             continue
         ours = nlp(text)._.gliner2["structures"]
         assert_same(ours, want, text)

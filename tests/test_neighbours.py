@@ -105,5 +105,39 @@ def test_training_with_nearest_examples_runs_and_leaves_a_texts_own_example_out(
     losses = nlp.update(examples, sgd=nlp.create_optimizer())
     assert losses["gliner2"] > 0
     assert any(not torch.equal(before[k], v) for k, v in pipe.runner.model.state_dict().items())
-    for (text, _), schema in zip(POOL, pipe.runner.example_schemas(pipe.schema, [t for t, _ in POOL])):
-        assert text not in [t for t, _ in schema.classifications[0].examples]
+    seen = []  # the prompts training encodes: each text with 2 examples, never its own
+    windows = pipe.runner.windows
+    pipe.runner.windows = lambda texts, words, schema, *a: seen.append((texts[0], schema)) or windows(texts, words, schema, *a)
+    nlp.update(examples, sgd=nlp.create_optimizer())
+    assert sorted(text for text, _ in seen) == sorted(t for t, _ in POOL)
+    for text, schema in seen:
+        shown = [t for t, _ in schema.classifications[0].examples]
+        assert text not in shown and len(shown) == 2
+
+
+def test_embeddings_are_mean_pooled_states_unmoved_by_padding(bert_checkpoint):
+    nlp = spacy.blank("en")
+    runner = nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": ["x"]}).runner
+    alone = runner.embed([TEXTS[0]])
+    beside = runner.embed([TEXTS[0], " ".join(["word"] * 200), ""])
+    assert torch.allclose(alone[0], beside[0], atol=1e-5) and torch.allclose(beside.norm(dim=1), torch.ones(3))
+    tok = runner.tokenizer
+    ids = torch.tensor([[tok.cls_token_id, *tok(TEXTS[0], add_special_tokens=False)["input_ids"], tok.sep_token_id]])
+    with torch.no_grad():
+        hidden = runner.model.encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
+    assert torch.allclose(alone[0], torch.nn.functional.normalize(hidden.mean(0), dim=0), atol=1e-5)
+
+
+def test_a_long_pool_example_splits_every_batch_alike(bert_checkpoint):
+    """Whether a prompt runs task by task depends on the schema's longest prompt, not on the batch."""
+    nlp = spacy.blank("en")
+    pipe = nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": ["person"]})
+    limit = pipe.runner.max_tokens
+    long_example = " ".join(["word"] * (limit * 2 // 3))
+    schema = {"entities": ["person"], "classifications": {"t": {
+        "labels": ["a", "b"], "examples": [["A short note.", "a"], [long_example, "b"]], "nearest_examples": 1}}}
+    parsed = pipe._schema_for(schema)
+    alone = nlp("A short text.", component_cfg={"gliner2": dict(schema)})
+    together = list(nlp.pipe(["A short text.", "word word word"], component_cfg={"gliner2": dict(schema)}))
+    assert alone.cats == pytest.approx(together[0].cats, abs=1e-5)
+    assert len(pipe.runner.passes(parsed, pipe.runner.example_schemas(parsed, ["A short text."]))) == 2

@@ -206,7 +206,7 @@ def test_a_prompt_too_long_for_one_pass_runs_task_by_task(bert_checkpoint):
     full = {"entities": ["person", "city"], "classifications": tasks}
     text = "Angela Merkel met Tim Cook in Berlin."
     schema = Schema.from_config(**full)
-    assert runner.prompt_tokens(schema) > limit // 2 and len(runner.passes([schema, schema])) == 3
+    assert runner.prompt_tokens(schema) > limit // 2 and len(runner.passes(schema, [schema, schema])) == 3
     doc = nlp(text, component_cfg={"gliner2": full})
     alone = [nlp(text, component_cfg={"gliner2": {"entities": full["entities"], "classifications": None}}),
              *(nlp(text, component_cfg={"gliner2": {"entities": None, "classifications": {k: v}}}) for k, v in tasks.items())]
@@ -215,4 +215,4 @@ def test_a_prompt_too_long_for_one_pass_runs_task_by_task(bert_checkpoint):
         assert doc._.gliner2["classifications"][task] == single._.gliner2["classifications"][task]
         assert all(doc.cats[f"{task}:{label}"] == pytest.approx(p) for label, p in single.cats.items())
     small = Schema.from_config(entities=["person"], classifications={"topic": ["a", "b"]})
-    assert runner.passes([small]) == [[small]]  # a prompt that fits runs in one pass, as always
+    assert runner.passes(small, [small]) == [[small]]  # a prompt that fits runs in one pass, as always

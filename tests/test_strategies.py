@@ -47,7 +47,11 @@ def test_each_strategy_gives_a_valid_task():
 def test_compare_scores_what_the_pipeline_decides(bert_checkpoint):
     nlp = spacy.blank("en")
     nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": None, "classifications": {"x": ["a", "b"]}})
-    result = compare(nlp, [toy()], ["plain", "numeric", "uncertain"], {}, share=0.3)
+    definitions = {"toy": {"sports": "games and teams", "politics": "government"}}
+    result = compare(nlp, [toy()], ["plain", "numeric", "uncertain", "descriptions", "examples", "nearest"], definitions,
+                     k=2, share=0.3)
+    for strategy in ("descriptions", "examples", "nearest"):  # each ran on the scored texts
+        assert result["strategies"][strategy]["toy"]["n"] == len(split_pool(toy())[1])
     _, scored = split_pool(toy())
     decided = decisions(nlp, [t for t, _ in scored], TOPICS)
     expected = sum(d["label"] == g for d, (_, g) in zip(decided, scored)) / len(scored)

@@ -405,7 +405,7 @@ class ZeroShotComponent(TrainablePipe):
     def finish_update(self, sgd: Any = None) -> None:
         """Clip, step the optimizer and the learning-rate schedule, clear gradients."""
         self._training_state().step()
-        self.runner.invalidate()
+        self.runner.invalidate(keep_examples=True)  # example pools keep the vectors they were retrieved by
 
     @contextlib.contextmanager
     def use_params(self, params: Dict) -> Iterator[None]:

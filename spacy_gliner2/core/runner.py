@@ -38,7 +38,7 @@ class Runner(Generic[Output]):
         self.config = config
         self.precision = "fp32"
         self._runtime: Optional[torch.nn.Module] = None
-        self._pool_embeddings: Dict[Tuple[str, ...], torch.Tensor] = {}  # example pools, for these weights
+        self._pool_embeddings: Dict[str, torch.Tensor] = {}  # example pool texts' vectors (neighbours)
         self.pad_id = 0
 
     # -- family hooks ------------------------------------------------------
@@ -136,10 +136,12 @@ class Runner(Generic[Output]):
     def __getstate__(self) -> Dict[str, Any]:  # copies and pickles rebuild the runtime copy on first use
         return {**self.__dict__, "_runtime": None, "_pool_embeddings": {}}
 
-    def invalidate(self) -> None:
-        """Forget the reduced-precision copy and weight-derived caches (after the fp32 weights changed)."""
+    def invalidate(self, keep_examples: bool = False) -> None:
+        """Forget the reduced-precision copy and weight-derived caches (after the fp32 weights changed);
+        ``keep_examples`` (a training step) keeps the example pools' vectors."""
         self._runtime = None
-        self._pool_embeddings = {}
+        if not keep_examples:
+            self._pool_embeddings = {}
         self.model.invalidate_caches()
 
     @property
@@ -186,7 +188,7 @@ class Runner(Generic[Output]):
         prompt over half of what the encoder reads runs task by task (:meth:`passes`)."""
         self.check_schema(schema)
         per_text = self.example_schemas(schema, texts)
-        passes = self.passes(per_text)
+        passes = self.passes(schema, per_text)
         outputs = [self._run(texts, words, part, batch_size, max_batch_tokens, window, overlap) for part in passes]
         if len(outputs) == 1:
             return outputs[0]
@@ -198,8 +200,9 @@ class Runner(Generic[Output]):
         return example_schemas(schema, texts, self.embed, self._pool_embeddings)
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        """``(N, D)`` unit vectors of texts read alone: the encoder's last hidden states averaged
-        over the text's tokens (a text longer than the encoder reads is read in pieces, all averaged)."""
+        """``(N, D)`` unit vectors of texts read alone: the encoder's last hidden states averaged over
+        the text's tokens and the encoder's start and end tokens (a text longer than the encoder reads
+        is read in pieces, each with its own, all averaged)."""
         tokenizer, limit = self.tokenizer, (self.max_tokens or 512) - 2
         first = [] if tokenizer.cls_token_id is None else [tokenizer.cls_token_id]
         last = [] if tokenizer.sep_token_id is None else [tokenizer.sep_token_id]
@@ -213,29 +216,31 @@ class Runner(Generic[Output]):
         sums = torch.zeros(len(texts), self.model.hidden_size)
         counts = torch.zeros(len(texts), 1)
         training = self.model.training
-        model = self.runtime_model
-        order = sorted(range(len(pieces)), key=lambda j: len(pieces[j]))
-        with torch.inference_mode():
-            for start in range(0, len(order), 32):
-                chunk = order[start:start + 32]
-                width = max(len(pieces[j]) for j in chunk)
-                ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros(len(chunk), width, dtype=torch.long)
-                for row, j in enumerate(chunk):
-                    ids[row, :len(pieces[j])] = torch.tensor(pieces[j])
-                    mask[row, :len(pieces[j])] = 1
-                hidden = model.run_encoder(ids.to(self.device), mask.to(self.device)).float().cpu()
-                where = torch.tensor([owners[j] for j in chunk])
-                sums.index_add_(0, where, (hidden * mask.unsqueeze(-1)).sum(1))
-                counts.index_add_(0, where, mask.sum(1, keepdim=True).float())
-        self.model.train(training)
+        self.model.eval()  # no dropout, in training too
+        try:
+            model = self.runtime_model
+            lengths = [len(p) for p in pieces]
+            order = sorted(range(len(pieces)), key=lengths.__getitem__)
+            with torch.inference_mode():
+                for chunk in length_batches(order, lengths, 32, 8192):
+                    ids = torch.full((len(chunk), lengths[chunk[-1]]), self.pad_id, dtype=torch.long)
+                    mask = torch.zeros_like(ids)
+                    for row, j in enumerate(chunk):
+                        ids[row, :lengths[j]] = torch.tensor(pieces[j])
+                        mask[row, :lengths[j]] = 1
+                    hidden = model.run_encoder(ids.to(self.device), mask.to(self.device)).float().cpu()
+                    where = torch.tensor([owners[j] for j in chunk])
+                    sums.index_add_(0, where, (hidden * mask.unsqueeze(-1)).sum(1))
+                    counts.index_add_(0, where, mask.sum(1, keepdim=True).float())
+        finally:
+            self.model.train(training)
         return torch.nn.functional.normalize(sums / counts, dim=1)
 
-    def passes(self, schemas: List[Schema]) -> List[List[Schema]]:
-        """The per-text schemas of each pass one call runs: the schemas themselves, or (a family
-        that can) one pass per task when a prompt leaves the text less than half of an encoder
-        with a length limit."""
-        return [schemas]
+    def passes(self, schema: Schema, per_text: List[Schema]) -> List[List[Schema]]:
+        """The per-text schemas of each pass one call of ``schema`` runs: ``per_text`` (each text's
+        schema), or (a family that can) one pass per task when the schema's longest prompt leaves the
+        text less than half of an encoder with a length limit."""
+        return [per_text]
 
     def combine(self, outputs: Sequence[Output]) -> Output:
         """One text's result from the results of :meth:`passes` (disjoint tasks)."""

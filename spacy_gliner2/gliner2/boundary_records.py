@@ -95,6 +95,7 @@ def _assignment(probs: torch.Tensor, allows_absent: bool) -> List[Optional[int]]
         raise ImportError("An exclusive single field of a record structure is assigned with scipy, which is not "
                           "installed: pip install 'spacy-gliner2[records]' (or scipy).") from error
 
+    probs = probs.detach().float().cpu()
     rows, n_cands = probs.shape[0], probs.shape[1] - 1
     costs = -torch.log(probs[:, 1:].clamp_min(EPS32))
     worst = float(costs.max()) if n_cands else 0.0
@@ -111,12 +112,12 @@ def _assignment(probs: torch.Tensor, allows_absent: bool) -> List[Optional[int]]
     return picked
 
 
-def _instances(structure: Structure, scores: RecordScores, threshold: float):
-    """The selected instances, best first: ``(probability, slot or None, {field: [(pool column, prob)]})``."""
+def _instances(structure: Structure, scores: RecordScores, threshold: float) -> List[Dict[int, List[Tuple[int, float]]]]:
+    """The selected instances' fields, best first (natural: by anchor): ``{field: [(pool column, prob)]}``."""
     temperature = scores.temperature
     probs = torch.sigmoid(scores.objects / temperature)
     order = sorted((i for i in range(len(probs)) if probs[i] >= threshold), key=lambda i: (-float(probs[i]), i))
-    if not order:
+    if not order or not len(scores.candidates.spans):
         return []
     logits = scores.assign[order] / temperature  # (R, F, 1 + C)
     found: List[Dict[int, List[Tuple[int, float]]]] = [{} for _ in order]
@@ -151,17 +152,15 @@ def _instances(structure: Structure, scores: RecordScores, threshold: float):
                     cols = (sig[r] >= threshold).nonzero().squeeze(-1).tolist()
                     if cols:
                         found[r][f] = [(c, float(sig[r, c])) for c in cols]
-    picked = [(float(probs[i]), None if scores.slots is None else scores.slots[i], fields)
-              for i, fields in zip(order, found) if fields or structure.mode == "natural"]
     spans = scores.candidates.spans.tolist()
-    if structure.mode == "natural":
-        return sorted(picked, key=lambda item: tuple(spans[item[1]]))
+    if structure.mode == "natural":  # every instance, in anchor order
+        return [fields for _, fields in sorted(zip(order, found), key=lambda item: tuple(spans[scores.slots[item[0]]]))]
     seen, unique = set(), []
-    for item in picked:
-        key = tuple((f, tuple(sorted(tuple(spans[c]) for c, _ in item[2][f]))) for f in sorted(item[2]))
-        if key not in seen:
+    for fields in found:  # the first of identical instances
+        key = tuple((f, tuple(sorted(tuple(spans[c]) for c, _ in fields[f]))) for f in sorted(fields))
+        if fields and key not in seen:
             seen.add(key)
-            unique.append(item)
+            unique.append(fields)
     return unique
 
 
@@ -175,7 +174,7 @@ def decode_records(structure: Structure, scores: RecordScores, threshold: float,
     # reference: overlaps are resolved as if it had one, and a span of only that period is dropped after
     ends = [e + 1 if s == e == n_chars else e for _, s, e in words]
     out = []
-    for _, _, fields in _instances(structure, scores, threshold):
+    for fields in _instances(structure, scores, threshold):
         instance: Dict[str, Any] = {}
         for f, field in enumerate(structure.fields):
             cardinality = _cardinality(structure, f)

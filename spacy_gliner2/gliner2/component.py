@@ -178,6 +178,12 @@ class GLiNER2Component(ZeroShotComponent):
                 f"Component {self.name!r} holds a GLiNER2.5 'boundary' checkpoint; training supports GLiNER2 "
                 "'span' checkpoints (and new heads on a plain encoder) so far."
             )
+        records = [s.name for s in self.training_schema.structures if s.mode]
+        if records:
+            raise ValueError(
+                f"Structure(s) {records} of {self.name!r} are record-mode structures (GLiNER2.5 boundary checkpoints), "
+                "which training does not cover; train them as plain structures (remove mode and anchor)."
+            )
         return super()._training_state()
 
     def _gold(self, doc: Doc) -> Gold:

@@ -175,6 +175,7 @@ class GLiNER2Model(EncoderModel):
         by_record: Dict[int, List[int]] = {}
         for b, t in span_refs:
             by_record.setdefault(b, []).append(t)
+        # a checkpoint without enable_records may hold record weights as plain buffers (kept for saving)
         records = self.record_decoder if isinstance(getattr(self, "record_decoder", None), RecordDecoder) else None
         for b, tasks in by_record.items():
             slots = [batch.records[b].tasks[t] for t in tasks]

@@ -3,6 +3,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from ..core.batching import TextWindow
+from ..core.neighbours import longest_examples
 from ..core.runner import Runner
 from ..schema import Schema, SchemaError
 from .checkpoint import HUB_PATTERNS, load_model, new_model, save_model
@@ -85,14 +86,13 @@ class GLiNER2Runner(Runner[Output]):
     def prompt_tokens(self, schema: Schema) -> int:
         return len(self.encoder.encode(schema, [(".", 0, 0)]).input_ids) - 1
 
-    def passes(self, schemas: List[Schema]) -> List[List[Schema]]:
+    def passes(self, schema: Schema, per_text: List[Schema]) -> List[List[Schema]]:
         limit = self.max_tokens
-        distinct = {id(s): s for s in schemas}
-        if (limit is None or not schemas or len(schemas[0].apart()) < 2
-                or max(self.prompt_tokens(s) for s in distinct.values()) <= limit // 2):
-            return [schemas]
-        parts = {key: s.apart() for key, s in distinct.items()}  # the same tasks in every text's schema
-        return [list(per_text) for per_text in zip(*(parts[id(s)] for s in schemas))]
+        longest = longest_examples(schema) if schema.retrieves else schema
+        if limit is None or len(schema.apart()) < 2 or self.prompt_tokens(longest) <= limit // 2:
+            return [per_text]
+        parts = {key: s.apart() for key, s in {id(s): s for s in per_text}.items()}  # the same tasks in each
+        return [list(texts) for texts in zip(*(parts[id(s)] for s in per_text))]
 
     def combine(self, outputs: Sequence[Output]) -> Output:
         result, probs = empty_result(), {}
