@@ -147,3 +147,14 @@ def test_record_confidences_are_probabilities(records):
                     for span in value if isinstance(value, list) else [value] if value else []:
                         assert 0.0 <= span["confidence"] <= 1.0 and not math.isnan(span["confidence"])
                         assert doc.text[span["start"]:span["end"]] == span["text"]
+
+
+def test_training_refuses_record_structures(bert_checkpoint):
+    from spacy.training import Example
+
+    nlp = spacy.blank("en")
+    pipe = nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": ["person"],
+                                           "structures": {"s": {"mode": "latent", "fields": ["a::str"]}}})
+    doc = nlp.make_doc("Tim Cook.")
+    with pytest.raises(ValueError, match="record-mode structures"):
+        pipe.update([Example(doc, doc.copy())])
