@@ -209,7 +209,7 @@ class Runner(Generic[Output]):
         pieces: List[List[int]] = []
         owners: List[int] = []
         for i, text in enumerate(texts):
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"] or [tokenizer.unk_token_id]
+            ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] or [tokenizer.unk_token_id]
             for start in range(0, len(ids), limit):
                 pieces.append(first + ids[start:start + limit] + last)
                 owners.append(i)
