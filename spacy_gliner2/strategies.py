@@ -43,7 +43,8 @@ def split_pool(s: EvalSet, limit: Optional[int] = None) -> Tuple[List[Tuple[str,
 
 
 def _shown(pool: Sequence[Tuple[str, str]]) -> List[List[str]]:
-    return [[text, label] for text, label in pool if len(text.split()) <= MAX_EXAMPLE_WORDS]
+    """The pool texts a prompt can show: not empty (20 Newsgroups has empty messages), not too long."""
+    return [[text, label] for text, label in pool if 0 < len(text.split()) <= MAX_EXAMPLE_WORDS]
 
 
 def task_options(strategy: str, s: EvalSet, pool: Sequence[Tuple[str, str]], definitions: Dict[str, Dict[str, str]],

@@ -14,6 +14,7 @@ DEFINITIONS = Path(__file__).resolve().parents[1] / "configs" / "label-definitio
 TOPICS = ["sports", "politics"]
 ITEMS = [(f"The {w} story number {i}.", TOPICS[i % 2]) for i, w in enumerate(["match", "vote"] * 15)]
 ITEMS.append((" ".join(["long"] * (MAX_EXAMPLE_WORDS + 1)), "sports"))  # too long to be shown as an example
+ITEMS[10] = ("  ", "sports")  # in the pool, empty: never shown
 
 
 def toy() -> EvalSet:
@@ -40,7 +41,7 @@ def test_each_strategy_gives_a_valid_task():
     assert sorted(label for _, label in fixed) == sorted(TOPICS) and all(ex in [list(p) for p in pool] for ex in fixed)
     nearest = task_options("nearest", s, pool, definitions, 2)
     assert nearest["nearest_examples"] == 2 and all(len(t.split()) <= MAX_EXAMPLE_WORDS for t, _ in nearest["examples"])
-    assert len(nearest["examples"]) == len(pool) - 1  # the long text is left out
+    assert len(nearest["examples"]) == len(pool) - 2  # the long and the empty text are left out
     assert task_options("numeric", s, pool, definitions, 2)["numeric_labels"] is True
 
 
