@@ -2,7 +2,8 @@
 
 Variants set the ``boundary_head`` flags that shape the saved weights and the classification
 path: ``released`` (what exports of fastino/gliner2.5-*-v1 require: shared pool, span content,
-abstention, count, records, relations), ``default`` (the library's defaults), ``hot`` (``released``
+abstention, count, records, relations), ``default`` (the library's defaults: per-query proposals),
+``full_per_query`` (every optional module of the per-query path), ``hot`` (``released``
 with classification temperature 0.5, without inside evidence and span content) and ``no_dropout`` (head dropout 0: classifier keys
 ``.0``/``.2`` instead of ``.0``/``.3``), ``full`` (every optional module of the shared pool path,
 temperatures (records' too), adaptive threshold, ``nested`` overlaps) and ``longest``. Head weights are redrawn N(0, 1/fan_in) so that class
@@ -35,6 +36,15 @@ VARIANTS = {
                  directional_relation_states=True, relation_biaffine_content=True, relation_temperature=1.5,
                  relation_heads_per_type=8, relation_tails_per_type=8, relation_pair_cap=24),
     "longest": dict(RELEASED, overlap_policy="longest"),
+    # per-query proposals with every optional module of that path (rotary endpoints, query-conditioned
+    # inside weight, endpoint-difference features, a length-adaptive budget, streamed end blocks)
+    "full_per_query": dict(RELEASED, candidate_pool="per_query", enable_rotary_endpoints=True, content_soft_max_pool=True,
+                           query_conditioned_inside_weight=True, endpoint_difference_features=True,
+                           boundary_top_k_alpha=0.5, boundary_top_k_max=32, start_top_k=8, end_top_k=8, ends_per_start=4,
+                           starts_per_end=4, candidate_budget=40, export_mode="streaming", end_block_size=8,
+                           pair_temperature=0.7, adaptive_threshold=True, overlap_policy="nested",
+                           directional_relation_states=True, relation_heads_per_type=8, relation_tails_per_type=8,
+                           relation_pair_cap=24),
 }
 
 

@@ -1,5 +1,6 @@
-"""GLiNER2.5 "boundary" checkpoints in the ``gliner2`` factory: classification, and entities on the
-shared candidate pool (the released checkpoints' path), against ``gliner2`` 2.1.0 itself."""
+"""GLiNER2.5 "boundary" checkpoints in the ``gliner2`` factory: classification, entities, structures,
+relations and span attributes on the shared candidate pool (the released checkpoints' path) and on
+per-query proposals (the library's default), against ``gliner2`` 2.1.0 itself."""
 import json
 import math
 import random
@@ -18,7 +19,6 @@ ENTITIES = {"person": "a named human being", "company": "a business", "location"
             "product": {"threshold": 0.6}}
 STRUCTURES = {"product_info": ["name::str::the product name", "price::str", "features::list",
                               "condition::[new|used]::str", "tags::[cheap|premium|great]::list"]}
-SHARED_POOL = sorted(v for v in VARIANTS if VARIANTS[v].get("candidate_pool") == "shared")
 RELATIONS = {"works_for": "a person employed by a company", "located_in": None}
 CONFIG = {
     "entities": ENTITIES,
@@ -43,10 +43,6 @@ TEXTS = [
     "Hi",
     "The startup raised money to build travel software for business trips across Europe and Asia.",
 ]
-
-
-def config_of(variant):
-    return CONFIG if variant in SHARED_POOL else {"classifications": CONFIG["classifications"]}
 
 
 def raw_logits(path, config):
@@ -78,14 +74,12 @@ def boundary(request, tmp_path_factory):
     take part, and there is still output."""
     variant = request.param
     folder, seed = tmp_path_factory.mktemp(f"boundary-{variant}"), 0
-    biases = {}
-    if variant in SHARED_POOL:
-        probe = build_boundary_checkpoint(folder / "probe", variant, seed, null_bias=0.0, relation_bias=0.0)
-        null, relation = raw_logits(probe, config_of(variant))
-        biases = {"null_bias": -between(null, 2 / 3), "relation_bias": -between(relation, 1 / 2)}
+    probe = build_boundary_checkpoint(folder / "probe", variant, seed, null_bias=0.0, relation_bias=0.0)
+    null, relation = raw_logits(probe, CONFIG)
+    biases = {"null_bias": -between(null, 2 / 3), "relation_bias": -between(relation, 1 / 2)}
     path = build_boundary_checkpoint(folder / "checkpoint", variant, seed, **biases)
     nlp = spacy.blank("en")
-    nlp.add_pipe("gliner2", config={"model": str(path), **config_of(variant)})
+    nlp.add_pipe("gliner2", config={"model": str(path), **CONFIG})
     nlp.variant = variant
     return path, nlp, gliner2.AutoExtractor.from_pretrained(str(path))
 
@@ -113,7 +107,7 @@ def _ordered(span):
 
 def test_outputs_match_the_reference_one_text_at_a_time(boundary):
     _, nlp, reference = boundary
-    config = config_of(nlp.variant)
+    config = CONFIG
     found, relations, fields = 0, 0, []
     for text, want in zip(TEXTS, reference_outputs(reference, TEXTS, config)):
         ours = nlp(text)._.gliner2
@@ -137,11 +131,10 @@ def test_outputs_match_the_reference_one_text_at_a_time(boundary):
 
 
 def test_abstention_and_count_fill_take_part(boundary):
-    """The comparison above covers labels that abstain and labels that do not, and the count
-    head's fill where the checkpoint asks for it."""
+    """The comparison above covers labels that abstain and labels that do not, the count head's
+    fill where the checkpoint asks for it, and on per-query checkpoints queries with candidate
+    sets of their own."""
     path, nlp, _ = boundary
-    if nlp.variant not in SHARED_POOL:
-        pytest.skip("classification only")
     variant, nlp = nlp.variant, spacy.blank("en")  # a fresh pipeline: nothing cached
     model = nlp.add_pipe("gliner2", config={"model": str(path), **CONFIG}).runner.model
     seen = []
@@ -152,15 +145,20 @@ def test_abstention_and_count_fill_take_part(boundary):
     assert any(abstains) and not all(abstains)
     if VARIANTS[variant].get("adaptive_threshold"):
         assert any(f > 0 for c in seen for f in c.fill)
+    per_query = VARIANTS[variant].get("candidate_pool", "per_query") == "per_query"
+    assert all(c.shared != per_query for c in seen)
+    if per_query:
+        assert any((c.spans[0] != c.spans[1]).any() for c in seen if len(c.spans) > 1)
 
 
-def test_per_query_checkpoints_refuse_entities_and_keep_classifying(tmp_path):
+def test_per_query_checkpoints_refuse_record_structures(tmp_path):
     path = build_boundary_checkpoint(tmp_path / "default", "default")
     nlp = spacy.blank("en")
-    nlp.add_pipe("gliner2", config={"model": str(path), **config_of("default")})
-    assert nlp(TEXTS[0])._.gliner2["classifications"]
-    with pytest.raises(SchemaError, match="candidate_pool = 'per_query'"):
-        nlp.get_pipe("gliner2")(nlp.make_doc(TEXTS[0]), entities=["person"])
+    nlp.add_pipe("gliner2", config={"model": str(path), **CONFIG})
+    assert nlp(TEXTS[0])._.gliner2["entities"]
+    records = {"founding": {"fields": ["company::str", "year::str"], "mode": "latent"}}
+    with pytest.raises(SchemaError, match="candidate_pool = 'shared'"):
+        nlp.get_pipe("gliner2")(nlp.make_doc(TEXTS[0]), structures=records)
 
 
 def test_long_text_windows_merge_by_the_checkpoints_policy(boundary):
@@ -168,8 +166,6 @@ def test_long_text_windows_merge_by_the_checkpoints_policy(boundary):
     from spacy_gliner2.core.overlap import resolve
 
     path, nlp, _ = boundary
-    if nlp.variant not in SHARED_POOL:
-        pytest.skip("classification only")
     nlp = spacy.blank("en")
     pipe = nlp.add_pipe("gliner2", config={"model": str(path), "entities": ENTITIES, "window_size": 30, "window_overlap": 10})
     policy = pipe.runner.model.settings.boundary.overlap_policy
@@ -225,7 +221,7 @@ def test_saved_pipeline_and_export_keep_every_weight(boundary, tmp_path):
     assert all(original[k].equal(written[k]) for k in original)
     exported = gliner2.AutoExtractor.from_pretrained(str(tmp_path / "exported"))
     assert type(exported).__name__ == "BoundaryExtractor"
-    for text, want in zip(TEXTS[:3], reference_outputs(exported, TEXTS[:3], config_of(nlp.variant))):
+    for text, want in zip(TEXTS[:3], reference_outputs(exported, TEXTS[:3], CONFIG)):
         assert_same(nlp(text)._.gliner2, want, text)
 
 
@@ -271,8 +267,6 @@ ATTRIBUTES = {"sentiment": ["positive", "negative", "neutral"],
 def test_span_attributes_match_the_reference(boundary):
     """Attribute labels join the prompt as entity labels and are scored at every kept entity span."""
     path, nlp, reference = boundary
-    if nlp.variant not in SHARED_POOL:
-        pytest.skip("classification only")
     config = {"entities": ENTITIES, "entity_attributes": ATTRIBUTES, "structures": STRUCTURES}
     nlp = spacy.blank("en")
     nlp.add_pipe("gliner2", config={"model": str(path), **config})

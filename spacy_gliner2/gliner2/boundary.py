@@ -9,84 +9,22 @@ reference's (``boundary_head.*``), so checkpoints load as saved. Each text is sc
 no result depends on the other texts of a batch.
 """
 import math
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MASK_LOGIT = -1.0e4  # the reference's finite "impossible" logit
-POLICIES = ("flat", "nested", "longest")
-
-
-@dataclass(frozen=True)
-class BoundarySettings:
-    """The ``boundary_head`` keys of ``config.json`` this head reads (defaults: gliner2 2.1.0's)."""
-
-    boundary_dim: int = 128
-    pair_dim: int = 128
-    boundary_refinement_layers: int = 1
-    boundary_ffn_multiplier: float = 2.0
-    boundary_attention_layers: int = 0
-    boundary_attention_heads: int = 4
-    boundary_attention_window: int = 0
-    use_inside_evidence: bool = True
-    enable_span_content: bool = False
-    content_dim: int = 64
-    content_soft_max_pool: bool = False
-    candidate_pool: str = "per_query"
-    pool_boundary_top_k: int = 64
-    pool_size: int = 384
-    min_pool_per_query: int = 8
-    candidate_attention_layers: int = 2
-    candidate_attention_heads: int = 4
-    query_attention_layers: int = 1
-    enable_abstention: bool = True
-    abstention_threshold: float = 0.5
-    enable_count_head: bool = True
-    adaptive_threshold: bool = False
-    overlap_policy: str = "flat"
-    pair_temperature: float = 1.0
-    classification_temperature: float = 1.0
-    dropout: float = 0.1
-    enable_relations: bool = True
-    relation_heads_per_type: int = 32
-    relation_tails_per_type: int = 32
-    relation_pair_cap: int = 128
-    relation_argument_proposal_threshold: float = 0.0
-    relation_temperature: float = 1.0
-    directional_relation_states: bool = False
-    relation_biaffine_content: bool = False
-    enable_records: bool = True
-    record_dim: int = 128
-    record_instance_queries: int = 32
-    record_temperature: float = 1.0
-
-    @classmethod
-    def read(cls, head: Dict[str, Any]) -> "BoundarySettings":
-        """The settings of a ``boundary_head`` dict; keys it does not name keep their defaults."""
-        known = {f.name: f.type for f in fields(cls)}
-        values = {k: v for k, v in head.items() if k in known}
-        settings = cls(**values)
-        policy = {"disallow": "flat"}.get(settings.overlap_policy, settings.overlap_policy)
-        if policy not in POLICIES:
-            raise ValueError(f"boundary_head.overlap_policy {settings.overlap_policy!r} is not one of {list(POLICIES)}")
-        for name in ("pair_temperature", "classification_temperature", "relation_temperature", "record_temperature"):
-            if getattr(settings, name) <= 0:
-                raise ValueError(f"boundary_head.{name} must be > 0, not {getattr(settings, name)}")
-        return cls(**{**values, "overlap_policy": policy})
-
-    @property
-    def extracts(self) -> bool:
-        """Whether this head's extraction path runs here (the shared pool of the released checkpoints)."""
-        return self.candidate_pool == "shared"
+from .boundary_layers import MASK_LOGIT, BoundarySettings, ContentPooler
+from .boundary_per_query import PairScorer, Proposer, pair_logits, propose
 
 
 @dataclass
 class Candidates:
     """The scored candidate spans of one text for some of its queries: ``spans`` ``(C, 2)`` half-open
-    boundary indices over the prefix and text words, ``probs`` ``(Q, C)``, per query whether it
+    boundary indices over the prefix and text words (the shared pool) or ``(Q, C, 2)`` (each query's
+    own proposals, ``valid`` ``(Q, C)`` telling the slots that hold one), ``probs`` ``(Q, C)``, per query whether it
     abstains and how many best candidates the count head adds (None: no adaptive fill), and
     ``forced(queries, spans)``: the logits (over the pair temperature) of given spans for the given
     queries, scored in a pool of those queries (choice fields, span attributes). ``logits``
@@ -101,13 +39,28 @@ class Candidates:
     forced: Callable[[List[int], List[Tuple[int, int]]], torch.Tensor]
     states: Optional[torch.Tensor] = None  # ``(n + 1, d)`` boundary states (record structures read them)
     records: Optional[Callable[[Any], Any]] = None  # structure -> its record scores (a structure's task)
+    valid: Optional[torch.Tensor] = None
+
+    @property
+    def shared(self) -> bool:
+        """Whether every query scores the same pool of spans."""
+        return self.spans.dim() == 2
+
+    def query(self, q: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query ``q``'s candidate spans ``(C_q, 2)``, their probabilities and raw logits."""
+        if self.shared:
+            return self.spans, self.probs[q], self.logits[q]
+        keep = self.valid[q]
+        return self.spans[q][keep], self.probs[q][keep], self.logits[q][keep]
 
     def rows(self, first: int, count: int) -> "Candidates":
         """The candidates of queries ``first .. first + count - 1`` (one task's)."""
         stop = first + count
-        return Candidates(self.spans, self.logits[first:stop], self.probs[first:stop], self.abstains[first:stop],
+        return Candidates(self.spans if self.shared else self.spans[first:stop], self.logits[first:stop],
+                          self.probs[first:stop], self.abstains[first:stop],
                           None if self.fill is None else self.fill[first:stop], self.policy,
-                          lambda queries, spans: self.forced([first + q for q in queries], spans), self.states)
+                          lambda queries, spans: self.forced([first + q for q in queries], spans), self.states,
+                          valid=None if self.valid is None else self.valid[first:stop])
 
 
 def _linear(n_in: int, n_out: int) -> nn.Linear:
@@ -199,29 +152,6 @@ class _PoolBuilder(nn.Module):
         self.end_projection = _linear(d, d)
 
 
-class _ContentPooler(nn.Module):
-    """Mean (and optionally a smooth maximum) of projected word states over a span."""
-
-    def __init__(self, hidden: int, dim: int, soft_max: bool):
-        super().__init__()
-        self.soft_max = soft_max
-        self.value_projection = _linear(hidden, dim)
-        self.layer_norm = nn.LayerNorm(dim * (2 if soft_max else 1))
-
-    def forward(self, words: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        values = self.value_projection(words).float()
-        zero = values.new_zeros(1, values.shape[1])
-        cumulative = torch.cat([zero, values.cumsum(0)])
-        pooled = (cumulative[ends] - cumulative[starts]) / (ends - starts).clamp_min(1)[:, None].float()
-        if self.soft_max:
-            floor = torch.finfo(torch.float32).min / 4.0
-            lse = torch.cat([zero.fill_(floor), torch.logcumsumexp(values, 0)])
-            delta = (lse[starts] - lse[ends]).clamp(max=-1e-6)
-            smooth = torch.nan_to_num(lse[ends] + torch.log1p(-torch.exp(delta)), neginf=0.0, posinf=0.0)
-            pooled = torch.cat([pooled, smooth], -1)
-        return self.layer_norm(pooled.to(dtype))
-
-
 def _overlap_buckets(spans: torch.Tensor) -> torch.Tensor:
     """``(C, C)`` geometry of every ordered candidate pair, in the reference's 8 buckets."""
     s1, e1 = spans[:, None, 0], spans[:, None, 1]
@@ -290,7 +220,7 @@ class _PoolScorer(nn.Module):
         self.length_projection = _linear(3, p)
         self.prior_projection = _linear(1, p)
         if s.enable_span_content:
-            self.content_pooler = _ContentPooler(hidden, s.content_dim, s.content_soft_max_pool)
+            self.content_pooler = ContentPooler(hidden, s.content_dim, s.content_soft_max_pool)
             self.content_projection = _linear(s.content_dim * (2 if s.content_soft_max_pool else 1), p)
         self.candidate_norm = nn.LayerNorm(p)
         self.candidate_layers = nn.ModuleList(
@@ -303,7 +233,9 @@ class _PoolScorer(nn.Module):
 
 
 class BoundaryHead(nn.Module):
-    """Boundary encoder, marginals, the shared candidate pool and its scorer, abstention and count."""
+    """Boundary encoder, marginals, candidates (the shared pool and its scorer, or per-query proposals
+    and their pair scorer: both are in every checkpoint, ``candidate_pool`` picks one), abstention
+    and count."""
 
     def __init__(self, hidden: int, settings: BoundarySettings):
         super().__init__()
@@ -312,6 +244,8 @@ class BoundaryHead(nn.Module):
         self.boundary_query_head = _QueryHead(hidden, s.boundary_dim)
         self.shared_pool_builder = _PoolBuilder(s.boundary_dim)
         self.shared_pool_scorer = _PoolScorer(hidden, s)
+        self.boundary_proposer = Proposer(hidden, s)
+        self.pair_scorer = PairScorer(hidden, s)
         self.null_projection = _linear(hidden, 1) if s.enable_abstention else None
         self.count_head = _linear(hidden, 1) if s.enable_count_head else None
         if s.enable_records:  # candidate states of record structures
@@ -320,7 +254,11 @@ class BoundaryHead(nn.Module):
     def forward(self, words: torch.Tensor, queries: torch.Tensor) -> Candidates:
         """Score ``queries`` ``(Q, H)`` over one text's ``words`` ``(n, H)`` (prefix words included)."""
         s = self.settings
-        spans, logits, _, states = self.score(words, queries)
+        valid = None
+        if s.shared:
+            spans, logits, _, states = self.score(words, queries)
+        else:
+            spans, logits, valid, states = self.propose(words, queries)
         probs = torch.sigmoid(logits / s.pair_temperature)
         abstains = [False] * queries.shape[0]
         if self.null_projection is not None:
@@ -328,24 +266,51 @@ class BoundaryHead(nn.Module):
         fill = None
         if s.adaptive_threshold and self.count_head is not None:
             rates = self.count_head(queries).squeeze(-1)
-            fill = torch.exp(rates).round().long().clamp(0, s.pool_size).tolist()
+            fill = torch.exp(rates).round().long().clamp(0, s.budget).tolist()
 
         def forced(rows: List[int], wanted: List[Tuple[int, int]]) -> torch.Tensor:
+            if not s.shared:
+                return self.explicit(words, queries[rows], torch.tensor(wanted, device=words.device)) / s.pair_temperature
             _, logits, at, _ = self.score(words, queries[rows], torch.tensor(wanted, device=words.device))
             return logits[:, at] / s.pair_temperature
 
-        return Candidates(spans, logits, probs, abstains, fill, s.overlap_policy, forced, states)
+        return Candidates(spans, logits, probs, abstains, fill, s.overlap_policy, forced, states, valid=valid)
+
+    def _marginals(self, words: torch.Tensor, queries: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Boundary states ``(n + 1, d)`` and every query's start and end logits ``(Q, n + 1)``."""
+        states = self.boundary_encoder(words)
+        qh = self.boundary_query_head
+        scale = 1.0 / math.sqrt(self.settings.boundary_dim)
+        start = qh.start_query_projection(queries) @ qh.start_boundary_projection(states).T * scale
+        end = qh.end_query_projection(queries) @ qh.end_boundary_projection(states).T * scale
+        return states, start, end
+
+    def propose(self, words: torch.Tensor, queries: torch.Tensor):
+        """Per-query candidates: spans ``(Q, C, 2)``, logits ``(Q, C)``, valid slots and the boundary states."""
+        s = self.settings
+        states, start, end = self._marginals(words, queries)
+        starts, ends, valid = propose(self.boundary_proposer, s, states, queries, start, end)
+        inside = self._inside(words, queries) if s.use_inside_evidence else None
+        logits = pair_logits(self.boundary_proposer, self.pair_scorer, s, words, queries, states, start, end, inside,
+                             starts, ends, valid)
+        return torch.stack([starts, ends], -1), logits, valid, states
+
+    def explicit(self, words: torch.Tensor, queries: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+        """``(Q, F)`` per-query logits of given spans ``wanted`` ``(F, 2)`` (no proposal step)."""
+        s = self.settings
+        states, start, end = self._marginals(words, queries)
+        starts = wanted[:, 0].expand(queries.shape[0], -1)
+        ends = wanted[:, 1].expand(queries.shape[0], -1)
+        valid = (starts >= 0) & (ends > starts) & (ends <= words.shape[0])
+        inside = self._inside(words, queries) if s.use_inside_evidence else None
+        return pair_logits(self.boundary_proposer, self.pair_scorer, s, words, queries, states, start, end, inside,
+                           starts.clamp(0, words.shape[0]), ends.clamp(0, words.shape[0]), valid)
 
     def score(self, words: torch.Tensor, queries: torch.Tensor, forced: Optional[torch.Tensor] = None):
         """The pool ``(C, 2)``, its logits ``(Q, C)``, where the ``forced`` spans ``(F, 2)`` sit in it (they
         join the pool ahead of every other candidate: how the reference scores given spans) and the
         boundary states ``(n + 1, d)``."""
-        d = self.settings.boundary_dim
-        states = self.boundary_encoder(words)  # (n + 1, d)
-        qh = self.boundary_query_head
-        scale = 1.0 / math.sqrt(d)
-        start = qh.start_query_projection(queries) @ qh.start_boundary_projection(states).T * scale  # (Q, n + 1)
-        end = qh.end_query_projection(queries) @ qh.end_boundary_projection(states).T * scale
+        states, start, end = self._marginals(words, queries)
         spans, compat = self._pool(states, start, end, forced)
         logits = self._score(words, queries, states, spans, compat, start, end)
         at = None

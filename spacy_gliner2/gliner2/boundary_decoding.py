@@ -30,12 +30,12 @@ def _resolved(candidates: Candidates, m: int, threshold: float, n_prefix: int, n
     after resolution, as the reference). An entity label may abstain (structure fields do not)."""
     if entity and candidates.abstains[m]:
         return []
-    probs = candidates.probs[m]
+    spans, probs, _ = candidates.query(m)
     keep = probs >= threshold
     if candidates.fill is not None:
         keep[torch.argsort(probs, descending=True, stable=True)[: candidates.fill[m]]] = True
     index = keep.nonzero().squeeze(-1)
-    scored = list(zip(probs[index].tolist(), *candidates.spans[index].T.tolist()))
+    scored = list(zip(probs[index].tolist(), *spans[index].T.tolist()))
     return [(c, s, e) for c, s, e in resolve(scored, candidates.policy) if 0 <= s - n_prefix < e - n_prefix <= n_words]
 
 

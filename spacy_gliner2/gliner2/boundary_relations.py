@@ -73,16 +73,15 @@ class RelationScorer(nn.Module):
 
 
 def _best(candidates: Candidates, q: int, threshold: float, keep: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Indices into the pool and probabilities of query ``q``'s ``keep`` best arguments (ties: by
-    start, end, pool order)."""
-    probs = torch.sigmoid(candidates.logits[q])
-    spans = candidates.spans
+    """Query ``q``'s ``keep`` best arguments ``(k, 2)`` and their probabilities (ties: by start, end,
+    candidate order)."""
+    spans, _, logits = candidates.query(q)
+    probs = torch.sigmoid(logits)
     order = torch.argsort(spans[:, 1], stable=True)
     order = order[torch.argsort(spans[order, 0], stable=True)]
-    eligible = probs[order] >= threshold
-    order = order[eligible]
+    order = order[probs[order] >= threshold]
     order = order[torch.argsort(probs[order], descending=True, stable=True)[:keep]]
-    return order, probs[order]
+    return spans[order], probs[order]
 
 
 def relation_pairs(candidates: Candidates, words: torch.Tensor, scorer: RelationScorer, settings: BoundarySettings,
@@ -92,11 +91,11 @@ def relation_pairs(candidates: Candidates, words: torch.Tensor, scorer: Relation
     heads, head_p = _best(candidates, 0, s.relation_argument_proposal_threshold, s.relation_heads_per_type)
     tails, tail_p = _best(candidates, 1, s.relation_argument_proposal_threshold, s.relation_tails_per_type)
     scores = (head_p[:, None] * tail_p[None, :]).flatten()
-    distinct = (candidates.spans[heads][:, None] != candidates.spans[tails][None, :]).any(-1).flatten()
+    distinct = (heads[:, None] != tails[None, :]).any(-1).flatten()
     ranked = torch.argsort(scores.masked_fill(~distinct, float("-inf")), descending=True, stable=True)
     ranked = ranked[distinct[ranked]][: s.relation_pair_cap]
     h, t = ranked // len(tails), ranked % len(tails)
-    head_spans, tail_spans = candidates.spans[heads[h]], candidates.spans[tails[t]]
+    head_spans, tail_spans = heads[h], tails[t]
     if not len(ranked):
         return RelationPairs([], [], [], [], [])
     logits = scorer(words, scorer.relation_state(head_state, tail_state), head_spans, tail_spans)

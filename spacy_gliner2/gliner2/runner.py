@@ -53,19 +53,19 @@ class GLiNER2Runner(Runner[Output]):
                 "This GLiNER2.5 'boundary' checkpoint has no relation head (boundary_head.enable_relations is false): "
                 "remove relations from the schema, or use a checkpoint trained with relations."
             )
-        if boundary and (schema.entities or schema.structures or schema.relations) and not boundary.extracts:
-            raise SchemaError(
-                f"This GLiNER2.5 'boundary' checkpoint proposes spans per query (boundary_head.candidate_pool = "
-                f"{boundary.candidate_pool!r}); spacy-gliner2 extracts with the shared candidate pool of the released "
-                "checkpoints (fastino/gliner2.5-*) so far, and runs this one's classification tasks only. Remove entities, "
-                "structures and relations from the schema, or use a 'shared' pool checkpoint."
-            )
         records = [s for s in schema.structures if s.mode]
         if records and not (boundary and boundary.enable_records):
             raise SchemaError(
                 f"Structure {records[0].name!r} is a record-mode structure (mode {records[0].mode!r}): these run on "
                 "GLiNER2.5 'boundary' checkpoints with a record head (boundary_head.enable_records); remove its mode "
                 "for this checkpoint (one instance per structure on boundary checkpoints, several on span ones)."
+            )
+        if records and not boundary.shared:
+            raise SchemaError(
+                f"Structure {records[0].name!r} is a record-mode structure; spacy-gliner2 runs these on 'boundary' "
+                "checkpoints with the shared candidate pool (boundary_head.candidate_pool = 'shared', as the released "
+                "fastino/gliner2.5-* checkpoints), not yet on this one's per-query proposals. Drop the structure's mode "
+                "(one instance) for this checkpoint."
             )
         for structure in records:
             if any(f.choices for f in structure.fields):
