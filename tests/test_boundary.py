@@ -151,16 +151,6 @@ def test_abstention_and_count_fill_take_part(boundary):
         assert any((c.spans[0] != c.spans[1]).any() for c in seen if len(c.spans) > 1)
 
 
-def test_per_query_checkpoints_refuse_record_structures(tmp_path):
-    path = build_boundary_checkpoint(tmp_path / "default", "default")
-    nlp = spacy.blank("en")
-    nlp.add_pipe("gliner2", config={"model": str(path), **CONFIG})
-    assert nlp(TEXTS[0])._.gliner2["entities"]
-    records = {"founding": {"fields": ["company::str", "year::str"], "mode": "latent"}}
-    with pytest.raises(SchemaError, match="candidate_pool = 'shared'"):
-        nlp.get_pipe("gliner2")(nlp.make_doc(TEXTS[0]), structures=records)
-
-
 def test_long_text_windows_merge_by_the_checkpoints_policy(boundary):
     """Windows merged on document offsets with the checkpoint's own overlap policy."""
     from spacy_gliner2.core.overlap import resolve

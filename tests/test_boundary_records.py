@@ -1,5 +1,6 @@
 """Record-mode structures (GLiNER2.5 boundary checkpoints): many instances per structure, natural
-(anchored), latent and anchorless, against ``gliner2`` 2.1.0 itself."""
+(anchored), latent and anchorless, on the shared pool and on per-query proposals, against
+``gliner2`` 2.1.0 itself."""
 import json
 import math
 
@@ -62,7 +63,7 @@ def reference_records(reference, text, config, threshold):
     return out, raw
 
 
-@pytest.fixture(scope="module", params=["released", "full"])
+@pytest.fixture(scope="module", params=["released", "full", "default", "full_per_query"])
 def records(request, tmp_path_factory):
     path = build_boundary_checkpoint(tmp_path_factory.mktemp(f"records-{request.param}") / "checkpoint", request.param)
     return request.param, path, gliner2.AutoExtractor.from_pretrained(str(path))

@@ -1,9 +1,11 @@
 """Record-mode structures of GLiNER2.5 "boundary" checkpoints: many instances of one structure.
 
-As gliner2 2.1.0 (shared candidate pool): every pool span gets a state ``x_c`` (``candidate_encoder``
-over its two boundary states). Instances are pool spans (``natural``: scored by the anchor field's pair
-logit; ``latent``: by ``latent_seed_head``) or learned queries attending over the pool
-(``anchorless``: ``object_head``). Each (instance, field) scores ABSENT and every pool span:
+As gliner2 2.1.0: every candidate span gets a state ``x_c`` (``candidate_encoder`` over its two
+boundary states). Instances are candidates (``natural``: the anchor field's, scored by their pair
+logit; ``latent``: every candidate, by ``latent_seed_head``) or learned queries attending over the
+candidates (``anchorless``: ``object_head``). A field's candidates are the shared pool or, on
+per-query checkpoints, its own query's proposals (latent instances are then (field, span) pairs).
+Each (instance, field) scores ABSENT and every candidate of the field:
 ``(W_inst u + W_field q) . [null ; W_cand x]``. Instances with ``sigmoid(object / T_rec) >= threshold``
 are decoded, best first; each field takes spans by its cardinality: lists every span with
 ``sigmoid >= threshold``, single fields the most probable choice (softmax), ``exclusive`` fields share
@@ -45,36 +47,57 @@ class RecordDecoder(nn.Module):
 
 @dataclass
 class RecordScores:
-    """One record structure's scores in one text: the fields' pool ``candidates`` (their rows), the
-    instances' ``objects`` ``(N,)`` logits and pool ``slots`` (natural; else None), and ``assign``
-    ``(N, F, 1 + C)`` logits of ABSENT and every pool span, per instance and field."""
+    """One record structure's scores in one text, per field: its candidate ``spans`` ``(C_f, 2)`` (the
+    shared pool, or the field query's own proposals) and their pair probabilities ``pairs``, and
+    ``assign`` ``(N, 1 + C_f)`` logits of ABSENT and each of them per instance; the instances'
+    ``objects`` ``(N,)`` logits and (natural) ``slots``: each instance's index among the anchor
+    field's candidates."""
 
-    candidates: Candidates
+    spans: List[torch.Tensor]
+    pairs: List[torch.Tensor]
     objects: torch.Tensor
     slots: Optional[List[int]]
-    assign: torch.Tensor
+    assign: List[torch.Tensor]
     temperature: float
+    policy: str
 
 
 def score_records(decoder: RecordDecoder, candidate_encoder: nn.Linear, candidates: Candidates,
                   fields: torch.Tensor, structure: Structure) -> RecordScores:
-    """The record scores of ``structure`` from its fields' ``candidates`` and query states ``fields`` ``(F, H)``."""
-    states, spans = candidates.states, candidates.spans
-    x = candidate_encoder(torch.cat([states[spans[:, 0]], states[spans[:, 1]]], -1))  # (C, H)
+    """The record scores of ``structure`` from its fields' ``candidates`` and query states ``fields`` ``(F, H)``.
+
+    Shared pool: every field reads the same spans, latent instances are pool spans and anchorless
+    ones attend over the pool. Per-query proposals: each field reads its own spans, latent
+    instances are (field, span) pairs and anchorless ones attend over all fields' spans."""
+    states = candidates.states
+
+    def encoded(spans: torch.Tensor) -> torch.Tensor:  # (C, H)
+        return candidate_encoder(torch.cat([states[spans[:, 0]], states[spans[:, 1]]], -1))
+
+    per_field = [candidates.query(f) for f in range(len(structure.fields))]
+    if candidates.shared:
+        context = encoded(candidates.spans)
+        xs = [context] * len(per_field)
+    else:
+        xs = [encoded(spans) for spans, _, _ in per_field]
+        context = torch.cat(xs)
     slots = None
     if structure.mode == "natural":
         anchor = [f.name for f in structure.fields].index(structure.anchor)
-        instances, objects, slots = x, candidates.logits[anchor], list(range(len(x)))
+        instances, objects, slots = xs[anchor], per_field[anchor][2], list(range(len(xs[anchor])))
     elif structure.mode == "latent":
-        instances, objects = x, decoder.latent_seed_head(x).squeeze(-1)
-    else:  # anchorless: learned queries read the pool
-        seeds = decoder.instance_embed
-        attention = decoder.q_proj(seeds) @ decoder.k_proj(x).T / math.sqrt(decoder.q_proj.out_features)
-        instances = seeds + torch.softmax(attention, -1) @ decoder.v_proj(x)
+        instances, objects = context, decoder.latent_seed_head(context).squeeze(-1)
+    else:  # anchorless: learned queries read the candidates
+        instances = decoder.instance_embed
+        if len(context):
+            attention = decoder.q_proj(instances) @ decoder.k_proj(context).T / math.sqrt(decoder.q_proj.out_features)
+            instances = instances + torch.softmax(attention, -1) @ decoder.v_proj(context)
         objects = decoder.object_head(instances).squeeze(-1)
     mixed = decoder.inst_proj(instances)[:, None] + decoder.field_proj(fields)[None]  # (N, F, D)
-    assign = torch.cat([(mixed @ decoder.null_embed)[..., None], mixed @ decoder.cand_proj(x).T], -1)
-    return RecordScores(candidates, objects, slots, assign, decoder.temperature)
+    assign = [torch.cat([(mixed[:, f] @ decoder.null_embed)[:, None], mixed[:, f] @ decoder.cand_proj(x).T], -1)
+              for f, x in enumerate(xs)]
+    return RecordScores([spans for spans, _, _ in per_field], [probs for _, probs, _ in per_field], objects, slots,
+                        assign, decoder.temperature, candidates.policy)
 
 
 def _cardinality(structure: Structure, f: int) -> str:
@@ -117,9 +140,8 @@ def _instances(structure: Structure, scores: RecordScores, threshold: float) -> 
     temperature = scores.temperature
     probs = torch.sigmoid(scores.objects / temperature)
     order = sorted((i for i in range(len(probs)) if probs[i] >= threshold), key=lambda i: (-float(probs[i]), i))
-    if not order or not len(scores.candidates.spans):
+    if not order or not any(len(spans) for spans in scores.spans):
         return []
-    logits = scores.assign[order] / temperature  # (R, F, 1 + C)
     found: List[Dict[int, List[Tuple[int, float]]]] = [{} for _ in order]
     for f in range(len(structure.fields)):
         cardinality, exclusive = _cardinality(structure, f), structure.fields[f].exclusive
@@ -128,7 +150,8 @@ def _instances(structure: Structure, scores: RecordScores, threshold: float) -> 
             for r, i in enumerate(order):
                 found[r][f] = [(scores.slots[i], float(probs[i]))]
             continue
-        soft = torch.softmax(logits[:, f], -1)
+        logits = scores.assign[f][order] / temperature  # (R, 1 + C_f)
+        soft = torch.softmax(logits, -1)
         if exclusive and scalar:
             for r, col in enumerate(_assignment(soft, allows_absent) if soft.shape[1] > 1 else [None] * len(order)):
                 p = None if col is None else float(soft[r, 1 + col])
@@ -137,11 +160,11 @@ def _instances(structure: Structure, scores: RecordScores, threshold: float) -> 
         elif scalar:
             for r in range(len(order)):
                 ranked = torch.argsort(soft[r], descending=True).tolist()
-                col = next(c for c in ranked if c > 0 or allows_absent)
+                col = next((c for c in ranked if c > 0 or allows_absent), 0)
                 if col > 0 and not (soft[r, col] < threshold and allows_absent):
                     found[r][f] = [(col - 1, float(soft[r, col]))]
         else:
-            sig = torch.sigmoid(logits[:, f, 1:])  # (R, C); ABSENT plays no part in a list
+            sig = torch.sigmoid(logits[:, 1:])  # (R, C_f); ABSENT plays no part in a list
             if exclusive:
                 best, owner = sig.max(0)
                 for c in range(sig.shape[1]):
@@ -152,12 +175,13 @@ def _instances(structure: Structure, scores: RecordScores, threshold: float) -> 
                     cols = (sig[r] >= threshold).nonzero().squeeze(-1).tolist()
                     if cols:
                         found[r][f] = [(c, float(sig[r, c])) for c in cols]
-    spans = scores.candidates.spans.tolist()
+    spans = [s.tolist() for s in scores.spans]
     if structure.mode == "natural":  # every instance, in anchor order
-        return [fields for _, fields in sorted(zip(order, found), key=lambda item: tuple(spans[scores.slots[item[0]]]))]
+        anchor = [f.name for f in structure.fields].index(structure.anchor)
+        return [fields for _, fields in sorted(zip(order, found), key=lambda item: tuple(spans[anchor][scores.slots[item[0]]]))]
     seen, unique = set(), []
     for fields in found:  # the first of identical instances
-        key = tuple((f, tuple(sorted(tuple(spans[c]) for c, _ in fields[f]))) for f in sorted(fields))
+        key = tuple((f, tuple(sorted(tuple(spans[f][c]) for c, _ in fields[f]))) for f in sorted(fields))
         if fields and key not in seen:
             seen.add(key)
             unique.append(fields)
@@ -167,8 +191,7 @@ def _instances(structure: Structure, scores: RecordScores, threshold: float) -> 
 def decode_records(structure: Structure, scores: RecordScores, threshold: float, n_prefix: int,
                    words: Sequence[Word], text: str) -> List[Dict[str, Any]]:
     """The instances of a record structure in one text (``doc._.gliner2["structures"][name]``)."""
-    candidates = scores.candidates
-    spans = candidates.spans.tolist()
+    spans = [s.tolist() for s in scores.spans]
     n_chars = len(text)
     # the period the prompt appends to every text is a zero-width word here and a character in the
     # reference: overlaps are resolved as if it had one, and a span of only that period is dropped after
@@ -180,11 +203,11 @@ def decode_records(structure: Structure, scores: RecordScores, threshold: float,
             cardinality = _cardinality(structure, f)
             items = []
             for c, assigned in fields.get(f, []):
-                s, e = spans[c][0] - n_prefix, spans[c][1] - n_prefix
+                s, e = spans[f][c][0] - n_prefix, spans[f][c][1] - n_prefix
                 if s < 0 or e > len(words) or e <= s:
                     continue  # in the prompt's prefix, or across it
                 start, end = words[s][1], ends[e - 1]
-                pair = float(candidates.probs[f, c])
+                pair = float(scores.pairs[f][c])
                 conf = min(pair, assigned)
                 if not (end > n_chars or text[start:end].strip()) or (cardinality in ALLOWS_ABSENT and pair < threshold):
                     continue
@@ -192,7 +215,7 @@ def decode_records(structure: Structure, scores: RecordScores, threshold: float,
                     items.append((conf, start, end))
             single = cardinality in SCALAR or field.dtype == "str"
             kept = [{"text": text[s:min(e, n_chars)], "confidence": c, "start": s, "end": min(e, n_chars)}
-                    for c, s, e in resolve(items, candidates.policy)[: 1 if single else None]]
+                    for c, s, e in resolve(items, scores.policy)[: 1 if single else None]]
             kept = [span for span in kept if span["end"] > span["start"]]
             instance[field.name] = (kept[0] if kept else None) if single else kept
         if any(v not in (None, []) for v in instance.values()):

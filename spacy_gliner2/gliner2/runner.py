@@ -60,13 +60,6 @@ class GLiNER2Runner(Runner[Output]):
                 "GLiNER2.5 'boundary' checkpoints with a record head (boundary_head.enable_records); remove its mode "
                 "for this checkpoint (one instance per structure on boundary checkpoints, several on span ones)."
             )
-        if records and not boundary.shared:
-            raise SchemaError(
-                f"Structure {records[0].name!r} is a record-mode structure; spacy-gliner2 runs these on 'boundary' "
-                "checkpoints with the shared candidate pool (boundary_head.candidate_pool = 'shared', as the released "
-                "fastino/gliner2.5-* checkpoints), not yet on this one's per-query proposals. Drop the structure's mode "
-                "(one instance) for this checkpoint."
-            )
         for structure in records:
             if any(f.choices for f in structure.fields):
                 raise SchemaError(
