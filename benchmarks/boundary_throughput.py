@@ -4,11 +4,12 @@
 Builds (or reuses) a full-size random-weight boundary-base checkpoint with the reference package
 (DeBERTa-v3-base encoder, the boundary head settings that exports of fastino/gliner2.5-base-v1
 require: shared pool of 192 spans from the top 64 boundaries, span content, abstention, count,
-records and relations), then for 5 and 50 entity labels times our spaCy component (exact mode)
+records and relations; ``--layout per_query``: the same head on the library's default per-query
+proposals), then for 5 and 50 entity labels times our spaCy component (exact mode)
 against ``AutoExtractor.batch_extract`` on the same texts, best of ``--repeats``, and compares
 every decision. "other load" is the CPU other processes used meanwhile, in cores.
 
-    python benchmarks/boundary_throughput.py [--quick] [--out results.json] [--checkpoint-dir DIR]
+    python benchmarks/boundary_throughput.py [--quick] [--layout shared|per_query] [--out results.json] [--checkpoint-dir DIR]
 """
 import argparse
 import json
@@ -31,12 +32,12 @@ SCHEMAS = {"entities-5": {"entities": LABELS_5}, "entities-50": {"entities": LAB
 PAIR_POSITIVE = 0.02  # head calibration: ~2 % of pooled candidates at or above 0.5
 
 
-def build_checkpoint(folder: Path, seed: int, calibration_texts) -> str:
+def build_checkpoint(folder: Path, seed: int, calibration_texts, layout: str = "shared") -> str:
     """A random-weight boundary-base checkpoint built and saved by the reference (or ``folder`` reused).
 
     Encoder as ``throughput.py``'s; head matrices N(0, 1/fan_in), BOS/EOS N(0, 1), biases 0; the
     abstention bias -1.5; the reranker's output bias shifted so that PAIR_POSITIVE of the candidates
-    the reference pools on ``calibration_texts`` pass 0.5.
+    the reference pools (or proposes, per query) on ``calibration_texts`` pass 0.5.
     """
     if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
         return "reused"
@@ -46,7 +47,7 @@ def build_checkpoint(folder: Path, seed: int, calibration_texts) -> str:
 
     partial, tokenizer = start_checkpoint(folder)
     config = ExtractorConfig(model_name="deberta-v3-base-boundary-random", architecture="boundary",
-                             token_pooling="first", boundary_head=HEAD)
+                             token_pooling="first", boundary_head=dict(HEAD, candidate_pool=layout))
     torch.manual_seed(seed)
     model = BoundaryExtractor(config, encoder_config=DebertaV2Config(**DEBERTA_V3_BASE), tokenizer=tokenizer).eval()
     generator = torch.Generator().manual_seed(seed)
@@ -64,14 +65,16 @@ def build_checkpoint(folder: Path, seed: int, calibration_texts) -> str:
                 param.zero_()
         head = model.boundary_head
         head.null_projection.bias.fill_(-1.5)
-        film_out = head.shared_pool_scorer.film_output[-1]
+        shared = layout == "shared"
+        scorer = head.shared_pool_scorer if shared else head.pair_scorer
+        bias = scorer.film_output[-1].bias if shared else scorer.content_bias.bias  # a constant added to every logit
         logits = []
-        hook = head.shared_pool_scorer.register_forward_hook(lambda _, args, out: logits.append(out[0].flatten()))
+        hook = scorer.register_forward_hook(lambda _, args, out: logits.append((out[0] if shared else out).flatten()))
         for text in calibration_texts:
             model.extract(text, model.create_schema().entities(LABELS_5))
         hook.remove()
         pooled = torch.cat(logits)
-        film_out.bias.sub_(torch.quantile(pooled[pooled > -1e3], 1 - PAIR_POSITIVE))
+        bias.sub_(torch.quantile(pooled[pooled > -1e3], 1 - PAIR_POSITIVE))
     model.save_pretrained(str(partial))
     if type(AutoExtractor.from_pretrained(str(partial))).__name__ != "BoundaryExtractor":
         raise RuntimeError(f"{partial} does not load as a boundary checkpoint")
@@ -108,21 +111,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 + 8 texts")
     parser.add_argument("--out", type=Path, help="also write every figure to this JSON file")
-    parser.add_argument("--checkpoint-dir", type=Path, default=Path("/tmp/spacy-gliner2-bench/boundary-base-random"))
+    parser.add_argument("--layout", choices=("shared", "per_query"), default="shared",
+                        help="boundary_head.candidate_pool (shared: the released checkpoints' layout)")
+    parser.add_argument("--checkpoint-dir", type=Path, help="default: /tmp/spacy-gliner2-bench/boundary-base-random[-per_query]")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best kept)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    args.checkpoint_dir = args.checkpoint_dir or Path("/tmp/spacy-gliner2-bench/boundary-base-random"
+                                                      + ("" if args.layout == "shared" else "-per_query"))
     torch.set_num_threads(args.threads)
     short, news = load_texts(*(2 * [8 if args.quick else 32]))
     texts = short + news
-    seconds, status = timed(build_checkpoint, args.checkpoint_dir, args.seed, short[:8] + news[:8])
+    seconds, status = timed(build_checkpoint, args.checkpoint_dir, args.seed, short[:8] + news[:8], args.layout)
     print(f"checkpoint {args.checkpoint_dir}: {status} ({seconds:.0f} s)")
     commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
                             capture_output=True, text=True).stdout.strip()
-    out = {"commit": commit, "texts": len(texts), "threads": args.threads, "repeats": args.repeats,
+    out = {"commit": commit, "layout": args.layout, "texts": len(texts), "threads": args.threads, "repeats": args.repeats,
            "schemas": measure(args.checkpoint_dir, texts, args.repeats)}
-    print(f"spacy-gliner2 at {commit}; {len(texts)} texts, batch_size 8, {args.threads} torch threads, "
+    print(f"spacy-gliner2 at {commit}; {args.layout} candidates; {len(texts)} texts, batch_size 8, {args.threads} torch threads, "
           f"best of {args.repeats}")
     print(f"{'schema':<12} {'ours texts/s':>13} {'reference texts/s':>18} {'ratio':>6} {'identical':>10} "
           f"{'max conf diff':>14} {'entity spans':>13} {'other load':>11}")

@@ -14,7 +14,7 @@
     python -m spacy_gliner2 calibrate training/model-best dev.spacy calibrated/ --task intent --share 0.1
     python -m spacy_gliner2 kernels [--build]   # the compiled CPU kernels: can they run here, are they built
     python -m spacy_gliner2 ray training/model-best texts.parquet annotated.parquet   # with Ray Data
-    python -m spacy_gliner2 zero-shot training/model-best --out zero-shot.json [--limit 100]   # the paper's test sets
+    python -m spacy_gliner2 zero-shot training/model-best --out zero-shot.json [--limit 100] [--resume]   # the paper's test sets
     python -m spacy_gliner2 strategies training/model-best --out strategies.json --definitions configs/label-definitions.json
 """
 import argparse
@@ -74,11 +74,25 @@ def _write_result(args: argparse.Namespace, result: Dict[str, Any], markdown: st
 def _zero_shot(args: argparse.Namespace) -> None:
     from .zero_shot import evaluate, load_sets, table
 
+    done = {}
+    if args.resume and args.out.exists():
+        earlier = json.loads(args.out.read_text(encoding="utf8"))
+        if earlier.get("model") != args.model or earlier.get("limit") != args.limit:
+            sys.exit(f"error: {args.out} holds scores of {earlier.get('model')!r} with limit {earlier.get('limit')}; "
+                     f"--resume continues only the same model and limit (or choose another --out)")
+        done = earlier["sets"]
     nlp = _evaluation_pipeline(args)
     sets = load_sets(args.data, args.sets.split(",") if args.sets else None, args.limit)
-    result = evaluate(nlp, sets, args.batch_size, progress=not args.quiet)
-    result.update(model=args.model, limit=args.limit)
-    _write_result(args, result, table(result))
+
+    def write(result: Dict[str, Any], final: bool = False) -> None:
+        result.update(model=args.model, limit=args.limit)
+        if final:
+            _write_result(args, result, table(result))
+        else:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2), encoding="utf8")
+
+    write(evaluate(nlp, sets, args.batch_size, progress=not args.quiet, done=done, after_set=write), final=True)
 
 
 def _strategies(args: argparse.Namespace) -> None:
@@ -259,6 +273,8 @@ def main() -> None:
         evaluation.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         evaluation.add_argument("--gpu-id", type=int, default=-1)
     zs.add_argument("--quiet", action="store_true", help="no progress bars")
+    zs.add_argument("--resume", action="store_true",
+                    help="keep the sets --out already holds (an interrupted run of the same model and limit)")
     zs.set_defaults(run=_zero_shot)
     st.add_argument("--strategies", default=",".join(STRATEGIES))
     st.add_argument("--definitions", type=Path, help="JSON {set: {label: definition}} for 'descriptions'")

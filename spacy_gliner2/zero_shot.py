@@ -8,7 +8,10 @@ MASSIVE intents, with label names made readable (:data:`READABLE` and :func:`rea
 set of each data set is given to the pipeline per call (``component_cfg``), so any ``gliner2`` or
 ``gliclass`` pipeline can be evaluated.
 
-    python -m spacy_gliner2 zero-shot PIPELINE_OR_CHECKPOINT --data ../shared/data/eval --out zero-shot.json [--limit 100]
+    python -m spacy_gliner2 zero-shot PIPELINE_OR_CHECKPOINT --data ../shared/data/eval --out zero-shot.json [--limit 100] [--resume]
+
+The JSON file is rewritten after each set; ``--resume`` keeps the sets it already holds (same
+model, same number of texts) and runs the others.
 
 20 Newsgroups messages are read without their headers; IMDB's ``<br />`` become spaces.
 """
@@ -160,14 +163,20 @@ def decisions(nlp: Language, texts: Sequence[str], task: Any, batch_size: int = 
     return [(doc._.gliclass if factory == "gliclass" else doc._.gliner2["classifications"])["zero_shot"] for doc in docs]
 
 
-def evaluate(nlp: Language, sets: Sequence[EvalSet], batch_size: int = 32, progress: bool = True) -> Dict[str, Any]:
-    """Every set's score (entity sets need a ``gliner2`` component), then the averages."""
+def evaluate(nlp: Language, sets: Sequence[EvalSet], batch_size: int = 32, progress: bool = True,
+             done: Optional[Dict[str, Any]] = None, after_set: Optional[Callable[[Dict[str, Any]], None]] = None
+             ) -> Dict[str, Any]:
+    """Every set's score (entity sets need a ``gliner2`` component), then the averages. Sets already
+    in ``done`` (scores of an earlier run with the same texts) are not run again; ``after_set``
+    gets the result so far after each set (an interrupted run keeps what it finished)."""
     from tqdm import tqdm
 
     name, factory = component_of(nlp)
-    scores: Dict[str, Any] = {}
+    scores: Dict[str, Any] = dict(done or {})
     for s in sets:
         texts = [text for text, _ in s.items]
+        if s.name in scores and scores[s.name].get("n") == len(texts):
+            continue
         if s.kind == "entities" and factory != "gliner2":
             scores[s.name] = {"n": 0, "skipped": "a gliclass pipeline classifies only"}
         elif s.kind == "entities":  # only this set's task runs
@@ -179,6 +188,16 @@ def evaluate(nlp: Language, sets: Sequence[EvalSet], batch_size: int = 32, progr
         else:
             decided = decisions(nlp, texts, s.labels, batch_size, progress, s.name)
             scores[s.name] = {"n": len(texts), "accuracy": accuracy(decided, [g for _, g in s.items])}
+        if after_set is not None:
+            after_set(summary(scores))
+    return summary(scores)
+
+
+def summary(scores: Dict[str, Any]) -> Dict[str, Any]:
+    """The sets' scores (in the order of :data:`NER_SETS`, :data:`APART`, :data:`CLASS_SETS`) and the
+    averages over complete groups."""
+    order = [*NER_SETS, *APART, *CLASS_SETS]
+    scores = dict(sorted(scores.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
     ner = [scores[n]["f"] for n in NER_SETS if "f" in scores.get(n, {})]
     crossner = [scores[n]["f"] for n in NER_SETS if n.startswith("CrossNER") and "f" in scores.get(n, {})]
     cls = [scores[n]["accuracy"] for n in CLASS_SETS if "accuracy" in scores.get(n, {})]

@@ -79,3 +79,38 @@ def test_command_line_writes_the_table_and_json(bert_checkpoint, gliclass_checkp
             assert "skipped" in result["sets"]["mit-movie"]
         else:
             assert set(result["sets"]["mit-movie"]) == {"n", "p", "r", "f"}
+
+
+@needs_data
+def test_an_interrupted_run_resumes(bert_checkpoint, tmp_path):
+    """The JSON is written after each set; ``--resume`` keeps the finished sets (not run again) and
+    runs the rest; another model or limit is refused."""
+    out = tmp_path / "zero-shot.json"
+    command = [sys.executable, "-m", "spacy_gliner2", "zero-shot", str(bert_checkpoint), "--data", str(DATA),
+               "--out", str(out), "--limit", "3", "--quiet"]
+    first = subprocess.run(command + ["--sets", "snips"], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    earlier = json.loads(out.read_text())
+    earlier["sets"]["snips"]["accuracy"] = -1.0  # a marker: a set run again would overwrite it
+    out.write_text(json.dumps(earlier))
+    done = subprocess.run(command + ["--sets", "snips,sst2", "--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["sets"]["snips"]["accuracy"] == -1.0
+    assert result["sets"]["sst2"]["n"] == 3 and 0 <= result["sets"]["sst2"]["accuracy"] <= 1
+    other = subprocess.run(command[:-3] + ["--limit", "4", "--quiet", "--sets", "sst2", "--resume"],
+                           capture_output=True, text=True, timeout=600)
+    assert other.returncode != 0 and "--resume continues only the same model and limit" in other.stderr
+
+
+def test_results_are_written_after_each_set(bert_checkpoint):
+    """``after_set`` sees the result grow one set at a time, with the averages of complete groups."""
+    from spacy_gliner2.zero_shot import EvalSet
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": ["thing"]})
+    sets = [EvalSet("sst2", "classification", ["negative", "positive"], [("Great film.", "positive")]),
+            EvalSet("snips", "classification", ["play music", "get weather"], [("Play a song.", "play music")])]
+    seen = []
+    result = evaluate(nlp, sets, progress=False, after_set=lambda r: seen.append(list(r["sets"])))
+    assert seen == [["sst2"], ["sst2", "snips"]] and result["classification_average_accuracy"] is None
