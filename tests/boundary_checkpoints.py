@@ -3,7 +3,8 @@
 Variants set the ``boundary_head`` flags that shape the saved weights and the classification
 path: ``released`` (what exports of fastino/gliner2.5-*-v1 require: shared pool, span content,
 abstention, count, records, relations), ``default`` (the library's defaults: per-query proposals),
-``full_per_query`` (every optional module of the per-query path), ``hot`` (``released``
+``full_per_query`` (every optional module of the per-query path), ``per_query_plain`` (its other
+switches), ``hot`` (``released``
 with classification temperature 0.5, without inside evidence and span content) and ``no_dropout`` (head dropout 0: classifier keys
 ``.0``/``.2`` instead of ``.0``/``.3``), ``full`` (every optional module of the shared pool path,
 temperatures (records' too), adaptive threshold, ``nested`` overlaps) and ``longest``. Head weights are redrawn N(0, 1/fan_in) so that class
@@ -45,6 +46,12 @@ VARIANTS = {
                            pair_temperature=0.7, adaptive_threshold=True, overlap_policy="nested",
                            directional_relation_states=True, relation_heads_per_type=8, relation_tails_per_type=8,
                            relation_pair_cap=24),
+    # the per-query path with its other switches off or minimal: one direction, no endpoint compatibility
+    # nor inside evidence, one compatibility head, endpoint differences, boundary attention
+    "per_query_plain": dict(RELEASED, candidate_pool="per_query", bidirectional_proposals=False,
+                            reranker_endpoint_compat=False, use_inside_evidence=False, multihead_pair_compat_heads=1,
+                            endpoint_difference_features=True, boundary_attention_layers=1, boundary_attention_heads=4,
+                            start_top_k=12, ends_per_start=6, candidate_budget=64),
 }
 
 

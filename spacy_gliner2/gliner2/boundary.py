@@ -4,7 +4,8 @@ A text of ``n`` words has ``n + 1`` boundaries; boundary ``i`` sits before word 
 head turns word states into boundary states, scores every boundary as a start and an end per
 query (a label's ``[E]`` state), forms one pool of candidate spans for the whole text (the top
 boundaries of all queries paired, a few best spans guaranteed per query, at most ``pool_size``
-spans, no width limit) and scores every (query, candidate) pair. Parameter names are the
+spans, no width limit) and scores every (query, candidate) pair; on ``per_query`` checkpoints
+each query proposes its own spans instead (:mod:`.boundary_per_query`). Parameter names are the
 reference's (``boundary_head.*``), so checkpoints load as saved. Each text is scored on its own:
 no result depends on the other texts of a batch.
 """
@@ -16,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .boundary_layers import MASK_LOGIT, BoundarySettings, ContentPooler
-from .boundary_per_query import PairScorer, Proposer, pair_logits, propose
+from .boundary_layers import (MASK_LOGIT, BoundarySettings, ContentPooler, best_distinct, inside_evidence,
+                              length_features)
+from .boundary_per_query import Keys, PairScorer, Proposer, propose
 
 
 @dataclass
@@ -27,7 +29,8 @@ class Candidates:
     own proposals, ``valid`` ``(Q, C)`` telling the slots that hold one), ``probs`` ``(Q, C)``, per query whether it
     abstains and how many best candidates the count head adds (None: no adaptive fill), and
     ``forced(queries, spans)``: the logits (over the pair temperature) of given spans for the given
-    queries, scored in a pool of those queries (choice fields, span attributes). ``logits``
+    queries (choice fields, span attributes; shared pool: scored in a pool of those queries, per-query:
+    scored directly). ``logits``
     are the raw pair logits (``probs`` divide them by the pair temperature)."""
 
     spans: torch.Tensor
@@ -257,8 +260,12 @@ class BoundaryHead(nn.Module):
         valid = None
         if s.shared:
             spans, logits, _, states = self.score(words, queries)
+
+            def forced(rows: List[int], wanted: List[Tuple[int, int]]) -> torch.Tensor:
+                _, logits, at, _ = self.score(words, queries[rows], torch.tensor(wanted, device=words.device))
+                return logits[:, at] / s.pair_temperature
         else:
-            spans, logits, valid, states = self.propose(words, queries)
+            spans, logits, valid, states, forced = self.propose(words, queries)
         probs = torch.sigmoid(logits / s.pair_temperature)
         abstains = [False] * queries.shape[0]
         if self.null_projection is not None:
@@ -266,14 +273,7 @@ class BoundaryHead(nn.Module):
         fill = None
         if s.adaptive_threshold and self.count_head is not None:
             rates = self.count_head(queries).squeeze(-1)
-            fill = torch.exp(rates).round().long().clamp(0, s.budget).tolist()
-
-        def forced(rows: List[int], wanted: List[Tuple[int, int]]) -> torch.Tensor:
-            if not s.shared:
-                return self.explicit(words, queries[rows], torch.tensor(wanted, device=words.device)) / s.pair_temperature
-            _, logits, at, _ = self.score(words, queries[rows], torch.tensor(wanted, device=words.device))
-            return logits[:, at] / s.pair_temperature
-
+            fill = torch.exp(rates).round().long().clamp(0, s.max_candidates).tolist()
         return Candidates(spans, logits, probs, abstains, fill, s.overlap_policy, forced, states, valid=valid)
 
     def _marginals(self, words: torch.Tensor, queries: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -286,25 +286,26 @@ class BoundaryHead(nn.Module):
         return states, start, end
 
     def propose(self, words: torch.Tensor, queries: torch.Tensor):
-        """Per-query candidates: spans ``(Q, C, 2)``, logits ``(Q, C)``, valid slots and the boundary states."""
+        """Per-query candidates: spans ``(Q, C, 2)``, logits ``(Q, C)``, valid slots, the boundary states
+        and ``forced(rows, spans)``: the logits (over the pair temperature) of given spans for some of
+        the queries, scored directly (no proposal step, as the reference on this path)."""
         s = self.settings
         states, start, end = self._marginals(words, queries)
-        starts, ends, valid = propose(self.boundary_proposer, s, states, queries, start, end)
+        keys = self.boundary_proposer(states, queries)
         inside = self._inside(words, queries) if s.use_inside_evidence else None
-        logits = pair_logits(self.boundary_proposer, self.pair_scorer, s, words, queries, states, start, end, inside,
-                             starts, ends, valid)
-        return torch.stack([starts, ends], -1), logits, valid, states
+        starts, ends, valid = propose(s, keys, start, end)
+        logits = self.pair_scorer(s, keys, words, queries, states, start, end, inside, starts, ends, valid)
 
-    def explicit(self, words: torch.Tensor, queries: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
-        """``(Q, F)`` per-query logits of given spans ``wanted`` ``(F, 2)`` (no proposal step)."""
-        s = self.settings
-        states, start, end = self._marginals(words, queries)
-        starts = wanted[:, 0].expand(queries.shape[0], -1)
-        ends = wanted[:, 1].expand(queries.shape[0], -1)
-        valid = (starts >= 0) & (ends > starts) & (ends <= words.shape[0])
-        inside = self._inside(words, queries) if s.use_inside_evidence else None
-        return pair_logits(self.boundary_proposer, self.pair_scorer, s, words, queries, states, start, end, inside,
-                           starts.clamp(0, words.shape[0]), ends.clamp(0, words.shape[0]), valid)
+        def forced(rows: List[int], wanted: List[Tuple[int, int]]) -> torch.Tensor:
+            spans = torch.tensor(wanted, device=words.device).expand(len(rows), -1, -1)
+            legal = (spans[..., 0] >= 0) & (spans[..., 1] > spans[..., 0]) & (spans[..., 1] <= words.shape[0])
+            spans = spans.clamp(0, words.shape[0])
+            picked = Keys(keys.start, keys.end, keys.gate[rows])
+            rows_inside = None if inside is None else (inside[0][rows], inside[1][rows])
+            return self.pair_scorer(s, picked, words, queries[rows], states, start[rows], end[rows], rows_inside,
+                                    spans[..., 0], spans[..., 1], legal) / s.pair_temperature
+
+        return torch.stack([starts, ends], -1), logits, valid, states, forced
 
     def score(self, words: torch.Tensor, queries: torch.Tensor, forced: Optional[torch.Tensor] = None):
         """The pool ``(C, 2)``, its logits ``(Q, C)``, where the ``forced`` spans ``(F, 2)`` sit in it (they
@@ -355,7 +356,8 @@ class BoundaryHead(nn.Module):
             keys = torch.cat([keys, forced[:, 0] * n_bounds + forced[:, 1]])
             priority = torch.cat([priority, priority.new_full((len(forced),), -MASK_LOGIT)])
             valid = torch.cat([valid, (forced[:, 0] >= 0) & (forced[:, 1] > forced[:, 0]) & (forced[:, 1] < n_bounds)])
-        kept = _dedupe_by_priority(keys, priority, valid, s.pool_size)
+        kept, real = best_distinct(keys[None], priority[None], valid[None], s.pool_size)
+        kept = kept[0][real[0]]
         spans = torch.stack([kept // n_bounds, kept % n_bounds], -1)
         compat = (projected_s[spans[:, 0]] * projected_e[spans[:, 1]]).sum(-1) / math.sqrt(d)
         return spans, compat
@@ -364,8 +366,7 @@ class BoundaryHead(nn.Module):
         """``(Q, C)`` pair logits."""
         scorer = self.shared_pool_scorer
         cs, ce = spans[:, 0], spans[:, 1]
-        length = (ce - cs).clamp_min(1).to(states.dtype)
-        features = torch.stack([torch.log1p(length), length / max(words.shape[0], 1), torch.rsqrt(length)], -1)
+        features = length_features(cs, ce, words.shape[0], states.dtype)
         cand = (scorer.start_projection(states)[cs] + scorer.end_projection(states)[ce]
                 + scorer.length_projection(features) + scorer.prior_projection(compat[:, None]))
         if hasattr(scorer, "content_pooler"):
@@ -383,20 +384,5 @@ class BoundaryHead(nn.Module):
         logits = logits + scorer.film_output(conditioned).squeeze(-1)
         logits = logits + start[:, cs] + end[:, ce]
         if self.settings.use_inside_evidence:
-            prefix, mean = self._inside(words, queries)
-            interval = prefix[:, ce] - prefix[:, cs] + mean * (ce - cs).float()
-            logits = logits + (interval / torch.sqrt((ce - cs).clamp_min(1).float())).to(logits.dtype)
+            logits = logits + inside_evidence(self._inside(words, queries), cs, ce).to(logits.dtype)
         return logits
-
-
-def _dedupe_by_priority(keys: torch.Tensor, priority: torch.Tensor, valid: torch.Tensor, capacity: int) -> torch.Tensor:
-    """The distinct valid keys, each at its highest priority, best ``capacity`` first (ties: smaller key)."""
-    keys, priority = keys[valid], priority[valid]
-    order = torch.argsort(priority, descending=True, stable=True)
-    keys, priority = keys[order], priority[order]
-    order = torch.argsort(keys, stable=True)
-    keys, priority = keys[order], priority[order]
-    first = torch.ones_like(keys, dtype=torch.bool)
-    first[1:] = keys[1:] != keys[:-1]
-    keys, priority = keys[first], priority[first]
-    return keys[torch.argsort(priority, descending=True, stable=True)[:capacity]]

@@ -26,7 +26,7 @@ Mention = Tuple[str, int, int, float]  # text, start, end, confidence (the refer
 def _resolved(candidates: Candidates, m: int, threshold: float, n_prefix: int, n_words: int,
               entity: bool = False) -> List[Tuple[float, int, int]]:
     """One query's candidates at or above ``threshold`` (plus the count head's fill), resolved by the
-    checkpoint's overlap policy, those inside the text (pool coordinates; spans outside are dropped
+    checkpoint's overlap policy, those inside the text (boundary coordinates; spans outside are dropped
     after resolution, as the reference). An entity label may abstain (structure fields do not)."""
     if entity and candidates.abstains[m]:
         return []
@@ -67,8 +67,9 @@ def _entities(schema: Schema, seg: Segment, scores: Candidates, thresholds: Sequ
 
 
 def _attributes(schema: Schema, seg: Segment, scores: Candidates, decoded: Dict[str, List[Tuple[Any, Span]]]) -> None:
-    """Score every attribute label at every kept entity span (spans forced into a pool of the
-    attribute queries, as the reference) and add each group's decision to the span dicts."""
+    """Score every attribute label at every kept entity span (as the reference: on the shared pool,
+    the spans forced into a pool of the attribute queries; per query, scored directly) and add each
+    group's decision to the span dicts."""
     query = {name: m for m, name in enumerate(seg.names)}
     rows = list(dict.fromkeys((label, query[g.prompt_label(label)]) for g in schema.entity_attributes for label in g.labels))
     pairs = list(dict.fromkeys(coords for items in decoded.values() for coords, _ in items))

@@ -1,7 +1,7 @@
 """Settings and building blocks shared by both candidate paths of GLiNER2.5 "boundary" checkpoints
 (the shared pool, :mod:`.boundary`, and per-query proposals, :mod:`.boundary_per_query`)."""
 from dataclasses import dataclass, fields
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import torch
 from torch import nn
@@ -90,7 +90,7 @@ class BoundarySettings:
         return self.candidate_pool == "shared"
 
     @property
-    def budget(self) -> int:
+    def max_candidates(self) -> int:
         """The most candidates one query can have (the count head's fill is capped by it)."""
         return self.pool_size if self.shared else self.candidate_budget
 
@@ -116,3 +116,36 @@ class ContentPooler(nn.Module):
             smooth = torch.nan_to_num(lse[ends] + torch.log1p(-torch.exp(delta)), neginf=0.0, posinf=0.0)
             pooled = torch.cat([pooled, smooth], -1)
         return self.layer_norm(pooled.to(dtype))
+
+
+def best_distinct(keys: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor,
+                  capacity: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``(R, P)`` candidate keys: the distinct valid keys, each at its best score, best
+    first (ties: smaller key), at most ``capacity``; returns the keys and which of them are real."""
+    keys = torch.where(valid, keys, torch.iinfo(keys.dtype).max)
+    scores = torch.where(valid, scores, MASK_LOGIT)
+    order = torch.argsort(scores, dim=-1, descending=True, stable=True)
+    keys, scores, valid = keys.gather(-1, order), scores.gather(-1, order), valid.gather(-1, order)
+    order = torch.argsort(keys, dim=-1, stable=True)
+    keys, scores, valid = keys.gather(-1, order), scores.gather(-1, order), valid.gather(-1, order)
+    first = torch.ones_like(valid)
+    first[..., 1:] = keys[..., 1:] != keys[..., :-1]
+    keep = valid & first
+    order = torch.argsort(torch.where(keep, scores, MASK_LOGIT), dim=-1, descending=True, stable=True)[..., :capacity]
+    return keys.gather(-1, order), keep.gather(-1, order)
+
+
+def length_features(starts: torch.Tensor, ends: torch.Tensor, n_words: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(..., 3)``: log(1 + length), length / words in the text, 1 / sqrt(length) of each span."""
+    length = (ends - starts).clamp_min(1).to(dtype)
+    return torch.stack([torch.log1p(length), length / max(n_words, 1), torch.rsqrt(length)], -1)
+
+
+def inside_evidence(inside: Tuple[torch.Tensor, torch.Tensor], starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """``(Q, C)`` float32: each query's summed inside logits over each span's words, over sqrt(length);
+    ``inside`` is the queries' centred prefix ``(Q, n + 1)`` and mean ``(Q, 1)``, spans are ``(C,)``
+    (shared by the queries) or ``(Q, C)``."""
+    prefix, mean = inside
+    starts, ends = starts.expand(prefix.shape[0], -1), ends.expand(prefix.shape[0], -1)
+    interval = prefix.gather(1, ends) - prefix.gather(1, starts) + mean * (ends - starts).float()
+    return interval / torch.sqrt((ends - starts).clamp_min(1).float())

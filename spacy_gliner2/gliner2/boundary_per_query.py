@@ -9,18 +9,24 @@ smaller start, then end), up to ``candidate_budget``. A pair scorer then gives e
 one logit: a multi-head gated endpoint compatibility, the marginals, the proposal's compatibility
 as a prior, optional span content, inside evidence (a learned or query-conditioned weight) and
 length features. Rotary endpoint embeddings, endpoint-difference features and a length-adaptive
-boundary budget act only on this path. Cost per query: ``top_k x (n + 1)`` pair scores (linear in
-the text). The budget follows the text's own length (the reference's follows its batch's padded
-width). Parameter names are the reference's (``boundary_head.boundary_proposer.*``,
+boundary budget act only on this path. Cost per query: ``top_k x (n + 1)`` pair scores, linear in
+the text (with ``boundary_top_k_alpha > 0``, ``top_k`` grows with the text up to
+``boundary_top_k_max``); queries are scored in chunks, so memory stays bounded. The budget follows
+the text's own length (the reference's follows its batch's padded width); ``export_mode``,
+``end_block_size`` and ``vectorized_pair_elements`` only change how the reference computes the same
+result. Parameter names are the reference's (``boundary_head.boundary_proposer.*``,
 ``boundary_head.pair_scorer.*``).
 """
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
 
-from .boundary_layers import MASK_LOGIT, BoundarySettings as Settings, ContentPooler
+from .boundary_layers import (MASK_LOGIT, BoundarySettings as Settings, ContentPooler, best_distinct, inside_evidence,
+                              length_features)
+
+CHUNK = 1 << 22  # pair scores materialised at once while proposing
 
 
 def rotate(states: torch.Tensor, base: float) -> torch.Tensor:
@@ -33,16 +39,24 @@ def rotate(states: torch.Tensor, base: float) -> torch.Tensor:
     return torch.stack((even * cos - odd * sin, even * sin + odd * cos), -1).flatten(-2).to(states.dtype)
 
 
-def budget(n_bounds: int, base: int, s: Settings) -> int:
-    """How many best boundaries a query keeps (``boundary_top_k_alpha > 0``: grows with the text)."""
+def boundary_top_k(n_bounds: int, base: int, s: Settings) -> int:
+    """How many best boundaries a query keeps (``boundary_top_k_alpha > 0``: more in longer texts)."""
     if s.boundary_top_k_alpha > 0:
         wanted = max(base, min(math.ceil(s.boundary_top_k_alpha * max(n_bounds - 1, 0)), s.boundary_top_k_max))
         base = min(s.boundary_top_k_max, math.ceil(wanted / s.boundary_top_k_bucket) * s.boundary_top_k_bucket)
     return min(base, n_bounds)
 
 
+class Keys(NamedTuple):
+    """The proposer's start and end keys ``(N, d)`` and each query's gate ``(Q, d)``."""
+
+    start: torch.Tensor
+    end: torch.Tensor
+    gate: torch.Tensor
+
+
 class Proposer(nn.Module):
-    """The gated start-end compatibility that proposes and then primes each query's spans."""
+    """The gated start-end compatibility that proposes each query's spans and primes their scores."""
 
     def __init__(self, hidden: int, s: Settings):
         super().__init__()
@@ -53,18 +67,54 @@ class Proposer(nn.Module):
         self.end_key_projection = nn.Linear(d, d)
         self.start_query_projection = nn.Linear(hidden, d // 2 if self.rotary else d)
 
-    def project(self, states: torch.Tensor, queries: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Start and end keys ``(N, d)`` and each query's gate ``(Q, d)``."""
+    def forward(self, states: torch.Tensor, queries: torch.Tensor) -> Keys:
         start, end = self.start_pair_projection(states), self.end_key_projection(states)
         gate = torch.sigmoid(self.start_query_projection(queries))
         if self.rotary:
             start, end = rotate(start, self.rotary_base), rotate(end, self.rotary_base)
             gate = gate.repeat_interleave(2, dim=-1)
-        return start, end, gate
+        return Keys(start, end, gate)
+
+
+def propose(s: Settings, keys: Keys, start: torch.Tensor, end: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each query's candidate spans from its start and end logits ``(Q, N)``: starts, ends (``(Q, C)``
+    boundary indices) and which slots hold one."""
+    n_bounds = keys.start.shape[0]
+    scale = 1.0 / math.sqrt(s.boundary_dim)
+    position = torch.arange(n_bounds, device=start.device)
+
+    def paired(marginal, anchor_keys, other_keys, other_marginal, k, per_anchor, later):
+        """The ``per_anchor`` best partners of each of the ``k`` best anchors (starts, or ends)."""
+        top, anchors = torch.sort(marginal, dim=-1, descending=True, stable=True)
+        top, anchors = top[:, :k], anchors[:, :k]
+        step = max(1, CHUNK // max(k * n_bounds, 1))
+        scores, partners = [], []
+        for q in range(0, len(anchors), step):  # a chunk of queries at a time
+            block = torch.einsum("qkd,ed->qke", anchor_keys[anchors[q:q + step]] * keys.gate[q:q + step, None],
+                                 other_keys) * scale
+            block = block + other_marginal[q:q + step, None, :] + top[q:q + step, ..., None]
+            allowed = position > anchors[q:q + step, :, None] if later else position < anchors[q:q + step, :, None]
+            block, index = torch.sort(block.masked_fill(~allowed, MASK_LOGIT), dim=-1, descending=True, stable=True)
+            scores.append(block[..., :per_anchor])
+            partners.append(index[..., :per_anchor])
+        scores, partners = torch.cat(scores), torch.cat(partners)
+        anchors = anchors[..., None].expand_as(partners)
+        valid = partners > anchors if later else partners < anchors
+        return anchors.flatten(1), partners.flatten(1), scores.flatten(1), valid.flatten(1)
+
+    parts = [paired(start, keys.start, keys.end, end, boundary_top_k(n_bounds, s.start_top_k, s), s.ends_per_start, True)]
+    if s.bidirectional_proposals:
+        be, bs, bscore, bvalid = paired(end, keys.end, keys.start, start, boundary_top_k(n_bounds, s.end_top_k, s),
+                                        s.starts_per_end, False)
+        parts.append((bs, be, bscore, bvalid))
+    starts, ends, scores, valid = (torch.cat(x, -1) for x in zip(*parts))
+    kept, keep = best_distinct(starts * n_bounds + ends, scores, valid, s.candidate_budget)
+    kept = torch.where(keep, kept, 0)
+    return kept // n_bounds, kept % n_bounds, keep
 
 
 class PairScorer(nn.Module):
-    """One logit per (query, proposed span)."""
+    """One logit per (query, span)."""
 
     def __init__(self, hidden: int, s: Settings):
         super().__init__()
@@ -72,7 +122,6 @@ class PairScorer(nn.Module):
         if s.multihead_pair_compat_heads <= 0 or p % s.multihead_pair_compat_heads:
             raise ValueError(f"boundary_head.pair_dim {p} is not divisible by multihead_pair_compat_heads "
                              f"{s.multihead_pair_compat_heads}")
-        self.s = s
         self.start_endpoint_projection = nn.Linear(s.boundary_dim, p)
         self.end_endpoint_projection = nn.Linear(s.boundary_dim, p)
         self.query_gate = nn.Linear(hidden, p // 2 if s.enable_rotary_endpoints else p)
@@ -87,88 +136,39 @@ class PairScorer(nn.Module):
             self.content_bias = nn.Linear(width, 1)
         self.compat_mix = nn.Linear(s.multihead_pair_compat_heads, 1)
 
-
-def propose(proposer: Proposer, s: Settings, states: torch.Tensor, queries: torch.Tensor, start: torch.Tensor,
-            end: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each query's candidate spans: starts, ends (``(Q, C)`` boundary indices) and which slots hold one."""
-    n_bounds = states.shape[0]
-    keys_s, keys_e, gate = proposer.project(states, queries)
-    scale = 1.0 / math.sqrt(s.boundary_dim)
-    position = torch.arange(n_bounds, device=states.device)
-
-    def paired(marginal, anchor_keys, other_keys, other_marginal, k, per_anchor, later):
-        """The ``per_anchor`` best partners of each of the ``k`` best anchors (starts, or ends)."""
-        top, anchors = torch.sort(marginal, dim=-1, descending=True, stable=True)
-        top, anchors = top[:, :k], anchors[:, :k]
-        scores = torch.einsum("qkd,ed->qke", anchor_keys[anchors] * gate[:, None], other_keys) * scale
-        scores = scores + other_marginal[:, None, :] + top[..., None]
-        allowed = position > anchors[..., None] if later else position < anchors[..., None]
-        scores, partners = torch.sort(scores.masked_fill(~allowed, MASK_LOGIT), dim=-1, descending=True, stable=True)
-        scores, partners = scores[..., :per_anchor], partners[..., :per_anchor]
-        anchors = anchors[..., None].expand_as(partners)
-        valid = partners > anchors if later else partners < anchors
-        return anchors.flatten(1), partners.flatten(1), scores.flatten(1), valid.flatten(1)
-
-    fs, fe, fscore, fvalid = paired(start, keys_s, keys_e, end, budget(n_bounds, s.start_top_k, s), s.ends_per_start, True)
-    parts = [(fs, fe, fscore, fvalid)]
-    if s.bidirectional_proposals:
-        be, bs, bscore, bvalid = paired(end, keys_e, keys_s, start, budget(n_bounds, s.end_top_k, s), s.starts_per_end,
-                                        False)
-        parts.append((bs, be, bscore, bvalid))
-    starts, ends, scores, valid = (torch.cat(x, -1) for x in zip(*parts))
-    # the distinct pairs, each at its best score; then best first (ties: smaller key), up to the budget
-    keys = torch.where(valid, starts * n_bounds + ends, n_bounds * n_bounds)
-    scores = torch.where(valid, scores, MASK_LOGIT)
-    order = torch.argsort(scores, dim=-1, descending=True, stable=True)
-    keys, scores, valid = keys.gather(1, order), scores.gather(1, order), valid.gather(1, order)
-    order = torch.argsort(keys, dim=-1, stable=True)
-    keys, scores, valid = keys.gather(1, order), scores.gather(1, order), valid.gather(1, order)
-    first = torch.ones_like(valid)
-    first[:, 1:] = keys[:, 1:] != keys[:, :-1]
-    keep = valid & first
-    order = torch.argsort(torch.where(keep, scores, MASK_LOGIT), dim=-1, descending=True, stable=True)
-    order = order[:, : s.candidate_budget]
-    keys, keep = keys.gather(1, order), keep.gather(1, order)
-    keys = torch.where(keep, keys, 0)
-    return keys // n_bounds, keys % n_bounds, keep
-
-
-def pair_logits(proposer: Proposer, scorer: PairScorer, s: Settings, words: torch.Tensor, queries: torch.Tensor,
-                states: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
-                inside: Optional[Tuple[torch.Tensor, torch.Tensor]], starts: torch.Tensor, ends: torch.Tensor,
-                valid: torch.Tensor) -> torch.Tensor:
-    """``(Q, C)`` logits of spans ``starts``/``ends`` ``(Q, C)`` for each query (``MASK_LOGIT`` where not
-    ``valid``); ``inside``: the inside prefix and mean of the queries, or None."""
-    keys_s, keys_e, gate = proposer.project(states, queries)
-    prior = (keys_s[starts] * gate[:, None] * keys_e[ends]).sum(-1) / math.sqrt(s.boundary_dim)
-    prior = torch.where(valid, prior, 0.0)
-    ps, pe = scorer.start_endpoint_projection(states), scorer.end_endpoint_projection(states)
-    query_gate = torch.sigmoid(scorer.query_gate(queries))
-    if s.enable_rotary_endpoints:
-        ps, pe = rotate(ps, s.rotary_base), rotate(pe, s.rotary_base)
-        query_gate = query_gate.repeat_interleave(2, dim=-1)
-    sp, ep = ps[starts], pe[ends]  # (Q, C, p)
-    q, c = starts.shape
-    if s.reranker_endpoint_compat:
-        heads = (sp * query_gate[:, None] * ep).reshape(q, c, s.multihead_pair_compat_heads, -1).sum(-1)
-        logits = scorer.compat_mix(heads).squeeze(-1) / math.sqrt(s.pair_dim)
-    else:
-        logits = torch.zeros_like(prior)
-    if s.endpoint_difference_features:
-        difference = sp - ep
-        logits = logits + scorer.endpoint_difference_projection(torch.cat((difference, difference.abs()), -1)).squeeze(-1)
-    logits = logits + start.gather(1, starts) + end.gather(1, ends) + prior
-    if s.enable_span_content:
-        content = scorer.content_pooler(words, starts.flatten(), ends.flatten(), logits.dtype).view(q, c, -1)
-        coefficient = scorer.content_query_projection(queries)[:, None]
-        logits = logits + (content * coefficient).sum(-1) / math.sqrt(content.shape[-1])
-        logits = logits + scorer.content_bias(content).squeeze(-1)
-    if inside is not None:
-        prefix, mean = inside
-        interval = (prefix.gather(1, ends) - prefix.gather(1, starts) + mean * (ends - starts).float()).to(logits.dtype)
-        weight = scorer.inside_weight(queries) if s.query_conditioned_inside_weight else scorer.inside_weight
-        logits = logits + weight * (interval / torch.sqrt((ends - starts).clamp(min=1).to(logits.dtype)))
-    length = (ends - starts).clamp(min=1).float()
-    features = torch.stack([torch.log1p(length), length / max(words.shape[0], 1), torch.rsqrt(length)], -1)
-    logits = logits + (features * scorer.length_query_projection(queries)[:, None]).sum(-1)
-    return logits.masked_fill(~valid, MASK_LOGIT)
+    def forward(self, s: Settings, keys: Keys, words: torch.Tensor, queries: torch.Tensor, states: torch.Tensor,
+                start: torch.Tensor, end: torch.Tensor, inside: Optional[Tuple[torch.Tensor, torch.Tensor]],
+                starts: torch.Tensor, ends: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``(Q, C)`` logits of spans ``starts``/``ends`` ``(Q, C)`` for each query (``MASK_LOGIT`` where not
+        ``valid``), from the proposer's ``keys``, the queries' start/end logits ``(Q, N)`` and inside
+        prefix and mean (None: no inside evidence)."""
+        prior = (keys.start[starts] * keys.gate[:, None] * keys.end[ends]).sum(-1) / math.sqrt(s.boundary_dim)
+        prior = torch.where(valid, prior, 0.0)
+        ps, pe = self.start_endpoint_projection(states), self.end_endpoint_projection(states)
+        gate = torch.sigmoid(self.query_gate(queries))
+        if s.enable_rotary_endpoints:
+            ps, pe = rotate(ps, s.rotary_base), rotate(pe, s.rotary_base)
+            gate = gate.repeat_interleave(2, dim=-1)
+        sp, ep = ps[starts], pe[ends]  # (Q, C, p)
+        q, c = starts.shape
+        if s.reranker_endpoint_compat:
+            heads = (sp * gate[:, None] * ep).reshape(q, c, s.multihead_pair_compat_heads, -1).sum(-1)
+            logits = self.compat_mix(heads).squeeze(-1) / math.sqrt(s.pair_dim)
+        else:
+            logits = torch.zeros_like(prior)
+        if s.endpoint_difference_features:
+            difference = sp - ep
+            logits = logits + self.endpoint_difference_projection(torch.cat((difference, difference.abs()), -1)).squeeze(-1)
+        logits = logits + start.gather(1, starts) + end.gather(1, ends) + prior
+        if s.enable_span_content:
+            content = self.content_pooler(words, starts.flatten(), ends.flatten(), logits.dtype).view(q, c, -1)
+            coefficient = self.content_query_projection(queries)[:, None]
+            logits = logits + (content * coefficient).sum(-1) / math.sqrt(content.shape[-1])
+            logits = logits + self.content_bias(content).squeeze(-1)
+        if inside is not None:
+            weight = self.inside_weight(queries) if s.query_conditioned_inside_weight else self.inside_weight
+            logits = logits + weight * inside_evidence(inside, starts, ends).to(logits.dtype)
+        coefficient = self.length_query_projection(queries)[:, None]
+        logits = logits + (length_features(starts, ends, words.shape[0], torch.float32).to(coefficient.dtype)
+                           * coefficient).sum(-1)
+        return logits.masked_fill(~valid, MASK_LOGIT)

@@ -109,7 +109,7 @@ def _cardinality(structure: Structure, f: int) -> str:
 
 
 def _assignment(probs: torch.Tensor, allows_absent: bool) -> List[Optional[int]]:
-    """Per instance row, its pool column (None: ABSENT) by a minimum-cost assignment over
+    """Per instance row, its candidate column (None: ABSENT) by a minimum-cost assignment over
     ``-log P`` (each column once; ABSENT per row costs ``-log P(ABSENT)``, or more than any span
     when the field needs one), ties broken by position as the reference."""
     try:
@@ -136,7 +136,7 @@ def _assignment(probs: torch.Tensor, allows_absent: bool) -> List[Optional[int]]
 
 
 def _instances(structure: Structure, scores: RecordScores, threshold: float) -> List[Dict[int, List[Tuple[int, float]]]]:
-    """The selected instances' fields, best first (natural: by anchor): ``{field: [(pool column, prob)]}``."""
+    """The selected instances' fields, best first (natural: by anchor): ``{field: [(candidate column, prob)]}``."""
     temperature = scores.temperature
     probs = torch.sigmoid(scores.objects / temperature)
     order = sorted((i for i in range(len(probs)) if probs[i] >= threshold), key=lambda i: (-float(probs[i]), i))

@@ -1,4 +1,4 @@
-"""Relations on GLiNER2.5 "boundary" checkpoints (pure torch): head x tail pairs from the pool.
+"""Relations on GLiNER2.5 "boundary" checkpoints (pure torch): head x tail pairs of candidates.
 
 Per relation, the candidates of its head slot and of its tail slot (probabilities without
 temperature, at or above ``relation_argument_proposal_threshold``) are ranked, the best

@@ -170,8 +170,9 @@ class GLiNER2Model(EncoderModel):
 
     def _boundary(self, batch: Batch, tokens: torch.Tensor, words: torch.Tensor, span_refs: List[Tuple[int, int]],
                   results: List[List[Any]]) -> None:
-        """Boundary checkpoints: per text, one candidate pool for all its extraction queries (every
-        field, label and relation slot, as the reference), scored on that text alone."""
+        """Boundary checkpoints: per text, the candidates of all its extraction queries (every field,
+        label and relation slot, as the reference: one shared pool, or each query's own proposals),
+        scored on that text alone."""
         by_record: Dict[int, List[int]] = {}
         for b, t in span_refs:
             by_record.setdefault(b, []).append(t)
