@@ -75,7 +75,8 @@ def main() -> None:
         f"- files: {size / 2**20:.1f} MiB (weights: int8 matrices with a scale per row, fp16 vectors)",
         f"- compact vs fp32 weights on {len(texts)} dev texts: the same entities in {same_ents:.1%} of texts, "
         f"the same sentiment class in {same_cls:.1%}; loads in {load_s:.1f} s",
-        "- quality (zero-shot, full test sets): README, Models; `metrics/zero-shot-bundle.json`",
+        "- quality (zero-shot, full test sets): README, Models; every figure in docs/training-workflow.md "
+        "(`metrics/zero-shot-bundle.json` after `spacy project run evaluate-bundle`)",
         "",
     ]
     (args.output / "MODEL.md").write_text("\n".join(lines), encoding="utf8")
