@@ -97,6 +97,7 @@ class PackedModernBert:
         for n in lengths[:-1]:
             starts.append(starts[-1] + n)
 
+        bands = {n: _band(n, reach, input_ids.device) for n in set(lengths) if n > reach + 1}  # one per length
         last = len(encoder.layers) - 1
         for depth, layer in enumerate(encoder.layers):
             attention = layer.attn
@@ -111,7 +112,7 @@ class PackedModernBert:
                     continue
                 rows = slice(start, start + n)
                 q_seq = q[rows]
-                mask = _band(n, reach, q.device) if local and n > reach + 1 else None
+                mask = bands.get(n) if local else None
                 if chosen is not None:
                     picked = chosen[rows]
                     q_seq = q_seq[picked]
