@@ -183,7 +183,8 @@ def decode_boundary_task(result: Dict[str, Any], schema: Schema, record: Encoded
     elif schema.structures[seg.index].mode:  # a record structure: its instances
         structure = schema.structures[seg.index]
         result["structures"][structure.name] = decode_records(structure, scores.records(structure), schema.threshold,
-                                                              record.n_prefix, words, text)
+                                                              record.n_prefix, words, text, record.prefix,
+                                                              functools.partial(_forced, scores))
     else:  # a plain structure: one instance (list fields: every span; str: the best; choices)
         structure = schema.structures[seg.index]
         instance = {}

@@ -14,8 +14,9 @@ confidence is the lower of its pair probability and its assignment probability. 
 ordered by anchor; the others keep the first of identical records.
 """
 import math
+import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from ..core.overlap import resolve
 from ..schema import Structure
 from ..text import Word
 from .boundary import Candidates
+from .fields import choices
 
 SCALAR = ("optional_one", "required_one")
 ALLOWS_ABSENT = ("optional_one", "zero_or_more")
@@ -189,35 +191,116 @@ def _instances(structure: Structure, scores: RecordScores, threshold: float) -> 
 
 
 def decode_records(structure: Structure, scores: RecordScores, threshold: float, n_prefix: int,
-                   words: Sequence[Word], text: str) -> List[Dict[str, Any]]:
-    """The instances of a record structure in one text (``doc._.gliner2["structures"][name]``)."""
+                   words: Sequence[Word], text: str, prefix: Sequence[str] = (),
+                   choice_probs: Optional[Callable[[int, List[int]], List[float]]] = None) -> List[Dict[str, Any]]:
+    """The instances of a record structure in one text (``doc._.gliner2["structures"][name]``);
+    ``prefix``: the prompt's choice words, ``choice_probs(field, word indices)``: a field's
+    probabilities at those prefix words (choice fields, :func:`_choice_value`)."""
     spans = [s.tolist() for s in scores.spans]
     n_chars = len(text)
     # the period the prompt appends to every text is a zero-width word here and a character in the
     # reference: overlaps are resolved as if it had one, and a span of only that period is dropped after
     ends = [e + 1 if s == e == n_chars else e for _, s, e in words]
+
+    def chars(span: Sequence[int]) -> Optional[Tuple[int, int]]:
+        s, e = span[0] - n_prefix, span[1] - n_prefix
+        return (words[s][1], ends[e - 1]) if 0 <= s < e <= len(words) else None
+
+    found = _instances(structure, scores, threshold)
+    anchors: List[Optional[Tuple[int, int]]] = [None] * len(found)
+    if structure.mode == "natural":
+        a = [f.name for f in structure.fields].index(structure.anchor)
+        anchors = [chars(spans[a][fields[a][0][0]]) if a in fields else None for fields in found]
     out = []
-    for fields in _instances(structure, scores, threshold):
+    for r, fields in enumerate(found):
         instance: Dict[str, Any] = {}
         for f, field in enumerate(structure.fields):
             cardinality = _cardinality(structure, f)
+            single = cardinality in SCALAR or field.dtype == "str"
             items = []
             for c, assigned in fields.get(f, []):
-                s, e = spans[f][c][0] - n_prefix, spans[f][c][1] - n_prefix
-                if s < 0 or e > len(words) or e <= s:
-                    continue  # in the prompt's prefix, or across it
-                start, end = words[s][1], ends[e - 1]
                 pair = float(scores.pairs[f][c])
                 conf = min(pair, assigned)
+                if field.choices and spans[f][c][1] <= n_prefix:  # a choice word of the prompt's prefix
+                    word = _choice_words(field.choices, prefix).get(spans[f][c][0])
+                    if word and (field.threshold is None or conf >= field.threshold):
+                        items.append((conf, *(anchors[r] or (0, 0)), word))
+                    continue
+                span = chars(spans[f][c])
+                if span is None:
+                    continue  # in the prompt's prefix, or across it
+                start, end = span
                 if not (end > n_chars or text[start:end].strip()) or (cardinality in ALLOWS_ABSENT and pair < threshold):
                     continue
                 if field.threshold is None or conf >= field.threshold:
-                    items.append((conf, start, end))
-            single = cardinality in SCALAR or field.dtype == "str"
+                    items.append((conf, start, end, text[start:min(end, n_chars)].strip()))
+            kept = resolve(items, scores.policy)[: 1 if single else None]
+            if field.choices:
+                instance[field.name] = _choice_value(field, single, kept, anchors, r, text, prefix, threshold,
+                                                     lambda idx, f=f: choice_probs(f, idx))
+                continue
             kept = [{"text": text[s:min(e, n_chars)], "confidence": c, "start": s, "end": min(e, n_chars)}
-                    for c, s, e in resolve(items, scores.policy)[: 1 if single else None]]
+                    for c, s, e, _ in kept]
             kept = [span for span in kept if span["end"] > span["start"]]
             instance[field.name] = (kept[0] if kept else None) if single else kept
         if any(v not in (None, []) for v in instance.values()):
             out.append(instance)
     return out
+
+
+def _choice_words(choices: Sequence[str], prefix: Sequence[str]) -> Dict[int, str]:
+    """Prefix word index -> choice (each choice at its first word in the prefix, ignoring case)."""
+    lowered = [p.lower() for p in prefix]
+    return {lowered.index(c.lower()): c for c in choices if c.lower() in lowered}
+
+
+def _literal_mentions(text: str, choices: Sequence[str], anchors: Sequence[Optional[Tuple[int, int]]]
+                      ) -> Tuple[bool, Dict[int, List[Tuple[str, int, int]]]]:
+    """Whether a choice occurs literally in the text, and each record's mentions: a mention belongs to
+    the last anchor starting at or before it (before the first anchor: the first), one per choice."""
+    mentions = [(c, m.start(), m.end()) for c in choices
+                for m in re.finditer(rf"(?<!\w){re.escape(c)}(?!\w)", text, flags=re.IGNORECASE)]
+    if not mentions:
+        return False, {}
+    placed = sorted(((i, a) for i, a in enumerate(anchors) if a is not None), key=lambda item: (item[1][0], item[0]))
+    if not placed:
+        return True, {}
+    owned: Dict[int, Dict[str, Tuple[str, int, int]]] = {}
+    for mention in sorted(mentions, key=lambda m: m[1]):
+        before = [item for item in placed if item[1][0] <= mention[1]]
+        owner = max(before, key=lambda item: (item[1][0], item[0]))[0] if before else placed[0][0]
+        owned.setdefault(owner, {}).setdefault(mention[0], mention)
+    return True, {owner: sorted(m.values(), key=lambda m: m[1]) for owner, m in owned.items()}
+
+
+def _choice_value(field: Any, single: bool, kept: List[Tuple[float, int, int, str]],
+                  anchors: Sequence[Optional[Tuple[int, int]]], r: int, text: str, prefix: Sequence[str],
+                  threshold: float, probs: Callable[[List[int]], List[float]]) -> Any:
+    """A choice field's value in record ``r``, as the reference decides it: the choices mentioned
+    literally in the text near the record's anchor (natural records; with their offsets), else the
+    choices among the record's own assigned spans (a choice word of the prefix, or a text span
+    naming a choice), else the field scored as a plain choice field."""
+    def value(choice: str, conf: float, start: Optional[int] = None, end: Optional[int] = None) -> Dict[str, Any]:
+        return {"text": choice, "confidence": conf, **({} if start is None else {"start": start, "end": end})}
+
+    anchor = anchors[r] if r < len(anchors) else None
+    if anchor is not None:
+        literal, local = _literal_mentions(text, field.choices, anchors)
+        preferred = local.get(r, [])
+        if single and preferred:
+            preferred = [min(preferred, key=lambda m: max(anchor[0] - m[2], m[1] - anchor[1], 0))]
+        words = _choice_words(field.choices, prefix)
+        scored = dict(zip(words.values(), probs(list(words)))) if preferred and words else {}
+        preferred = [m for m in preferred if m[0] in scored]
+        if preferred:
+            values = [value(c, scored[c], s, e) for c, s, e in preferred]
+            return values[0] if single else values
+        if literal:
+            return None if single else []
+    lookup = {c.casefold(): c for c in field.choices}
+    matched = [value(lookup[surface.casefold()], conf, start, end) for conf, start, end, surface in kept
+               if surface.casefold() in lookup]
+    if matched:
+        return matched[0] if single else matched
+    return choices(probs, field.choices, prefix, "str" if single else "list",
+                   threshold if field.threshold is None else field.threshold)

@@ -61,10 +61,10 @@ class GLiNER2Runner(Runner[Output]):
                 "for this checkpoint (one instance per structure on boundary checkpoints, several on span ones)."
             )
         for structure in records:
-            if any(f.choices for f in structure.fields):
+            if structure.mode == "natural" and any(f.choices and f.name == structure.anchor for f in structure.fields):
                 raise SchemaError(
-                    f"Record-mode structure {structure.name!r} has a choice field; spacy-gliner2 does not run choice "
-                    "fields in record structures yet. Make it a plain field, or drop the structure's mode."
+                    f"The anchor field {structure.anchor!r} of record structure {structure.name!r} is a choice field; "
+                    "a natural record is anchored on a span of the text. Anchor it on another field (\"anchor\")."
                 )
         for task in schema.classifications:
             if any(not isinstance(out, str) for _, out in task.examples):
