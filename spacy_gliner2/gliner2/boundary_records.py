@@ -283,18 +283,25 @@ def _choice_value(field: Any, single: bool, kept: List[Tuple[float, int, int, st
     def value(choice: str, conf: float, start: Optional[int] = None, end: Optional[int] = None) -> Dict[str, Any]:
         return {"text": choice, "confidence": conf, **({} if start is None else {"start": start, "end": end})}
 
+    def field_level() -> Any:
+        return choices(probs, field.choices, prefix, "str" if single else "list",
+                       threshold if field.threshold is None else field.threshold)
+
     anchor = anchors[r] if r < len(anchors) else None
     if anchor is not None:
         literal, local = _literal_mentions(text, field.choices, anchors)
         preferred = local.get(r, [])
-        if single and preferred:
-            preferred = [min(preferred, key=lambda m: max(anchor[0] - m[2], m[1] - anchor[1], 0))]
-        words = _choice_words(field.choices, prefix)
-        scored = dict(zip(words.values(), probs(list(words)))) if preferred and words else {}
-        preferred = [m for m in preferred if m[0] in scored]
         if preferred:
-            values = [value(c, scored[c], s, e) for c, s, e in preferred]
-            return values[0] if single else values
+            if single:
+                preferred = [min(preferred, key=lambda m: max(anchor[0] - m[2], m[1] - anchor[1], 0))]
+            words = _choice_words(field.choices, prefix)
+            if not words:
+                return None if single else []
+            scored = dict(zip(words.values(), probs(list(words))))
+            values = [value(c, scored[c], s, e) for c, s, e in preferred if c in scored]
+            if values:
+                return values[0] if single else values
+            return field_level()
         if literal:
             return None if single else []
     lookup = {c.casefold(): c for c in field.choices}
@@ -302,5 +309,4 @@ def _choice_value(field: Any, single: bool, kept: List[Tuple[float, int, int, st
                if surface.casefold() in lookup]
     if matched:
         return matched[0] if single else matched
-    return choices(probs, field.choices, prefix, "str" if single else "list",
-                   threshold if field.threshold is None else field.threshold)
+    return field_level()
