@@ -24,7 +24,7 @@ import json
 import random
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import spacy
 import torch
@@ -62,9 +62,12 @@ def _evaluation_pipeline(args: argparse.Namespace) -> Any:
     return load_pipeline(args.model, args.factory, {"classifications": {"zero_shot": ["yes", "no"]}}, args.gpu_id)
 
 
-def _write_result(args: argparse.Namespace, result: Dict[str, Any], markdown: str) -> None:
+def _write_result(args: argparse.Namespace, result: Dict[str, Any], markdown: Optional[str] = None) -> None:
+    """The JSON file; with the final ``markdown`` table also the Markdown file and the table on stdout."""
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2), encoding="utf8")
+    if markdown is None:
+        return
     if args.markdown:
         args.markdown.write_text(markdown + "\n", encoding="utf8")
     print(markdown)
@@ -86,11 +89,7 @@ def _zero_shot(args: argparse.Namespace) -> None:
 
     def write(result: Dict[str, Any], final: bool = False) -> None:
         result.update(model=args.model, limit=args.limit)
-        if final:
-            _write_result(args, result, table(result))
-        else:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(result, indent=2), encoding="utf8")
+        _write_result(args, result, table(result) if final else None)
 
     write(evaluate(nlp, sets, args.batch_size, progress=not args.quiet, done=done, after_set=write), final=True)
 

@@ -173,7 +173,7 @@ def test_choice_mentions_go_to_the_preceding_record():
     by hand): a choice written in the text belongs to the record whose anchor precedes it (before the
     first anchor: the first record), one mention per choice, with its offsets and the field's
     probability at the choice's prefix word; a single field takes the mention nearest its anchor."""
-    from spacy_gliner2.gliner2.boundary_records import _choice_value, _literal_mentions
+    from spacy_gliner2.gliner2.boundary_records import ChoiceField, _literal_mentions
     from spacy_gliner2.schema import Field
 
     text = "Public Apple (tech, also public) and Lidl (retail) and Aldi."
@@ -186,12 +186,12 @@ def test_choice_mentions_go_to_the_preceding_record():
     scorer = lambda idx: [probs[i] for i in idx]  # noqa: E731
     status = Field("status", "str", choices=("public", "private"))
     sector = Field("sector", "list", choices=("tech", "retail"))
-    assert _choice_value(status, True, [], anchors, 0, text, prefix, 0.5, scorer) == \
+    assert ChoiceField(status, True, prefix, text, anchors, scorer, 0.5).value([], 0) == \
         {"text": "public", "confidence": 0.2, "start": 0, "end": 6}  # the mention, not the best-scored choice
-    assert _choice_value(sector, False, [], anchors, 1, text, prefix, 0.5, scorer) == \
+    assert ChoiceField(sector, False, prefix, text, anchors, scorer, 0.5).value([], 1) == \
         [{"text": "retail", "confidence": 0.4, "start": 43, "end": 49}]
-    assert _choice_value(status, True, [], anchors, 2, text, prefix, 0.5, scorer) is None  # mentions belong to others
+    assert ChoiceField(status, True, prefix, text, anchors, scorer, 0.5).value([], 2) is None  # mentions belong to others
     # no anchor (latent, anchorless): the record's own assigned choice, else the field as a plain choice field
-    assert _choice_value(status, True, [(0.8, 0, 0, "private")], [None], 0, text, prefix, 0.5, scorer) == \
+    assert ChoiceField(status, True, prefix, text, [None], scorer, 0.5).value([(0.8, 0, 0, "private")], 0) == \
         {"text": "private", "confidence": 0.8, "start": 0, "end": 0}
-    assert _choice_value(status, True, [], [None], 0, text, prefix, 0.5, scorer) == {"text": "private", "confidence": 0.9}
+    assert ChoiceField(status, True, prefix, text, [None], scorer, 0.5).value([], 0) == {"text": "private", "confidence": 0.9}

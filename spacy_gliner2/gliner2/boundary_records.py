@@ -13,6 +13,7 @@ their spans out (lists: each span to its best instance; single: a linear-sum ass
 confidence is the lower of its pair probability and its assignment probability. Natural records are
 ordered by anchor; the others keep the first of identical records.
 """
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -110,6 +111,11 @@ def _cardinality(structure: Structure, f: int) -> str:
     return "required_one" if field.name == structure.anchor else "zero_or_more"
 
 
+def _single(structure: Structure, f: int) -> bool:
+    """Whether field ``f`` takes one span (its cardinality, or a ``str`` dtype)."""
+    return _cardinality(structure, f) in SCALAR or structure.fields[f].dtype == "str"
+
+
 def _assignment(probs: torch.Tensor, allows_absent: bool) -> List[Optional[int]]:
     """Per instance row, its candidate column (None: ABSENT) by a minimum-cost assignment over
     ``-log P`` (each column once; ABSENT per row costs ``-log P(ABSENT)``, or more than any span
@@ -191,11 +197,11 @@ def _instances(structure: Structure, scores: RecordScores, threshold: float) -> 
 
 
 def decode_records(structure: Structure, scores: RecordScores, threshold: float, n_prefix: int,
-                   words: Sequence[Word], text: str, prefix: Sequence[str] = (),
-                   choice_probs: Optional[Callable[[int, List[int]], List[float]]] = None) -> List[Dict[str, Any]]:
+                   words: Sequence[Word], text: str, prefix: Sequence[str],
+                   choice_probs: Callable[[int, List[int]], List[float]]) -> List[Dict[str, Any]]:
     """The instances of a record structure in one text (``doc._.gliner2["structures"][name]``);
     ``prefix``: the prompt's choice words, ``choice_probs(field, word indices)``: a field's
-    probabilities at those prefix words (choice fields, :func:`_choice_value`)."""
+    probabilities at those prefix words (choice fields, :class:`ChoiceField`)."""
     spans = [s.tolist() for s in scores.spans]
     n_chars = len(text)
     # the period the prompt appends to every text is a zero-width word here and a character in the
@@ -211,18 +217,20 @@ def decode_records(structure: Structure, scores: RecordScores, threshold: float,
     if structure.mode == "natural":
         a = [f.name for f in structure.fields].index(structure.anchor)
         anchors = [chars(spans[a][fields[a][0][0]]) if a in fields else None for fields in found]
+    choice_fields = {f: ChoiceField(field, _single(structure, f), prefix, text, anchors,
+                                    functools.partial(choice_probs, f), threshold)
+                     for f, field in enumerate(structure.fields) if field.choices}
     out = []
     for r, fields in enumerate(found):
         instance: Dict[str, Any] = {}
         for f, field in enumerate(structure.fields):
             cardinality = _cardinality(structure, f)
-            single = cardinality in SCALAR or field.dtype == "str"
             items = []
             for c, assigned in fields.get(f, []):
                 pair = float(scores.pairs[f][c])
                 conf = min(pair, assigned)
                 if field.choices and spans[f][c][1] <= n_prefix:  # a choice word of the prompt's prefix
-                    word = _choice_words(field.choices, prefix).get(spans[f][c][0])
+                    word = choice_fields[f].words.get(spans[f][c][0])
                     if word and (field.threshold is None or conf >= field.threshold):
                         items.append((conf, *(anchors[r] or (0, 0)), word))
                     continue
@@ -234,10 +242,10 @@ def decode_records(structure: Structure, scores: RecordScores, threshold: float,
                     continue
                 if field.threshold is None or conf >= field.threshold:
                     items.append((conf, start, end, text[start:min(end, n_chars)].strip()))
+            single = _single(structure, f)
             kept = resolve(items, scores.policy)[: 1 if single else None]
             if field.choices:
-                instance[field.name] = _choice_value(field, single, kept, anchors, r, text, prefix, threshold,
-                                                     lambda idx, f=f: choice_probs(f, idx))
+                instance[field.name] = choice_fields[f].value(kept, r)
                 continue
             kept = [{"text": text[s:min(e, n_chars)], "confidence": c, "start": s, "end": min(e, n_chars)}
                     for c, s, e, _ in kept]
@@ -273,40 +281,56 @@ def _literal_mentions(text: str, choices: Sequence[str], anchors: Sequence[Optio
     return True, {owner: sorted(m.values(), key=lambda m: m[1]) for owner, m in owned.items()}
 
 
-def _choice_value(field: Any, single: bool, kept: List[Tuple[float, int, int, str]],
-                  anchors: Sequence[Optional[Tuple[int, int]]], r: int, text: str, prefix: Sequence[str],
-                  threshold: float, probs: Callable[[List[int]], List[float]]) -> Any:
-    """A choice field's value in record ``r``, as the reference decides it: the choices mentioned
-    literally in the text near the record's anchor (natural records; with their offsets), else the
-    choices among the record's own assigned spans (a choice word of the prefix, or a text span
-    naming a choice), else the field scored as a plain choice field."""
-    def value(choice: str, conf: float, start: Optional[int] = None, end: Optional[int] = None) -> Dict[str, Any]:
-        return {"text": choice, "confidence": conf, **({} if start is None else {"start": start, "end": end})}
+class ChoiceField:
+    """A choice field of a record structure in one text, decided per record as the reference does:
+    the choices mentioned literally in the text near a natural record's anchor (with their offsets),
+    else the choices among the record's own assigned spans (a choice word of the prefix, or a text
+    span naming a choice), else the field scored as a plain choice field. What the records share is
+    found once: the choice words, the mentions, the field's probabilities."""
 
-    def field_level() -> Any:
-        return choices(probs, field.choices, prefix, "str" if single else "list",
-                       threshold if field.threshold is None else field.threshold)
+    def __init__(self, field: Any, single: bool, prefix: Sequence[str], text: str,
+                 anchors: Sequence[Optional[Tuple[int, int]]], probs: Callable[[List[int]], List[float]],
+                 threshold: float):
+        self.field, self.single, self.prefix, self.anchors = field, single, prefix, anchors
+        self.threshold = threshold if field.threshold is None else field.threshold
+        self.words = _choice_words(field.choices, prefix)  # prefix word index -> choice
+        self.literal, self.mentions = (_literal_mentions(text, field.choices, anchors)
+                                       if any(a is not None for a in anchors) else (False, {}))
+        self._probs, self._scored = probs, {}
 
-    anchor = anchors[r] if r < len(anchors) else None
-    if anchor is not None:
-        literal, local = _literal_mentions(text, field.choices, anchors)
-        preferred = local.get(r, [])
-        if preferred:
-            if single:
-                preferred = [min(preferred, key=lambda m: max(anchor[0] - m[2], m[1] - anchor[1], 0))]
-            words = _choice_words(field.choices, prefix)
-            if not words:
-                return None if single else []
-            scored = dict(zip(words.values(), probs(list(words))))
-            values = [value(c, scored[c], s, e) for c, s, e in preferred if c in scored]
-            if values:
-                return values[0] if single else values
-            return field_level()
-        if literal:
-            return None if single else []
-    lookup = {c.casefold(): c for c in field.choices}
-    matched = [value(lookup[surface.casefold()], conf, start, end) for conf, start, end, surface in kept
-               if surface.casefold() in lookup]
-    if matched:
-        return matched[0] if single else matched
-    return field_level()
+    def probs(self, indices: List[int]) -> List[float]:
+        """The field's probabilities at prefix words ``indices`` (each scored once)."""
+        missing = [i for i in indices if i not in self._scored]
+        if missing:
+            self._scored.update(zip(missing, self._probs(missing)))
+        return [self._scored[i] for i in indices]
+
+    def value(self, kept: List[Tuple[float, int, int, str]], r: int) -> Any:
+        """Record ``r``'s value, from its assigned spans ``kept`` (confidence, start, end, surface)."""
+        def value(choice: str, conf: float, start: Optional[int] = None, end: Optional[int] = None) -> Dict[str, Any]:
+            return {"text": choice, "confidence": conf, **({} if start is None else {"start": start, "end": end})}
+
+        def field_level() -> Any:
+            return choices(self.probs, self.field.choices, self.prefix, "str" if self.single else "list", self.threshold)
+
+        anchor = self.anchors[r] if r < len(self.anchors) else None
+        if anchor is not None:
+            preferred = self.mentions.get(r, [])
+            if preferred:
+                if self.single:
+                    preferred = [min(preferred, key=lambda m: max(anchor[0] - m[2], m[1] - anchor[1], 0))]
+                if not self.words:
+                    return None if self.single else []
+                scored = dict(zip(self.words.values(), self.probs(list(self.words))))
+                values = [value(c, scored[c], s, e) for c, s, e in preferred if c in scored]
+                if values:
+                    return values[0] if self.single else values
+                return field_level()
+            if self.literal:
+                return None if self.single else []
+        lookup = {c.casefold(): c for c in self.field.choices}
+        matched = [value(lookup[surface.casefold()], conf, start, end) for conf, start, end, surface in kept
+                   if surface.casefold() in lookup]
+        if matched:
+            return matched[0] if self.single else matched
+        return field_level()
