@@ -243,6 +243,21 @@ def test_overlap_policies_equal_the_references(policy):
         assert resolve(spans, policy) == expected, spans
 
 
+def test_stable_top_equals_a_stable_full_sort():
+    """The candidate ranking's top-k gives the stable sort's first k, ties (masked slots, equal
+    scores) included, for every k."""
+    from spacy_gliner2.gliner2.boundary_layers import MASK_LOGIT, stable_top
+
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        shape = [2, 3][: trial % 3] + [int(torch.randint(1, 40, (1,), generator=generator))]
+        scores = torch.randint(0, 4, shape, generator=generator).float() if trial % 2 else torch.randn(shape, generator=generator)
+        scores = scores.masked_fill(torch.rand(shape, generator=generator) < 0.3, MASK_LOGIT)
+        for k in range(shape[-1] + 2):
+            expected = torch.argsort(scores, dim=-1, descending=True, stable=True)[..., :k]
+            assert torch.equal(stable_top(scores, k), expected), (shape, k)
+
+
 def test_flat_is_not_greedy():
     from spacy_gliner2.core.overlap import resolve
 

@@ -9,7 +9,7 @@ from test_deberta import tiny_model
 from spacy_gliner2.runtime.deberta import PackedDeberta
 from spacy_gliner2.gliner2.layers import SpanMarker
 from spacy_gliner2.runtime.precision import (
-    INT8_CHUNK_ROWS, BF16Linear, Int8Linear, OneDNNLinear, fuse_relus, int8_products_available, use_bf16_linears,
+    INT8_CHUNK_ROWS, BF16Linear, Int8Linear, OneDNNLinear, fuse_activations, int8_products_available, use_bf16_linears,
     use_onednn_linears,
 )
 
@@ -53,13 +53,39 @@ def test_onednn_linear_computes_the_fp32_product_and_trains_as_nn_linear():
     assert torch.equal(fast.weight.grad, linear.weight.grad)
 
 
+def test_onednn_linear_packs_its_weight_once_and_follows_updates():
+    """Inference multiplies a packed copy of the weight, made on first use and remade when the
+    weight changes in place (an optimizer step) or is replaced; copies do not carry it."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 48)
+    use_onednn_linears(layer)
+    x = torch.randn(7, 64)
+    with torch.no_grad():
+        first = layer(x)
+        packed = layer._packed_weight()
+        if packed is None:
+            pytest.skip("this torch build has no oneDNN linear")
+        assert packed.is_mkldnn and layer._packed_weight() is packed  # packed once
+        assert torch.allclose(first, torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        layer.weight.mul_(-2)  # in place: the version moves
+        assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        assert layer._packed_weight() is not packed
+        layer.weight = torch.nn.Parameter(torch.randn(48, 64))  # replaced
+        assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        assert "_packed" not in copy.deepcopy(layer).__dict__
+    with torch.inference_mode():
+        assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["fp32", "bf16"])
-def test_fused_relus_give_the_same_outputs(kind):
-    """fuse_relus folds each ReLU that follows a runtime linear layer into it (oneDNN post-op);
-    ReLUs after other modules stay; the fused layer applies its ReLU also without oneDNN."""
+def test_fused_activations_give_the_same_outputs(kind):
+    """fuse_activations folds each ReLU that follows a runtime linear layer, and each exact GELU that
+    follows an fp32 one, into it (oneDNN post-op); activations after other modules, tanh GELUs and
+    (bf16) GELUs stay; the fused layer applies its activation also without oneDNN."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Dropout(0.0), torch.nn.Linear(32, 8),
-                                torch.nn.ReLU(), torch.nn.Tanh(), torch.nn.ReLU())
+                                torch.nn.ReLU(), torch.nn.Tanh(), torch.nn.ReLU(), torch.nn.Linear(8, 24), torch.nn.GELU(),
+                                torch.nn.Linear(24, 8), torch.nn.GELU(approximate="tanh"))
     x = torch.randn(5, 16)
     with torch.no_grad():
         expected = model(x)
@@ -68,14 +94,17 @@ def test_fused_relus_give_the_same_outputs(kind):
             use_bf16_linears(runtime)
         use_onednn_linears(runtime)
         unfused = runtime(x)
-        fuse_relus(runtime)
-        assert [type(runtime[i]).__name__ for i in (1, 4, 6)] == ["Identity", "Identity", "ReLU"]
-        assert runtime[0].relu and runtime[3].relu
+        fuse_activations(runtime)
+        kept = "GELU" if kind == "bf16" else "Identity"
+        assert [type(runtime[i]).__name__ for i in (1, 4, 6, 8, 10)] == ["Identity", "Identity", "ReLU", kept, "GELU"]
+        assert [runtime[i].activation for i in (0, 3, 7, 9)] == ["relu", "relu", "none" if kind == "bf16" else "gelu", "none"]
         fused = runtime(x)
-    assert (fused >= 0).all() and (expected > 0).any() and (expected == 0).any()
-    assert torch.allclose(fused, unfused, atol=1e-6) and torch.allclose(fused, expected, atol=1e-5 if kind == "fp32" else 0.05)
-    if kind == "fp32":  # with gradients (the F.linear path) the ReLU still applies
-        torch.testing.assert_close(runtime(x), expected)
+    assert (expected > 0).any() and (expected < 0).any()
+    if kind == "fp32":
+        assert torch.equal(fused, unfused)  # oneDNN's post-ops give the same bits
+        torch.testing.assert_close(runtime(x), expected)  # with gradients (the F.linear path) they still apply
+    else:
+        assert torch.allclose(fused, unfused, atol=1e-6) and torch.allclose(fused, expected, atol=0.05)
 
 
 def test_span_scorer_packs_its_weights_for_inference_and_follows_weight_updates():

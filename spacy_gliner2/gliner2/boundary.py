@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .boundary_layers import (MASK_LOGIT, BoundarySettings, ContentPooler, best_distinct, inside_evidence,
-                              length_features)
+                              length_features, stable_top)
 from .boundary_per_query import Keys, PairScorer, Proposer, propose
 
 
@@ -346,7 +346,7 @@ class BoundaryHead(nn.Module):
         priority = compat + union_start[pair_s] + union_end[pair_e]
         quota = min(s.min_pool_per_query, keys.numel())
         per_query = (start[:, pair_s] + end[:, pair_e] + compat).masked_fill(~valid, MASK_LOGIT)
-        ranked = torch.argsort(per_query, dim=-1, descending=True, stable=True)[:, :quota]
+        ranked = stable_top(per_query, quota)
         # each query's best `quota` pairs come first (priority 5000 + rank bonus), then the rest by score
         bonus = torch.arange(quota, 0, -1, dtype=priority.dtype, device=priority.device) - MASK_LOGIT * 0.5
         keys = torch.cat([keys[ranked].reshape(-1), keys])

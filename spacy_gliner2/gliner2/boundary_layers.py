@@ -118,6 +118,23 @@ class ContentPooler(nn.Module):
         return self.layer_norm(pooled.to(dtype))
 
 
+def stable_top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """``argsort(scores, dim=-1, descending=True, stable=True)[..., :k]`` (ties: smaller index first)
+    without sorting whole rows: the top ``k`` by ``topk``, then only those sorted."""
+    if k >= scores.shape[-1] or k <= 0:
+        return torch.argsort(scores, dim=-1, descending=True, stable=True)[..., :k]
+    flat = scores.reshape(-1, scores.shape[-1])
+    kth = flat.topk(k, dim=-1).values[:, -1:]
+    chosen = flat >= kth
+    tied = (chosen.sum(-1) != k).nonzero().squeeze(1)  # the k-th value recurs past the k-th place
+    if len(tied):  # of the tied values, the first ones
+        rows, at = flat[tied], kth[tied]
+        above, equal = rows > at, rows == at
+        chosen[tied] = above | (equal & (equal.cumsum(-1) <= k - above.sum(-1, keepdim=True)))
+    index = chosen.nonzero()[:, 1].view(*scores.shape[:-1], k)  # ascending per row
+    return index.gather(-1, torch.argsort(scores.gather(-1, index), dim=-1, descending=True, stable=True))
+
+
 def best_distinct(keys: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor,
                   capacity: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per row of ``(R, P)`` candidate keys: the distinct valid keys, each at its best score, best

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .boundary_layers import (MASK_LOGIT, BoundarySettings as Settings, ContentPooler, best_distinct, inside_evidence,
-                              length_features)
+                              length_features, stable_top)
 
 CHUNK = 1 << 22  # pair scores materialised at once while proposing
 
@@ -85,8 +85,8 @@ def propose(s: Settings, keys: Keys, start: torch.Tensor, end: torch.Tensor) -> 
 
     def paired(marginal, anchor_keys, other_keys, other_marginal, k, per_anchor, later):
         """The ``per_anchor`` best partners of each of the ``k`` best anchors (starts, or ends)."""
-        top, anchors = torch.sort(marginal, dim=-1, descending=True, stable=True)
-        top, anchors = top[:, :k], anchors[:, :k]
+        anchors = stable_top(marginal, k)
+        top = marginal.gather(-1, anchors)
         step = max(1, CHUNK // max(k * n_bounds, 1))
         scores, partners = [], []
         for q in range(0, len(anchors), step):  # a chunk of queries at a time
@@ -94,9 +94,10 @@ def propose(s: Settings, keys: Keys, start: torch.Tensor, end: torch.Tensor) -> 
                                  other_keys) * scale
             block = block + other_marginal[q:q + step, None, :] + top[q:q + step, ..., None]
             allowed = position > anchors[q:q + step, :, None] if later else position < anchors[q:q + step, :, None]
-            block, index = torch.sort(block.masked_fill(~allowed, MASK_LOGIT), dim=-1, descending=True, stable=True)
-            scores.append(block[..., :per_anchor])
-            partners.append(index[..., :per_anchor])
+            block = block.masked_fill(~allowed, MASK_LOGIT)
+            index = stable_top(block, per_anchor)
+            scores.append(block.gather(-1, index))
+            partners.append(index)
         scores, partners = torch.cat(scores), torch.cat(partners)
         anchors = anchors[..., None].expand_as(partners)
         valid = partners > anchors if later else partners < anchors

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .native import add_layer_norm, disentangled_attention, kernels_available
-from .precision import pad_rows
+from .precision import OneDNNLinear, pad_rows
 
 
 def supports_fast_path(encoder: nn.Module) -> bool:
@@ -126,10 +126,14 @@ def _compute_dtype(linear: nn.Module) -> torch.dtype:
 
 
 def _feed_forward_in(intermediate: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``intermediate(x)``; its exact GELU runs in place (no second (N, 4D) buffer: less memory)."""
-    out = intermediate.dense(x)
-    act = intermediate.intermediate_act_fn
-    if _GELU_IN_PLACE is not None and getattr(act, "act", None) is nn.functional.gelu:
+    """``intermediate(x)``; its exact GELU fused into a :class:`~.precision.OneDNNLinear` (the same
+    values), else in place (no second (N, 4D) buffer: less memory)."""
+    dense, act = intermediate.dense, intermediate.intermediate_act_fn
+    exact_gelu = getattr(act, "act", None) is nn.functional.gelu
+    if exact_gelu and isinstance(dense, OneDNNLinear) and dense.activation == "none":
+        return dense(x, activation="gelu")
+    out = dense(x)
+    if _GELU_IN_PLACE is not None and exact_gelu:
         return _GELU_IN_PLACE(out)
     return act(out)
 

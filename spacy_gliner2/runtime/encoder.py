@@ -12,7 +12,7 @@ from torch import nn
 
 from .deberta import PackedDeberta, supports_fast_path
 from .modernbert import PackedModernBert, supports_modernbert_path
-from .precision import fuse_relus, use_bf16_linears, use_int8_linears, use_onednn_linears
+from .precision import fuse_activations, use_bf16_linears, use_int8_linears, use_onednn_linears
 
 
 class EncoderModel(nn.Module):
@@ -54,9 +54,9 @@ class EncoderModel(nn.Module):
     def use_onednn_linears(self) -> None:
         """CPU inference: the fp32 linear layers left (all of them in exact mode) multiply
         through oneDNN (:mod:`.precision`). Call it on a copy: the training forward is
-        unchanged, but the modules change class; ReLUs after them are fused into them."""
+        unchanged, but the modules change class; ReLUs and exact GELUs after them are fused into them."""
         use_onednn_linears(self)
-        fuse_relus(self)
+        fuse_activations(self)
 
     def invalidate_caches(self) -> None:
         """Drop what is cached from the weights (the fast path's position projections)."""

@@ -26,7 +26,7 @@ The packed DeBERTa forward pads its token rows once so that its layers need no c
 """
 import platform
 from pathlib import Path
-from typing import Callable, Collection, Optional, Set, Tuple
+from typing import Callable, Collection, Dict, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -70,36 +70,66 @@ def pad_rows(x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tens
     return out
 
 
+ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "none": lambda x: x, "relu": F.relu, "gelu": F.gelu}  # gelu: the exact (erf) one; oneDNN's post-op gives the same bits
+
+
 def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype,
-                    relu: bool = False) -> torch.Tensor:
-    """oneDNN's ``x @ W.T + b`` (then ReLU, fused) over ``x`` cast to ``dtype`` with padded rows
-    (output in ``dtype``)."""
+                    activation: str = "none") -> torch.Tensor:
+    """oneDNN's ``x @ W.T + b`` (then ``activation``, fused) over ``x`` cast to ``dtype`` with padded
+    rows (output in ``dtype``)."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    out = _ONEDNN_LINEAR(pad_rows(x, dtype), weight, bias, "relu" if relu else "none", [], "")
+    out = _ONEDNN_LINEAR(pad_rows(x, dtype), weight, bias, activation, [], "none" if activation == "gelu" else "")
     return out[:rows].view(*x.shape[:-1], out.shape[-1])
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, relu: bool = False) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` (then ReLU with ``relu``); in fp32 CPU inference (no
-    gradients) through oneDNN's matmul (the weight plain, or packed by :func:`pack_for_onednn`),
-    the ReLU fused into it."""
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           activation: str = "none") -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, then ``activation`` (a key of :data:`ACTIVATIONS`); in fp32
+    CPU inference (no gradients) through oneDNN's matmul (the weight plain, or packed by
+    :func:`pack_for_onednn`), the activation fused into it."""
     if weight.is_mkldnn:
-        return _onednn_product(x, weight, bias, torch.float32, relu)
+        return _onednn_product(x, weight, bias, torch.float32, activation)
     if (_ONEDNN_LINEAR is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
             and x.dtype == torch.float32 and weight.dtype == torch.float32):
-        return _onednn_product(x, weight.contiguous(), bias, torch.float32, relu)
-    out = F.linear(x, weight, bias)
-    return out.relu() if relu else out
+        return _onednn_product(x, weight.contiguous(), bias, torch.float32, activation)
+    return ACTIVATIONS[activation](F.linear(x, weight, bias))
 
 
 class OneDNNLinear(nn.Linear):
-    """``nn.Linear`` whose fp32 CPU inference (no gradients) runs oneDNN's matmul; with
-    ``relu`` (set by :func:`fuse_relus`) a ReLU follows, fused into it."""
+    """``nn.Linear`` whose fp32 CPU inference (no gradients) runs oneDNN's matmul on a copy of
+    the weight packed once in oneDNN's blocked layout (repacked when the weight changes: its
+    storage or version); its ``activation`` (set by :func:`fuse_activations`, or given per call)
+    follows, fused into it. The packed copy costs the weight's size again (DeBERTa-v3-base: 340
+    MB) for 4 % less time in the encoder's products (oneDNN otherwise reorders the plain weight
+    on every call)."""
 
-    relu = False
+    activation = "none"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, self.relu)
+    def forward(self, x: torch.Tensor, activation: Optional[str] = None) -> torch.Tensor:
+        activation = activation or self.activation
+        packed = self._packed_weight() if x.dtype == torch.float32 and x.device.type == "cpu" else None
+        if packed is not None:
+            return _onednn_product(x, packed, self.bias, torch.float32, activation)
+        return linear(x, self.weight, self.bias, activation)
+
+    def _packed_weight(self) -> Optional[torch.Tensor]:
+        """The packed fp32 weight for inference; None under gradients, for weights without a
+        version counter (inference tensors: a change could not be seen) or without oneDNN."""
+        weight = self.weight
+        if torch.is_grad_enabled() or weight.dtype != torch.float32:
+            return None
+        try:
+            key = (weight.data_ptr(), weight._version)
+        except RuntimeError:
+            return None
+        cached = self.__dict__.get("_packed")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_packed"] = (key, pack_for_onednn(weight.detach().contiguous()))
+        return cached[1]
+
+    def __getstate__(self) -> dict:  # copies and pickles repack on use
+        return {k: v for k, v in super().__getstate__().items() if k != "_packed"}
 
 
 def use_onednn_linears(module: nn.Module) -> None:
@@ -110,15 +140,20 @@ def use_onednn_linears(module: nn.Module) -> None:
             child.__class__ = OneDNNLinear
 
 
-def fuse_relus(module: nn.Module) -> None:
+def fuse_activations(module: nn.Module) -> None:
     """In every ``nn.Sequential`` inside ``module``, fold each ``nn.ReLU`` that follows a
-    :class:`OneDNNLinear` or :class:`BF16Linear` into it (oneDNN applies it to the products
-    in registers instead of a pass over the output); the ReLU becomes an ``nn.Identity``.
+    :class:`OneDNNLinear` or :class:`BF16Linear`, and each exact ``nn.GELU`` that follows a
+    :class:`OneDNNLinear`, into it (oneDNN applies it to the products in registers instead of a
+    pass over the output; the same values); the activation becomes an ``nn.Identity``.
     Call it on a runtime copy: it replaces modules."""
     for sequence in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(sequence) - 1):
-            if isinstance(sequence[i], (OneDNNLinear, BF16Linear)) and type(sequence[i + 1]) is nn.ReLU:
-                sequence[i].relu = True
+            layer, after = sequence[i], sequence[i + 1]
+            if not isinstance(layer, (OneDNNLinear, BF16Linear)) or layer.activation != "none":
+                continue
+            if type(after) is nn.ReLU or (type(after) is nn.GELU and after.approximate == "none"
+                                          and isinstance(layer, OneDNNLinear)):
+                layer.activation = "relu" if type(after) is nn.ReLU else "gelu"
                 sequence[i + 1] = nn.Identity()
 
 
@@ -143,7 +178,7 @@ class BF16Linear(nn.Module):
     """
 
     compute_dtype = torch.bfloat16
-    relu = False  # set by fuse_relus
+    activation = "none"  # "relu" when fuse_activations folds one in
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -159,11 +194,10 @@ class BF16Linear(nn.Module):
         return self._plain if self._packed is None else self._packed.to_dense()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T + b`` on bf16-rounded ``x`` (then ReLU with ``relu``), in ``x``'s dtype."""
+        """``x @ W.T + b`` on bf16-rounded ``x`` (then its ``activation``), in ``x``'s dtype."""
         if self._packed is None:
-            out = F.linear(x.to(torch.bfloat16), self._plain, self.bias)
-            return (out.relu() if self.relu else out).to(x.dtype)
-        return _onednn_product(x, self._packed, self.bias, torch.bfloat16, self.relu).to(x.dtype)
+            return ACTIVATIONS[self.activation](F.linear(x.to(torch.bfloat16), self._plain, self.bias)).to(x.dtype)
+        return _onednn_product(x, self._packed, self.bias, torch.bfloat16, self.activation).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
