@@ -337,15 +337,16 @@ class BoundaryHead(nn.Module):
         union_start, union_end = start.amax(0), end.amax(0)
         starts = torch.sort(union_start, descending=True, stable=True).indices[:k]
         ends = torch.sort(union_end, descending=True, stable=True).indices[:k]
-        pair_s, pair_e = starts.repeat_interleave(k), ends.repeat(k)
+        pair_s, pair_e = starts.repeat_interleave(k), ends.repeat(k)  # pair i * k + j: starts[i], ends[j]
         valid = pair_e > pair_s
         builder = self.shared_pool_builder
         projected_s, projected_e = builder.start_projection(states), builder.end_projection(states)
-        compat = (projected_s[pair_s] * projected_e[pair_e]).sum(-1) / math.sqrt(d)
+        compat = (projected_s[starts] @ projected_e[ends].T).flatten() / math.sqrt(d)
         keys = pair_s * n_bounds + pair_e
-        priority = compat + union_start[pair_s] + union_end[pair_e]
+        priority = (compat.view(k, k) + union_start[starts, None] + union_end[None, ends]).flatten()
         quota = min(s.min_pool_per_query, keys.numel())
-        per_query = (start[:, pair_s] + end[:, pair_e] + compat).masked_fill(~valid, MASK_LOGIT)
+        marginals = (start[:, starts, None] + end[:, None, ends]).flatten(1)
+        per_query = (marginals + compat).masked_fill(~valid, MASK_LOGIT)
         ranked = stable_top(per_query, quota)
         # each query's best `quota` pairs come first (priority 5000 + rank bonus), then the rest by score
         bonus = torch.arange(quota, 0, -1, dtype=priority.dtype, device=priority.device) - MASK_LOGIT * 0.5
