@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precision import pad_rows
+from .precision import pad_rows, padded_rows
 
 
 def supports_modernbert_path(encoder: nn.Module) -> bool:
@@ -34,10 +34,14 @@ def supports_modernbert_path(encoder: nn.Module) -> bool:
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of ``x`` ``(N, H, dh)`` with per-token ``cos``/``sin`` ``(N, 1, dh)``."""
+    """Rotary embedding of ``x`` ``(N, ..., dh)`` with per-token ``cos``/``sin`` ``(N, 1, ..., dh)``
+    whose two halves are equal (angles repeated): ``x * cos + rotate_half(x) * sin`` without
+    building ``rotate_half(x)``."""
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    out = x * cos
+    out[..., :half] -= x[..., half:] * sin[..., :half]
+    out[..., half:] += x[..., :half] * sin[..., half:]
+    return out
 
 
 def _band(n: int, reach: int, device: torch.device) -> torch.Tensor:
@@ -103,10 +107,14 @@ class PackedModernBert:
             attention = layer.attn
             qkv = attention.Wqkv(layer.attn_norm(hidden))[:n_rows].float().view(n_rows, 3, H, -1)
             cos, sin = angles[layer.attention_type]
-            q, k, v = _rotate(qkv[:, 0], cos, sin), _rotate(qkv[:, 1], cos, sin), qkv[:, 2]
+            q, k = _rotate(qkv[:, :2], cos.unsqueeze(1), sin.unsqueeze(1)).unbind(1)  # queries and keys at once
+            v = qkv[:, 2]
             chosen = keep[real] if keep is not None and depth == last else None
             local = layer.attention_type == "sliding_attention"
-            context = []
+            m_rows = n_rows if chosen is None else int(chosen.sum())
+            attended = hidden.new_empty((padded_rows(m_rows), D), dtype=q.dtype)  # the heads side by side
+            attended[m_rows:] = 0
+            at = 0  # rows of attended written
             for start, n in zip(starts, lengths):
                 if n == 0:
                     continue
@@ -123,15 +131,16 @@ class PackedModernBert:
                 out = F.scaled_dot_product_attention(
                     q_seq.transpose(0, 1).unsqueeze(0), k[rows].transpose(0, 1).unsqueeze(0),
                     v[rows].transpose(0, 1).unsqueeze(0), attn_mask=mask)
-                context.append(out[0].transpose(0, 1).reshape(-1, D))
+                m = out.shape[2]
+                attended[at : at + m].view(m, H, -1).copy_(out[0].transpose(0, 1))
+                at += m
             if chosen is not None:
                 hidden = hidden[:n_rows][chosen]
                 n_rows = hidden.shape[0]
                 if n_rows == 0:
                     return hidden.new_zeros((B, T, D))
                 hidden = pad_rows(hidden)
-            attended = pad_rows(torch.cat(context).to(hidden.dtype))
-            hidden = hidden + attention.Wo(attended)
+            hidden = hidden + attention.Wo(attended.to(hidden.dtype))
             hidden = hidden + layer.mlp(layer.mlp_norm(hidden))
 
         hidden = encoder.final_norm(hidden[:n_rows])
