@@ -53,7 +53,7 @@ def test_a_failed_build_warns_once_and_is_remembered_across_processes(fresh, mon
         native.build_now()
     assert log.read_text().count("call") == 2
     with pytest.raises(RuntimeError, match="not available"):
-        native.disentangled_attention(*[torch.zeros((1, 2))] * 3, [1], 1, None, None, 1.0)
+        native.packed_attention(*[torch.zeros((1, 2))] * 3, [1], 1, None, None, 1.0)
 
 
 @needs_compiler

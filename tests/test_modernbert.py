@@ -9,6 +9,7 @@ if int(transformers.__version__.split(".")[0]) < 5:
 
 from transformers import BertConfig, BertModel, ModernBertConfig, ModernBertModel  # noqa: E402
 
+from spacy_gliner2.runtime import modernbert  # noqa: E402
 from spacy_gliner2.runtime.modernbert import PackedModernBert, supports_modernbert_path  # noqa: E402
 
 LENGTHS = [3, 70, 1, 9, 33, 17]
@@ -34,9 +35,19 @@ def batch(lengths, right_padded: bool = True):
     return ids, mask
 
 
+@pytest.fixture(params=["kernel", "torch"])
+def attention(request, monkeypatch):
+    """Attention on the compiled kernel (where it builds), or on torch's SDPA."""
+    if request.param == "torch":
+        monkeypatch.setattr(modernbert, "kernels_available", lambda: False)
+    elif not modernbert.kernels_available():
+        pytest.skip("the compiled kernel is not available here")
+    return request.param
+
+
 @pytest.mark.parametrize("local_attention", [16, 128])
 @pytest.mark.parametrize("right_padded", [True, False])
-def test_forward_matches_transformers(local_attention, right_padded):
+def test_forward_matches_transformers(local_attention, right_padded, attention):
     torch.manual_seed(0)
     model = tiny_model(local_attention)
     assert supports_modernbert_path(model)
@@ -60,9 +71,10 @@ def test_band_is_what_changes_long_sequences():
         assert not torch.allclose(PackedModernBert(narrow)(ids, mask), PackedModernBert(wide)(ids, mask), atol=1e-3)
 
 
-def test_kept_rows_equal_the_full_forward():
+@pytest.mark.parametrize("layers", [4, 3])  # the last layer global, or local
+def test_kept_rows_equal_the_full_forward(layers, attention):
     torch.manual_seed(0)
-    model = tiny_model()
+    model = tiny_model(layers=layers)
     ids, mask = batch(LENGTHS)
     keep = torch.zeros_like(mask, dtype=torch.bool)
     keep[:, 0] = True

@@ -20,7 +20,7 @@ DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
     native._unavailable_because(torch.bfloat16) is not None, reason="no AVX512-BF16"))]
 
 
-def expected_attention(q, k, v, heads, c2p, p2c, scale, rows=None):
+def expected_attention(q, k, v, heads, c2p, p2c, scale, rows=None, reach=None):
     """The kernel's definition, computed directly in float64 with index tensors."""
     n = q.shape[0]
     qh, kh, vh = (x.double().view(n, heads, -1).transpose(0, 1) for x in (q, k, v))
@@ -30,6 +30,8 @@ def expected_attention(q, k, v, heads, c2p, p2c, scale, rows=None):
         scores += (qh[:, :, None, :] * c2p.double()[:, j - i + n - 1]).sum(-1)
     if p2c is not None:  # k_j . p2c[i - j + n - 1]
         scores += (kh[:, None, :, :] * p2c.double()[:, i - j + n - 1]).sum(-1)
+    if reach is not None:  # a sliding window: keys |j - i| <= reach only
+        scores = scores.masked_fill((i - j).abs() > reach, float("-inf"))
     out = ((scores * scale).softmax(-1) @ vh).transpose(0, 1).reshape(n, -1)
     return out if rows is None else out[rows]
 
@@ -56,9 +58,35 @@ def test_attention_matches_its_definition(dtype, n, dh, tables):
     q, k, v = (rows[:, i * heads * dh : (i + 1) * heads * dh] for i in range(3))
     c2p = torch.randn(heads, 2 * n - 1, dh).to(dtype) if tables in ("both", "c2p") else None
     p2c = torch.randn(heads, 2 * n - 1, dh).to(dtype) if tables in ("both", "p2c") else None
-    got = native.disentangled_attention(q, k, v, [n], heads, c2p, p2c, 0.125)
+    got = native.packed_attention(q, k, v, [n], heads, c2p, p2c, 0.125)
     assert got.dtype == dtype and got.shape == (n, heads * dh)
     assert close(got, expected_attention(q, k, v, heads, c2p, p2c, 0.125), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reach", [0, 1, 15, 16, 40, 64])
+def test_a_sliding_window_matches_its_definition(dtype, reach):
+    """Packed sequences shorter and longer than the window, all rows and chosen ones (sparse,
+    at block edges, none): each row reads the keys within ``reach`` of it only."""
+    torch.manual_seed(reach)
+    heads, dh, lengths = 3, 64, [1, 2 * reach + 1, 2 * reach + 2, 33, 160, 0, 97]
+    tokens = sum(lengths)
+    q, k, v = (torch.randn(tokens, heads * dh).to(dtype) for _ in range(3))
+    chosen = [torch.tensor(sorted({r for r in (0, 31, 32, 33, n - 1, n // 2) if 0 <= r < n}), dtype=torch.long)
+              for n in lengths]
+    chosen[3] = torch.tensor([], dtype=torch.long)
+    for rows in (None, chosen):
+        got = native.packed_attention(q, k, v, lengths, heads, None, None, 0.125, rows, reach=reach)
+        want, start = [], 0
+        for s, n in enumerate(lengths):
+            if n:
+                mine = [x[start : start + n] for x in (q, k, v)]
+                want.append(expected_attention(*mine, heads, None, None, 0.125, None if rows is None else rows[s], reach))
+            start += n
+        assert close(got, torch.cat(want), dtype)
+    every = native.packed_attention(q, k, v, lengths, heads, None, None, 0.125, reach=reach)
+    starts = torch.tensor([0] + lengths[:-1]).cumsum(0)
+    assert torch.equal(every[torch.cat([r + a for r, a in zip(chosen, starts)])], got)  # rows do not depend on the others
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -69,12 +97,12 @@ def test_chosen_rows_are_written_into_the_given_rows(dtype):
     table = torch.randn(heads, 2 * n - 1, dh).to(dtype)
     chosen = torch.tensor([0, 3, 4, 17, 39])
     out = torch.full((7, 2 * heads * dh), 5.0).to(dtype)  # rows 1-5, left half: a strided view
-    native.disentangled_attention(q, k, v, [n], heads, table, table, 0.1, [chosen], out=out[1:6, : heads * dh])
+    native.packed_attention(q, k, v, [n], heads, table, table, 0.1, [chosen], out=out[1:6, : heads * dh])
     assert close(out[1:6, : heads * dh], expected_attention(q, k, v, heads, table, table, 0.1, chosen), dtype)
     untouched = torch.ones_like(out, dtype=torch.bool)
     untouched[1:6, : heads * dh] = False
     assert (out[untouched] == 5).all()
-    every = native.disentangled_attention(q, k, v, [n], heads, table, table, 0.1)
+    every = native.packed_attention(q, k, v, [n], heads, table, table, 0.1)
     assert torch.equal(every[chosen], out[1:6, : heads * dh])  # rows do not depend on which others are chosen
 
 
@@ -90,7 +118,7 @@ def test_sequences_of_one_call_each_attend_to_their_own_tokens(dtype):
     chosen = [torch.tensor([0, 4]), torch.tensor([], dtype=torch.long), torch.arange(0, 33, 3), torch.tensor([], dtype=torch.long),
               torch.tensor([0]), torch.arange(9)]
     for rows in (None, chosen):
-        got = native.disentangled_attention(q, k, v, lengths, heads, c2p, p2c, 0.1, rows)
+        got = native.packed_attention(q, k, v, lengths, heads, c2p, p2c, 0.1, rows)
         want, start = [], 0
         for s, n in enumerate(lengths):
             middle = slice(longest - n, longest + n - 1)
@@ -102,7 +130,7 @@ def test_sequences_of_one_call_each_attend_to_their_own_tokens(dtype):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert torch.equal(native.disentangled_attention(q, k, v, lengths, heads, c2p, p2c, 0.1, chosen), got)
+        assert torch.equal(native.packed_attention(q, k, v, lengths, heads, c2p, p2c, 0.1, chosen), got)
     finally:
         torch.set_num_threads(threads)
 
@@ -118,21 +146,21 @@ def test_strided_tables_and_thread_counts_give_the_same_attention(dtype):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = native.disentangled_attention(q, k, v, [n], heads, c2p, p2c, 0.1)
+        one = native.packed_attention(q, k, v, [n], heads, c2p, p2c, 0.1)
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(native.disentangled_attention(q, k, v, [n], heads, c2p, p2c, 0.1), one)
+    assert torch.equal(native.packed_attention(q, k, v, [n], heads, c2p, p2c, 0.1), one)
     assert close(one, expected_attention(q, k, v, heads, c2p, p2c, 0.1), dtype)
 
 
 @pytest.mark.parametrize("bad", ["mixed", "odd-dh", "values-shape", "table-shape", "table-dtype", "odd-table-stride",
                                  "rows-unordered", "rows-outside", "rows-per-sequence", "lengths-past-rows",
-                                 "negative-length", "out-shape", "out-dtype"])
+                                 "negative-length", "out-shape", "out-dtype", "window-with-table", "negative-window"])
 def test_bad_inputs_are_refused_with_the_reason(bad):
     heads, dh, n = 2, 8, 5
     q = k = v = torch.randn(n, heads * dh).bfloat16()
     table = torch.randn(heads, 2 * n - 1, dh).bfloat16()
-    lengths, rows, out = [n], None, None
+    lengths, rows, out, reach = [n], None, None, None
     if bad == "mixed":
         k = k.float()
     elif bad == "odd-dh":
@@ -158,10 +186,14 @@ def test_bad_inputs_are_refused_with_the_reason(bad):
         lengths = [n, -1]
     elif bad == "out-shape":
         out = torch.empty((n - 1, heads * dh)).bfloat16()
-    else:
+    elif bad == "out-dtype":
         out = torch.empty((n, heads * dh))
+    elif bad == "window-with-table":
+        reach = 2
+    else:
+        table, reach = None, -1
     with pytest.raises(ValueError, match="must be"):
-        native.disentangled_attention(q, k, v, lengths, heads, table, None, 1.0, rows, out)
+        native.packed_attention(q, k, v, lengths, heads, table, None, 1.0, rows, out, reach=reach)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -215,13 +247,13 @@ def test_packed_deberta_gives_the_same_states_with_and_without_the_kernels(pos_a
 
     def counting(*args, **kwargs):
         calls.append(args[3])
-        return native.disentangled_attention(*args, **kwargs)
+        return native.packed_attention(*args, **kwargs)
 
     def counting_norms(x, residual, norm, rounded):
         norms.append(rounded)
         return native.add_layer_norm(x, residual, norm, rounded)
 
-    monkeypatch.setattr(deberta, "disentangled_attention", counting)
+    monkeypatch.setattr(deberta, "packed_attention", counting)
     monkeypatch.setattr(deberta, "add_layer_norm", counting_norms)
     with torch.inference_mode():
         kernel = PackedDeberta(model)(ids, mask, keep=keep)
@@ -296,3 +328,36 @@ def test_span_scores_refuse_bad_inputs_with_the_reason(bad):
         lengths = [4]
     with pytest.raises(ValueError, match="span_scores takes|must give"):
         native.span_scores(starts, starts, lengths, queries, bias, n_queries, out)
+
+
+@pytest.mark.parametrize("dh", [64, 6, 40])
+def test_rotate_halves_is_the_rotary_embedding(dh):
+    """In place, on strided rows: ``x * cos + rotate_half(x) * sin`` with each angle in both halves."""
+    torch.manual_seed(dh)
+    rows, count, half = 37, 5, dh // 2
+    block = torch.randn(rows, count + 2, dh)  # the vectors: a column slice of wider rows
+    x = block[:, 1 : count + 1]
+    angles = torch.randn(rows, half)
+    cos, sin = torch.cat((angles.cos(),) * 2, -1)[:, None].double(), torch.cat((angles.sin(),) * 2, -1)[:, None].double()
+    before = x.double().clone()
+    rotate_half = torch.cat((-before[..., half:], before[..., :half]), -1)
+    want = before * cos + rotate_half * sin
+    outside = block[:, [0, count + 1]].clone()
+    native.rotate_halves(x, torch.cat((angles.cos(), angles.sin()), -1))
+    assert torch.allclose(x.double(), want, rtol=1e-6, atol=1e-6)
+    assert torch.equal(block[:, [0, count + 1]], outside)  # the rest of each row is untouched
+
+
+@pytest.mark.parametrize("bad", ["odd-dh", "angles-shape", "bf16", "strided-vectors"])
+def test_rotate_halves_refuses_bad_inputs_with_the_reason(bad):
+    x, angles = torch.randn(4, 3, 8), torch.randn(4, 8)
+    if bad == "odd-dh":
+        x, angles = torch.randn(4, 3, 7), torch.randn(4, 7)
+    elif bad == "angles-shape":
+        angles = angles[:3]
+    elif bad == "bf16":
+        x = x.bfloat16()
+    else:
+        x = torch.randn(4, 3, 16)[:, :, ::2]
+    with pytest.raises(ValueError, match="must be"):
+        native.rotate_halves(x, angles)

@@ -1,10 +1,11 @@
-/* Disentangled attention of one sequence (DeBERTa-v2/v3), per head h:
+/* Attention of packed sequences: DeBERTa-v2/v3's disentangled attention, per head h of one sequence,
  *
  *   s[i][j] = (q_i . k_j + q_i . c2p[j - i + n - 1] + k_j . p2c[i - j + n - 1]) * scale
  *   out[i][h * dv : (h + 1) * dv] = softmax_j(s[i]) . v
  *
  * for the n tokens of one sequence (or a chosen subset of query rows i); c2p and p2c hold one
- * position row per distance (2n - 1 rows, from distance n - 1 down). Inputs are fp32 (exact
+ * position row per distance (2n - 1 rows, from distance n - 1 down). Without them it is plain
+ * scaled dot-product attention (ModernBERT's), optionally within a sliding window. Inputs are fp32 (exact
  * mode: FMA) or bf16 (fast mode: products of bf16 pairs summed in fp32 with AVX512-BF16, the
  * same sums as fp32 arithmetic on these values in another order, at twice its speed). Both
  * read their rows as 32-bit words (one fp32 value or a pair of bf16 values), so one blocking
@@ -27,6 +28,7 @@ typedef uint32_t word;
 #ifndef BLOCK
 #define BLOCK 32  /* query rows per relative-position table (a multiple of PANEL) */
 #endif
+#define BAND_ROWS 32  /* query rows per block of banded attention */
 
 /* r[c] <- lane c of r[0..15] (a 16 x 16 transpose of 32-bit lanes; bitwise, so for words too) */
 static inline void transpose16(__m512 r[PANEL]) {
@@ -78,14 +80,15 @@ static inline __attribute__((always_inline)) __m512 multiply_add(__m512 acc, __m
                 : _mm512_fmadd_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(b), acc);
 }
 
-/* c[i][j] = a[i] . b[j] for i < m, j < n (rows of k words), with b packed by pack_panels. */
-static inline __attribute__((always_inline)) void gemm_nt(const word *a, long lda, int m, const word *bp, int n,
-                                                           int k, float *c, long ldc, const int bf16) {
+/* c[i][j] = a[i] . b[j] for i < m, j < n (rows of k words), with b packed by pack_panels (panel p
+   at bp + p * bs words: bs = k * PANEL, or more for the first k words of longer panels). */
+static inline __attribute__((always_inline)) void gemm_nt(const word *a, long lda, int m, const word *bp, long bs,
+                                                           int n, int k, float *c, long ldc, const int bf16) {
     int panels = (n + PANEL - 1) / PANEL;
     for (int p = 0; p < panels; p += 2) {
         int two = p + 1 < panels;
         __mmask16 m0 = lanes_mask(n - p * PANEL), m1 = lanes_mask(n - (p + 1) * PANEL);
-        const word *b0p = bp + (long)p * k * PANEL, *b1p = b0p + (long)k * PANEL;
+        const word *b0p = bp + p * bs, *b1p = b0p + bs;
         for (int i = 0; i < m; i += MR) {
             int mr = m - i < MR ? m - i : MR;
             const word *rows[MR];
@@ -123,7 +126,8 @@ static inline __attribute__((always_inline)) void skewed(const word *x, long ld,
     for (int r1 = n; r1 > 0; r1 -= BLOCK) {
         int r0 = r1 > BLOCK ? r1 - BLOCK : 0, first = n - r1, cols = 2 * n - 1 - r0 - first;
         int ldt = (cols + PANEL - 1) / PANEL * PANEL;
-        gemm_nt(x + (long)r0 * ld, ld, r1 - r0, table + (long)(first / PANEL) * k * PANEL, cols, k, tmp, ldt, bf16);
+        gemm_nt(x + (long)r0 * ld, ld, r1 - r0, table + (long)(first / PANEL) * k * PANEL, (long)k * PANEL, cols, k,
+                tmp, ldt, bf16);
         for (int i = r0; i < r1; i++) {
             const float *src = tmp + (long)(i - r0) * ldt + (n - 1 - i - first);
             float *row = dst + (long)i * n;
@@ -140,7 +144,7 @@ static inline __attribute__((always_inline)) void head_scores(
         const word *q, const word *k, long ld, int n, int dh, const word *c2p, long c2p_ld, const word *p2c,
         long p2c_ld, float scale, float *out, word *packed, float *tmp, float *by_key, const int bf16) {
     pack_panels(k, ld, n, dh, packed);
-    gemm_nt(q, ld, n, packed, n, dh, out, n, bf16);
+    gemm_nt(q, ld, n, packed, (long)dh * PANEL, n, dh, out, n, bf16);
     if (c2p) {
         pack_panels(c2p, c2p_ld, 2 * n - 1, dh, packed);
         skewed(q, ld, n, dh, packed, out, 1, tmp, bf16);
@@ -202,6 +206,24 @@ static void pack_values(const word *v, long ld, int n, int dv, float *out, const
     }
 }
 
+/* out rows first .. first + m - 1 (row stride out_ld values of the inputs' type, from column col) <-
+   context rows (m x dv fp32) times their inverse row sums, rounded to bf16 for bf16 inputs. */
+static inline void store_rows(const float *context, int m, int dv, const float *inverse, void *out, long first,
+                              long out_ld, long col, const int bf16) {
+    for (int i = 0; i < m; i++) {
+        const __m512 factor = _mm512_set1_ps(inverse[i]);
+        long row = (first + i) * out_ld + col;
+        for (int d = 0; d < dv; d += PANEL) {
+            __mmask16 mask = lanes_mask(dv - d);
+            __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, context + (long)i * dv + d), factor);
+            if (bf16)
+                _mm256_mask_storeu_epi16((uint16_t *)out + row + d, mask, (__m256i)_mm512_cvtneps_pbh(x));
+            else
+                _mm512_mask_storeu_ps((float *)out + row + d, mask, x);
+        }
+    }
+}
+
 /* One head's scratch over n tokens (dh, dv in words / values), in words: the packed operands,
    then (fp32) the panel rows, the scores by key (later the context), the scores, the packed
    values and the inverse row sums. Fills at[0..5] (unless NULL) with where each starts; returns
@@ -235,17 +257,47 @@ static inline __attribute__((always_inline)) void head_attention(
     int dv = bf16 ? 2 * dh : dh;
     pack_values(v, v_ld, n, dv, values, bf16);
     float *context = by_key; /* the p2c part is used up; it holds n * max(n, dv) words */
-    gemm_nt((const word *)scores, n, m, (const word *)values, dv, n, context, dv, 0);
-    for (int i = 0; i < m; i++) {
-        const __m512 factor = _mm512_set1_ps(inverse[i]);
-        for (int d = 0; d < dv; d += PANEL) {
-            __mmask16 mask = lanes_mask(dv - d);
-            __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, context + (long)i * dv + d), factor);
-            if (bf16)
-                _mm256_mask_storeu_epi16((uint16_t *)out + i * out_ld + col + d, mask, (__m256i)_mm512_cvtneps_pbh(x));
-            else
-                _mm512_mask_storeu_ps((float *)out + i * out_ld + col + d, mask, x);
+    gemm_nt((const word *)scores, n, m, (const word *)values, (long)n * PANEL, dv, n, context, dv, 0);
+    store_rows(context, m, dv, inverse, out, 0, out_ld, col, bf16);
+}
+
+/* One head's attention where query row i reads the keys j with |i - j| <= reach only (no position
+   tables), for the m query rows rows[] (all n when NULL), written as head_attention writes them. Per
+   block of BAND_ROWS query rows that holds chosen rows: the scores over the keys the block reads
+   (from a panel boundary), each chosen row's softmax over its own band (zeros in the block's other
+   columns, which add nothing), then the product with those keys' values. */
+static inline __attribute__((always_inline)) void band_attention(
+        const word *q, const word *k, const word *v, long ld, long v_ld, int n, int dh, int reach, float scale,
+        const int *rows, int m, void *out, long out_ld, long col, word *mine, const int bf16) {
+    long at[6];
+    int dv = bf16 ? 2 * dh : dh;
+    scratch_layout(n, dh, dv, at);
+    word *packed = mine;
+    float *context = (float *)mine + at[2], *scores = (float *)mine + at[3], *values = (float *)mine + at[4];
+    float *inverse = (float *)mine + at[5];
+    pack_panels(k, ld, n, dh, packed);
+    pack_values(v, v_ld, n, dv, values, bf16);
+    for (int r0 = 0, next = 0; r0 < n && next < m; r0 += BAND_ROWS) {
+        int r1 = r0 + BAND_ROWS < n ? r0 + BAND_ROWS : n, first = next;
+        while (next < m && (rows ? rows[next] : next) < r1) next++;
+        int count = next - first;
+        if (count == 0) continue;
+        int lo = (r0 > reach ? r0 - reach : 0) / PANEL * PANEL, hi = r1 + reach < n ? r1 + reach : n;
+        int width = hi - lo;
+        gemm_nt(q + (long)r0 * ld, ld, r1 - r0, packed + (long)(lo / PANEL) * dh * PANEL, (long)dh * PANEL, width, dh,
+                scores, width, bf16);
+        for (int c = 0; c < count; c++) { /* chosen row i to row c: i - r0 >= c, so no row is read after it is written */
+            int i = rows ? rows[first + c] : first + c;
+            int a = (i > lo + reach ? i - reach : lo) - lo, b = (i + reach + 1 < hi ? i + reach + 1 : hi) - lo;
+            float *src = scores + (long)(i - r0) * width, *dst = scores + (long)c * width;
+            for (int j = a; j < b; j++) src[j] *= scale;
+            inverse[c] = softmax_row(src + a, dst + a, b - a);
+            for (int j = 0; j < a; j++) dst[j] = 0.0f;
+            for (int j = b; j < width; j++) dst[j] = 0.0f;
         }
+        gemm_nt((const word *)scores, width, count, (const word *)(values + (long)lo * PANEL), (long)n * PANEL, dv,
+                width, context, dv, 0);
+        store_rows(context, count, dv, inverse, out, first, out_ld, col, bf16);
     }
 }
 
@@ -254,17 +306,19 @@ static inline __attribute__((always_inline)) void head_attention(
    are per head (2L - 1, dh) tables for L the longest length (head stride, row stride), one row
    per distance L - 1 .. -(L - 1): a sequence of n tokens reads the middle 2n - 1. rows (or NULL:
    all) lists each sequence's query rows to output, row_counts[s] of them, increasing, one
-   sequence after another. out gets the sequences' output rows one after another: (rows,
-   heads * dv) values of the inputs' type, row stride out_ld values. Sizes and strides count
+   sequence after another. reach >= 0 (only without tables): query row i reads the keys j with
+   |i - j| <= reach only (a sliding window); -1: all keys. out gets the sequences' output rows one
+   after another: (rows, heads * dv) values of the inputs' type, row stride out_ld values. Sizes and strides count
    32-bit words but out's. Returns 0, -1 for bad sizes, -2 when memory cannot be allocated.
    (head, sequence) pairs are shared out dynamically, the longest sequences first. One function
    per input type (a macro: OpenMP outlines the loop before inlining could make the type a constant). */
 #define DEFINE_ATTENTION(NAME, BF16)                                                                        \
     int NAME(const word *q, const word *k, const word *v, long ld, long v_ld, int count, const int *lengths, \
              int heads, int dh, const word *c2p, long c2p_head, long c2p_ld, const word *p2c, long p2c_head, \
-             long p2c_ld, float scale, const int *rows, const int *row_counts, void *out, long out_ld,      \
-             int threads) {                                                                                 \
-        if (dh <= 0 || heads <= 0 || threads <= 0 || count < 0) return -1;                                  \
+             long p2c_ld, float scale, int reach, const int *rows, const int *row_counts, void *out,        \
+             long out_ld, int threads) {                                                                    \
+        if (dh <= 0 || heads <= 0 || threads <= 0 || count < 0 || reach < -1) return -1;                    \
+        if (reach >= 0 && (c2p || p2c)) return -1;                                                          \
         int dv = BF16 ? 2 * dh : dh, longest = 0;                                                           \
         for (int s = 0; s < count; s++) {                                                                   \
             int n = lengths[s], m = row_counts ? row_counts[s] : n;                                         \
@@ -289,14 +343,19 @@ static inline __attribute__((always_inline)) void head_attention(
             int m = (int)(at[3 * s + 5] - at[3 * s + 2]);                                                   \
             if (m == 0) continue;                                                                           \
             long first = at[3 * s], skip = longest - n; /* the table rows before the middle 2n - 1 */       \
-            head_attention(q + first * ld + (long)h * dh, k + first * ld + (long)h * dh,                    \
-                           v + first * v_ld + (long)h * dh, ld, v_ld, n, dh,                                \
-                           c2p ? c2p + h * c2p_head + skip * c2p_ld : 0, c2p_ld,                            \
-                           p2c ? p2c + h * p2c_head + skip * p2c_ld : 0, p2c_ld, scale,                     \
-                           rows ? rows + at[3 * s + 1] : 0, m,                                              \
-                           BF16 ? (void *)((uint16_t *)out + at[3 * s + 2] * out_ld)                        \
-                                : (void *)((float *)out + at[3 * s + 2] * out_ld),                          \
-                           out_ld, (long)h * dv, base + each * omp_get_thread_num(), BF16);                 \
+            const word *qh = q + first * ld + (long)h * dh, *kh = k + first * ld + (long)h * dh;            \
+            const word *vh = v + first * v_ld + (long)h * dh;                                               \
+            const int *chosen = rows ? rows + at[3 * s + 1] : 0;                                            \
+            void *to = BF16 ? (void *)((uint16_t *)out + at[3 * s + 2] * out_ld)                            \
+                            : (void *)((float *)out + at[3 * s + 2] * out_ld);                              \
+            word *mine = base + each * omp_get_thread_num();                                                \
+            if (reach >= 0 && n > reach + 1)                                                                \
+                band_attention(qh, kh, vh, ld, v_ld, n, dh, reach, scale, chosen, m, to, out_ld, (long)h * dv, \
+                               mine, BF16);                                                                 \
+            else                                                                                            \
+                head_attention(qh, kh, vh, ld, v_ld, n, dh, c2p ? c2p + h * c2p_head + skip * c2p_ld : 0,   \
+                               c2p_ld, p2c ? p2c + h * p2c_head + skip * p2c_ld : 0, p2c_ld, scale, chosen, m, \
+                               to, out_ld, (long)h * dv, mine, BF16);                                       \
         }                                                                                                   \
         free(at);                                                                                           \
         return 0;                                                                                           \
@@ -315,5 +374,5 @@ static word *scratch_for(long words, int threads) {
     return scratch; /* the workers use the caller's buffer: their own thread-locals are empty */
 }
 
-DEFINE_ATTENTION(disentangled_attention_fp32, 0)
-DEFINE_ATTENTION(disentangled_attention_bf16, 1)
+DEFINE_ATTENTION(packed_attention_fp32, 0)
+DEFINE_ATTENTION(packed_attention_bf16, 1)

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .native import add_layer_norm, disentangled_attention, kernels_available
+from .native import add_layer_norm, kernels_available, packed_attention
 from .precision import OneDNNLinear, pad_rows
 
 
@@ -250,7 +250,7 @@ class PackedDeberta:
             context = hidden.new_empty(hidden.shape, dtype=low if native else hidden.dtype)
             context[n_rows:] = 0  # padding rows
             if native:  # every sequence and head in one call
-                disentangled_attention(q, k, v, lengths, H, c2p, p2c, 1.0 / scale, chosen, out=context[:n_rows])
+                packed_attention(q, k, v, lengths, H, c2p, p2c, 1.0 / scale, chosen, out=context[:n_rows])
             else:
                 at = 0  # the context rows written so far
                 for start, n, selected in zip(starts, lengths, chosen or [None] * B):

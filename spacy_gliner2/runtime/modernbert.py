@@ -3,8 +3,9 @@
 ``transformers`` runs ModernBERT on the padded ``(B, T)`` batch with masks. Here:
 
 - Per-token layers (projections, GeGLU feed-forward, layer norms) run on the real tokens only,
-  packed as ``(N, D)``; attention runs per sequence at its own length, with the local layers'
-  band (``|i - j| <= local_attention // 2``) only where the sequence is longer than it.
+  packed as ``(N, D)``; attention runs per sequence at its own length (the compiled kernel of
+  :mod:`.native`, else torch's SDPA), the local layers' keys within ``local_attention // 2`` of
+  each query only.
 - Rotary angles are computed once per call for the packed tokens, per layer type.
 - With ``keep`` the last layer computes queries, output, feed-forward and the final norm for
   the rows the caller reads only.
@@ -12,12 +13,13 @@
 None of this changes the result beyond float rounding. Run it without gradients; training
 uses the encoder's own forward.
 """
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .native import kernels_available, packed_attention, rotate_halves
 from .precision import pad_rows, padded_rows
 
 
@@ -33,15 +35,15 @@ def supports_modernbert_path(encoder: nn.Module) -> bool:
                     for t in set(config.layer_types)))
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of ``x`` ``(N, ..., dh)`` with per-token ``cos``/``sin`` ``(N, 1, ..., dh)``
-    whose two halves are equal (angles repeated): ``x * cos + rotate_half(x) * sin`` without
-    building ``rotate_half(x)``."""
+def _rotate(x: torch.Tensor, angles: torch.Tensor) -> None:
+    """Rotary embedding of ``x`` ``(N, count, dh)`` in place, on torch: ``angles`` ``(N, dh)`` holds
+    each token's ``dh / 2`` cosines then sines (what :func:`.native.rotate_halves` does)."""
     half = x.shape[-1] // 2
-    out = x * cos
-    out[..., :half] -= x[..., half:] * sin[..., :half]
-    out[..., half:] += x[..., :half] * sin[..., half:]
-    return out
+    cos, sin = angles[:, None, :half], angles[:, None, half:]
+    first, second = x[..., :half], x[..., half:]
+    rotated = first * cos - second * sin
+    second.mul_(cos).add_(first * sin)
+    first.copy_(rotated)
 
 
 def _band(n: int, reach: int, device: torch.device) -> torch.Tensor:
@@ -63,15 +65,42 @@ class PackedModernBert:
     def invalidate(self) -> None:
         """Nothing is cached from the weights."""
 
-    def _angles(self, positions: torch.Tensor) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer type, ``cos`` and ``sin`` ``(N, 1, dh)`` at each packed token's position."""
+    @staticmethod
+    def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: List[int], lengths: List[int],
+                bands: Dict[int, torch.Tensor], chosen: Optional[torch.Tensor], attended: torch.Tensor) -> None:
+        """Attention on torch (where the compiled kernel is not available): per sequence, SDPA at
+        its own length (``bands``: the sliding window's mask per length), the chosen query rows
+        only, written one sequence after another into ``attended``."""
+        at = 0  # rows of attended written
+        for start, n in zip(starts, lengths):
+            if n == 0:
+                continue
+            rows = slice(start, start + n)
+            q_seq, mask = q[rows], bands.get(n)
+            if chosen is not None:
+                picked = chosen[rows]
+                q_seq = q_seq[picked]
+                mask = None if mask is None else mask[picked]
+                if q_seq.shape[0] == 0:
+                    continue
+            # (1, H, n, dh) each; the scale is transformers' head_dim ** -0.5 (SDPA's default)
+            out = F.scaled_dot_product_attention(
+                q_seq.transpose(0, 1).unsqueeze(0), k[rows].transpose(0, 1).unsqueeze(0),
+                v[rows].transpose(0, 1).unsqueeze(0), attn_mask=mask)
+            m = out.shape[2]
+            attended[at : at + m].view(m, q.shape[1], -1).copy_(out[0].transpose(0, 1))
+            at += m
+
+    def _angles(self, positions: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Per layer type, ``(N, dh)``: at each packed token's position, its ``dh / 2`` rotary
+        cosines then sines, times the attention scaling (transformers repeats each angle in both
+        halves of ``dh``)."""
         rotary = self.encoder.rotary_emb
         out = {}
         for kind in set(self.encoder.config.layer_types):
-            frequencies = positions[:, None].float() * getattr(rotary, f"{kind}_inv_freq").float()
-            angles = torch.cat((frequencies, frequencies), dim=-1)
+            angles = positions[:, None].float() * getattr(rotary, f"{kind}_inv_freq").float()
             scale = getattr(rotary, f"{kind}_attention_scaling")
-            out[kind] = ((angles.cos() * scale).unsqueeze(1), (angles.sin() * scale).unsqueeze(1))
+            out[kind] = torch.cat((angles.cos() * scale, angles.sin() * scale), dim=-1)
         return out
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -101,39 +130,28 @@ class PackedModernBert:
         for n in lengths[:-1]:
             starts.append(starts[-1] + n)
 
-        bands = {n: _band(n, reach, input_ids.device) for n in set(lengths) if n > reach + 1}  # one per length
+        native = input_ids.device.type == "cpu" and kernels_available()
+        bands = {} if native else {n: _band(n, reach, input_ids.device) for n in set(lengths) if n > reach + 1}
         last = len(encoder.layers) - 1
         for depth, layer in enumerate(encoder.layers):
             attention = layer.attn
-            qkv = attention.Wqkv(layer.attn_norm(hidden))[:n_rows].float().view(n_rows, 3, H, -1)
-            cos, sin = angles[layer.attention_type]
-            q, k = _rotate(qkv[:, :2], cos.unsqueeze(1), sin.unsqueeze(1)).unbind(1)  # queries and keys at once
-            v = qkv[:, 2]
+            qkv = attention.Wqkv(layer.attn_norm(hidden))[:n_rows].float()
+            (rotate_halves if native else _rotate)(qkv.view(n_rows, 3 * H, -1)[:, : 2 * H], angles[layer.attention_type])
+            q, k, v = qkv.view(n_rows, 3, D).unbind(1)  # queries and keys rotated in place
             chosen = keep[real] if keep is not None and depth == last else None
             local = layer.attention_type == "sliding_attention"
             m_rows = n_rows if chosen is None else int(chosen.sum())
             attended = hidden.new_empty((padded_rows(m_rows), D), dtype=q.dtype)  # the heads side by side
             attended[m_rows:] = 0
-            at = 0  # rows of attended written
-            for start, n in zip(starts, lengths):
-                if n == 0:
-                    continue
-                rows = slice(start, start + n)
-                q_seq = q[rows]
-                mask = bands.get(n) if local else None
-                if chosen is not None:
-                    picked = chosen[rows]
-                    q_seq = q_seq[picked]
-                    mask = None if mask is None else mask[picked]
-                    if q_seq.shape[0] == 0:
-                        continue
-                # (1, H, n, dh) each; the scale is transformers' head_dim ** -0.5 (SDPA's default)
-                out = F.scaled_dot_product_attention(
-                    q_seq.transpose(0, 1).unsqueeze(0), k[rows].transpose(0, 1).unsqueeze(0),
-                    v[rows].transpose(0, 1).unsqueeze(0), attn_mask=mask)
-                m = out.shape[2]
-                attended[at : at + m].view(m, H, -1).copy_(out[0].transpose(0, 1))
-                at += m
+            if native:
+                rows = None if chosen is None else [chosen[start : start + n].nonzero().squeeze(1)
+                                                    for start, n in zip(starts, lengths)]
+                # the scale is transformers' head_dim ** -0.5
+                packed_attention(q, k, v, lengths, H, None, None, (D // H) ** -0.5, rows, out=attended[:m_rows],
+                                 reach=reach if local else None)
+            else:
+                self._attend(*(x.view(n_rows, H, -1) for x in (q, k, v)), starts, lengths, bands if local else {},
+                             chosen, attended)
             if chosen is not None:
                 hidden = hidden[:n_rows][chosen]
                 n_rows = hidden.shape[0]

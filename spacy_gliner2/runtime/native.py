@@ -42,7 +42,7 @@ import torch
 from .precision import cpu_flags
 
 logger = logging.getLogger(__name__)
-SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "layer_norm.c", "spans.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "layer_norm.c", "spans.c", "rotary.c")]
 HEADERS = [Path(__file__).with_name("vectors.h")]  # part of the build, so of its hash
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
 ENABLE_VARIABLE = "SPACY_GLINER2_NATIVE"
@@ -159,9 +159,9 @@ def _library() -> Optional[ctypes.CDLL]:
                       "to skip the build.", RuntimeWarning, stacklevel=3)
         return None
     P, L, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-    for name in ("disentangled_attention_fp32", "disentangled_attention_bf16"):
+    for name in ("packed_attention_fp32", "packed_attention_bf16"):
         function = getattr(library, name)
-        function.argtypes = [P, P, P, L, L, I, P, I, I, P, L, L, P, L, L, ctypes.c_float, P, P, P, L, I]
+        function.argtypes = [P, P, P, L, L, I, P, I, I, P, L, L, P, L, L, ctypes.c_float, I, P, P, P, L, I]
         function.restype = I
     for name in ("add_layer_norm_fp32", "add_layer_norm_bf16"):
         function = getattr(library, name)
@@ -169,6 +169,8 @@ def _library() -> Optional[ctypes.CDLL]:
         function.restype = I
     library.span_scores_fp32.argtypes = [P, P, L, I, I, P, P, P, L, L, P, L, P, I, P, L, L, I]
     library.span_scores_fp32.restype = I
+    library.rotate_halves_fp32.argtypes = [P, L, L, I, I, P, L, I]
+    library.rotate_halves_fp32.restype = I
     return library
 
 
@@ -242,12 +244,15 @@ def _kernel(name: str, inputs: torch.dtype, needs: torch.dtype):
     return getattr(_library(), f"{name}_{'bf16' if inputs == torch.bfloat16 else 'fp32'}")
 
 
-def disentangled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: Sequence[int], heads: int,
-                           c2p: Optional[torch.Tensor], p2c: Optional[torch.Tensor], scale: float,
-                           rows: Optional[Sequence[torch.Tensor]] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: Sequence[int], heads: int,
+                     c2p: Optional[torch.Tensor], p2c: Optional[torch.Tensor], scale: float,
+                     rows: Optional[Sequence[torch.Tensor]] = None, out: Optional[torch.Tensor] = None,
+                     reach: Optional[int] = None) -> torch.Tensor:
     """The attention output of sequences packed one after another, ``(m, heads * dh)``: per
     sequence and head, ``softmax_j(s_ij) v_j`` with ``s_ij = (q_i.k_j + q_i.c2p[j-i+n-1] +
-    k_j.p2c[i-j+n-1]) * scale`` over its own ``n`` tokens, in the inputs' dtype.
+    k_j.p2c[i-j+n-1]) * scale`` over its own ``n`` tokens (DeBERTa's disentangled attention;
+    without tables, plain scaled dot-product attention), in the inputs' dtype; with ``reach``
+    (no tables), over the keys ``|j - i| <= reach`` only (a sliding window, as ModernBERT's local layers).
 
     ``q``, ``k``, ``v``: ``(tokens, heads * dh)`` rows (fp32, or bf16 with an even ``dh``;
     contiguous within a row; q and k with the same strides), sequence ``s`` the ``lengths[s]``
@@ -259,7 +264,9 @@ def disentangled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, le
     tensor. Only where :func:`kernels_available`.
     """
     dtype = q.dtype
-    kernel = _kernel("disentangled_attention", dtype, dtype)
+    kernel = _kernel("packed_attention", dtype, dtype)
+    if reach is not None and (reach < 0 or c2p is not None or p2c is not None):
+        raise ValueError(f"reach (a sliding window) must be >= 0 and comes without position tables, got {reach}.")
     tokens, width = q.shape
     per_word = 4 // q.element_size()
     lengths = [int(n) for n in lengths]
@@ -294,12 +301,29 @@ def disentangled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, le
     tables = [x for t, name in ((c2p, "c2p"), (p2c, "p2c")) for x in _table(t, longest, heads, dh, dtype, name)]
     sizes = _int32s(lengths)  # bound: the kernel reads it
     status = kernel(q.data_ptr(), k.data_ptr(), v.data_ptr(), *_words(q, (0,)), *_words(v, (0,)), len(lengths),
-                    sizes.data_ptr(), heads, dh // per_word, *tables, scale,
+                    sizes.data_ptr(), heads, dh // per_word, *tables, scale, -1 if reach is None else reach,
                     None if rows is None else rows.data_ptr(), None if counts is None else counts.data_ptr(),
                     out.data_ptr(), out.stride(0), torch.get_num_threads())
     if status != 0:
         raise MemoryError(f"the attention kernel failed (status {status}) on sequences of up to {longest} tokens.")
     return out
+
+
+def rotate_halves(x: torch.Tensor, angles: torch.Tensor) -> None:
+    """Rotary position embedding in place: ``x`` ``(rows, count, dh)`` fp32 (contiguous vectors;
+    any row stride), ``angles`` ``(rows, dh)``: per row, ``dh / 2`` cosines then ``dh / 2`` sines.
+    Each vector's halves become ``x1 cos - x2 sin`` and ``x2 cos + x1 sin`` (transformers'
+    ``x * cos + rotate_half(x) * sin`` with its repeated angles). Only where :func:`kernels_available`."""
+    rows, count, dh = x.shape if x.dim() == 3 else (None, None, None)
+    if x.dim() != 3 or x.dtype != torch.float32 or x.device.type != "cpu" or x.stride(2) != 1 or x.stride(1) != dh \
+            or dh % 2 or angles.shape != (rows, dh) or angles.dtype != torch.float32 or angles.stride(1) != 1:
+        raise ValueError(f"x must be CPU fp32 (rows, count, dh) vectors (contiguous within a row, dh even) and angles "
+                         f"fp32 (rows, dh) with contiguous rows, got x {x.dtype} {tuple(x.shape)} {x.stride()}, "
+                         f"angles {angles.dtype} {tuple(angles.shape)} {angles.stride()}.")
+    status = _kernel("rotate_halves", x.dtype, x.dtype)(x.data_ptr(), rows, x.stride(0), count, dh, angles.data_ptr(),
+                                                         angles.stride(0), torch.get_num_threads())
+    if status != 0:
+        raise ValueError(f"the rotary kernel refused ({status}) vectors of {dh} values.")
 
 
 def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, norm: torch.nn.LayerNorm,
