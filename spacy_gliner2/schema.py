@@ -258,13 +258,19 @@ def _text(value: Any, what: str, allow_empty: bool = False) -> str:
         raise SchemaError(f"{what} must be a string, got {type(value).__name__}: {value!r}.")
     if not allow_empty and not value.strip():
         raise SchemaError(f"{what} must not be empty.")
-    for token in SPECIAL_TOKENS:
+    refuse_reserved(value, SPECIAL_TOKENS, what)
+    return value
+
+
+def refuse_reserved(value: str, reserved: Sequence[str], what: str) -> None:
+    """SchemaError when ``value`` holds one of ``reserved``: strings the tokenizer reads as one special
+    token (GLiNER2's markers, or the encoder's own [CLS], [SEP], ...), which schema text would inject."""
+    for token in reserved:
         if token in value:
             raise SchemaError(
                 f"{what} ({value!r}) contains {token!r}, one of the model's special tokens "
-                f"{list(SPECIAL_TOKENS)}. Remove or rephrase it."
+                f"{list(reserved)}. Remove or rephrase it."
             )
-    return value
 
 
 def _threshold(value: Any, what: str) -> float:

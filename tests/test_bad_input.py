@@ -72,6 +72,15 @@ def test_special_tokens_in_text_are_plain_words(bert_checkpoint):
     assert not special & set(text_ids)
 
 
+@pytest.mark.parametrize("schema", [{"entities": ["[SEP]"]}, {"entities": {"a": "a [CLS] b"}},
+                                    {"classifications": {"t": ["x", "y [PAD]"]}},
+                                    {"structures": {"s": ["name::str::a [MASK] name"]}}, {"relations": ["[UNK] of"]}])
+def test_the_encoders_special_tokens_in_schema_text_are_refused(nlp, schema):
+    """Not only GLiNER2's markers: the encoder's own [CLS], [SEP], ... would be injected too."""
+    with pytest.raises(SchemaError, match="special tokens"):
+        nlp("text", component_cfg={"gliner2": {"entities": None, "classifications": None, **schema}})
+
+
 def test_five_hundred_labels_none_dropped(bert_checkpoint):
     nlp = spacy.blank("en")
     labels = [f"type {i}" for i in range(500)]

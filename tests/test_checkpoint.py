@@ -130,3 +130,14 @@ def test_missing_config(bert_checkpoint, tmp_path):
     (folder / "config.json").unlink()
     with pytest.raises(CheckpointError, match="config.json is missing"):
         GLiNER2Runner.load(str(folder))
+
+
+def test_missing_vocabulary_files(bert_checkpoint, tmp_path):
+    """Without its vocabulary file the tokenizer would still load, with its special tokens only
+    (every word [UNK]): a clear error instead."""
+    folder = tmp_path / "no-vocabulary"
+    shutil.copytree(bert_checkpoint, folder)
+    for name in ("tokenizer.json", "vocab.txt"):
+        (folder / name).unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match="vocabulary file .* is missing"):
+        GLiNER2Runner.load(str(folder))

@@ -62,10 +62,32 @@ def test_too_many_labels_is_a_clear_error_not_a_dropped_label(gliclass_checkpoin
         nlp(TEXTS[0])
 
 
-def test_markers_in_labels_and_text_add_no_label(gliclass_checkpoint):
-    nlp = make_nlp(gliclass_checkpoint, classifications={"t": {"labels": ["sport<<LABEL>>x", "travel"], "multi_label": True}})
-    doc = nlp("a goal <<SEP>> in <<LABEL>> extra time")
-    assert set(doc.cats) == {"sport<<LABEL>>x", "travel"}
+@pytest.mark.parametrize("where", ["label", "prompt", "example"])
+@pytest.mark.parametrize("token", ["<<LABEL>>", "<<SEP>>", "[SEP]", "[CLS]", "[PAD]"])
+def test_special_tokens_in_schema_text_are_refused(gliclass_checkpoint, where, token):
+    task = {"labels": ["sport", "travel"], "multi_label": True}
+    if where == "label":
+        task["labels"] = [f"sport{token}", "travel"]
+    elif where == "prompt":
+        task["prompt"] = f"Classify {token} this"
+    else:
+        task["examples"] = [[f"a match {token} won", ["sport"]]]
+    nlp = make_nlp(gliclass_checkpoint, classifications={"t": task})
+    with pytest.raises(SchemaError, match="special tokens"):
+        nlp("a goal in extra time")
+
+
+def test_special_tokens_in_the_text_are_plain_spaces(gliclass_checkpoint):
+    """Markers and the encoder's [SEP], [CLS], [PAD] in a text add no label slot and no special token."""
+    nlp = make_nlp(gliclass_checkpoint, classifications={"t": {"labels": ["sport", "travel"], "multi_label": True}})
+    runner = nlp.get_pipe("gliclass").runner
+    doc = nlp("a goal <<SEP>> in [SEP] extra [PAD] time <<LABEL>> [CLS]")
+    clean = nlp("a goal    in   extra   time    ")
+    assert set(doc.cats) == {"sport", "travel"} and doc.cats == pytest.approx(clean.cats, abs=1e-6)
+    task = nlp.get_pipe("gliclass").schema.classifications[0]
+    ids = runner._sequence(task, doc.text)
+    tokenizer = runner.tokenizer
+    assert ids.count(tokenizer.sep_token_id) == 1 and ids.count(tokenizer.pad_token_id) == 0
 
 
 @pytest.mark.parametrize("factory, other", [("gliner2", "gliclass"), ("gliclass", "gliner2")])

@@ -216,3 +216,42 @@ def test_a_prompt_too_long_for_one_pass_runs_task_by_task(bert_checkpoint):
         assert all(doc.cats[f"{task}:{label}"] == pytest.approx(p) for label, p in single.cats.items())
     small = Schema.from_config(entities=["person"], classifications={"topic": ["a", "b"]})
     assert runner.passes(small, [small]) == [[small]]  # a prompt that fits runs in one pass, as always
+
+
+def test_a_second_pass_keeps_the_results_of_other_labels(bert_checkpoint):
+    """Labels split over calls (README: too many labels) accumulate; a label run again is replaced, not doubled."""
+    nlp = make_nlp(bert_checkpoint, entities={"person": {"threshold": 0.0}, "location": {"threshold": 0.0}},
+                   classifications=None, structures=None, relations=None)
+    def scored(d):
+        return sorted(((s.start, s.end, s.label_), c) for s, c in zip(d.spans["gliner2"], d.spans["gliner2"].attrs["scores"]))
+
+    doc = nlp(TEXTS[0], component_cfg={"gliner2": {"entities": {"person": {"threshold": 0.0}}}})
+    first, first_spans = dict(doc._.gliner2["entities"]), scored(doc)
+    alone = nlp(TEXTS[0], component_cfg={"gliner2": {"entities": {"location": {"threshold": 0.0}}}})
+    assert nlp(doc, component_cfg={"gliner2": {"entities": {"location": {"threshold": 0.0}}}}) is doc
+    assert doc._.gliner2["entities"] == {**first, **alone._.gliner2["entities"]}
+    group = doc.spans["gliner2"]
+    assert {s.label_ for s in group} == {"person", "location"}
+    assert scored(doc) == sorted(first_spans + scored(alone))
+    again = nlp(doc, component_cfg={"gliner2": {"entities": {"location": {"threshold": 0.0}}}})
+    assert len(again.spans["gliner2"]) == len(group)
+    assert len(group) + group.attrs["unaligned"] == sum(len(v) for v in doc._.gliner2["entities"].values())
+
+
+def test_two_components_write_beside_each_other(bert_checkpoint):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", name="ner", config={"model": str(bert_checkpoint), "entities": {"person": {"threshold": 0.0}},
+                                                 "spans_key": "ner"})
+    nlp.add_pipe("gliner2", name="cls", config={"model": str(bert_checkpoint), "classifications": {"t": ["a", "b"]},
+                                                 "spans_key": "cls"})
+    doc = nlp(TEXTS[0])
+    assert doc._.gliner2["entities"]["person"] and set(doc._.gliner2["classifications"]) == {"t"}
+    assert len(doc.spans["ner"]) and not len(doc.spans["cls"])
+
+
+def test_a_span_group_it_did_not_write_is_not_replaced(nlp):
+    doc = nlp.make_doc(TEXTS[0])
+    doc.spans["gliner2"] = [doc[0:2]]
+    with pytest.raises(ValueError, match="spacy-gliner2 did not write"):
+        nlp(doc)
+    assert [(s.start, s.end) for s in doc.spans["gliner2"]] == [(0, 2)]

@@ -1,6 +1,6 @@
 """Doc writing shared by the families: the result extension, ``doc.cats``, ``doc.spans`` and
 the ``doc.ents`` policy. Knows nothing of torch."""
-from typing import Any, Dict, List, Tuple
+from typing import Any, Collection, Dict, List, Tuple
 
 from spacy.tokens import Doc, Span, SpanGroup
 
@@ -38,12 +38,47 @@ def _set_ents(doc: Doc, new: List[Span], policy: str) -> None:
         doc.set_ents(sorted(kept + new, key=lambda s: s.start))
 
 
-def write_spans(doc: Doc, scored: List[Tuple[Span, float]], unaligned: int, *, spans_key: str, ents_policy: str) -> None:
-    """All scored spans to ``doc.spans[spans_key]`` (scores and the unaligned count in its
-    attrs); the most confident non-overlapping ones to ``doc.ents`` by ``ents_policy``."""
-    group = SpanGroup(doc, name=spans_key, spans=[s for s, _ in scored])
-    group.attrs["scores"] = [c for _, c in scored]
-    group.attrs["unaligned"] = unaligned
+def merge_result(doc: Doc, name: str, new: Dict[str, Any]) -> None:
+    """``doc._.<name>`` <- ``new`` over what it holds: per key, and inside a key that holds a
+    dict (GLiNER2's sections), per name. This pass's labels, tasks and structures replace
+    earlier results of the same names; the others (another component's, an earlier call's) stay."""
+    old = doc._.get(name)
+    if not isinstance(old, dict):
+        doc._.set(name, new)
+        return
+    merged = dict(old)
+    for key, value in new.items():
+        before = merged.get(key)
+        merged[key] = {**before, **value} if isinstance(before, dict) and isinstance(value, dict) else value
+    doc._.set(name, merged)
+
+
+def _earlier_spans(doc: Doc, spans_key: str) -> Tuple[List[Tuple[Span, float]], Dict[str, int]]:
+    """The scored spans and unaligned counts per label of the group already under ``spans_key``
+    (a group of this package's; ValueError for one it did not write)."""
+    if spans_key not in doc.spans or not len(doc.spans[spans_key]):
+        return [], {}
+    group = doc.spans[spans_key]
+    scores = group.attrs.get("scores")
+    if not isinstance(scores, list) or len(scores) != len(group):
+        raise ValueError(f"doc.spans[{spans_key!r}] already holds {len(group)} spans that spacy-gliner2 did not "
+                         "write (no scores), and would lose them: set the component's spans_key to another key.")
+    return list(zip(group, scores)), dict(group.attrs.get("unaligned_by_label") or {})
+
+
+def write_spans(doc: Doc, scored: List[Tuple[Span, float]], unaligned: Dict[str, int], labels: Collection[str], *,
+                spans_key: str, ents_policy: str) -> None:
+    """The scored spans of ``labels`` (this pass's entity labels) to ``doc.spans[spans_key]``
+    (scores and unaligned counts in its attrs), beside the spans of other labels that an
+    earlier pass put there; the most confident non-overlapping new ones to ``doc.ents`` by ``ents_policy``."""
+    earlier, earlier_unaligned = _earlier_spans(doc, spans_key)
+    kept = [(s, c) for s, c in earlier if s.label_ not in labels] + scored
+    counts = {label: n for label, n in {**earlier_unaligned, **unaligned}.items()
+              if n and (label in unaligned or label not in labels)}
+    group = SpanGroup(doc, name=spans_key, spans=[s for s, _ in kept])
+    group.attrs["scores"] = [c for _, c in kept]
+    group.attrs["unaligned"] = sum(counts.values())
+    group.attrs["unaligned_by_label"] = counts
     doc.spans[spans_key] = group
     _set_ents(doc, _non_overlapping(scored), ents_policy)
 

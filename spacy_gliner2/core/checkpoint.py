@@ -12,7 +12,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -167,15 +167,30 @@ def load_tokenizer(folder: Path) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
         except AttributeError as err:
             if "'list' object has no attribute 'keys'" not in str(err):
                 raise
-            return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, extra_special_tokens={})
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, extra_special_tokens={})
         except (OSError, ValueError) as err:
             raise CheckpointError(f"The tokenizer files in {folder} cannot be loaded: {err}") from err
         finally:
             hf_logging.set_verbosity(verbosity)
+    if not set(tokenizer.get_vocab()) - set(reserved_strings(tokenizer)) - set(tokenizer.get_added_vocab()):
+        raise CheckpointError(
+            f"The tokenizer in {folder} has no vocabulary besides its {len(tokenizer)} special tokens: its "
+            "vocabulary file (tokenizer.json, vocab.txt, spm.model, or vocab.json with merges.txt) is missing. "
+            "Copy the checkpoint's tokenizer files into the folder.")
+    return tokenizer
+
+
+def reserved_strings(tokenizer: Any) -> Tuple[str, ...]:
+    """Every string the tokenizer reads as one special token (its [CLS], [SEP], [PAD], the family's
+    markers...): schema text must not hold one, or it would inject that token."""
+    special = set(getattr(tokenizer, "all_special_tokens", None) or ())
+    special |= {str(token) for token in getattr(tokenizer, "added_tokens_decoder", {}).values()
+                if getattr(token, "special", False)}
+    return tuple(sorted(token for token in special if token.strip()))
 
 
 def load_pretrained_encoder(folder: Path) -> torch.nn.Module:

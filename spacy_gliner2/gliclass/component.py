@@ -11,7 +11,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.training import Example, validate_examples
 
-from ..core.annotate import register_extension, write_cats
+from ..core.annotate import merge_result, register_extension, write_cats
 from ..core.component import ZeroShotComponent, category_task
 from ..core.rl import ClassRow
 from ..core.runner import Runner
@@ -102,7 +102,7 @@ class GLiClassComponent(ZeroShotComponent):
 
     def _write(self, doc: Doc, output: Any, schema: Schema) -> int:
         decisions, probs = output
-        doc._.set(EXTENSION, decisions)
+        merge_result(doc, EXTENSION, decisions)
         write_cats(doc, probs, schema)
         return 0
 

@@ -6,9 +6,10 @@ One string per text (``P`` = labels, ``E`` = few-shot examples)::
     E = "<<EXAMPLE>>{text} \\nLabels:\\n {l1, l2}" for each example, then one "<<SEP>>" ("" without examples)
     prompt_first=True:  P + text + E        prompt_first=False:  text + P + E
 
-Unlike the reference, the marker strings are removed from user text, labels, prompt and examples
-(each occurrence becomes a space), and :func:`check_labels` verifies after tokenization that the
-ids hold exactly one ``<<LABEL>>`` per label, so no input can add, drop or shift a label slot.
+Unlike the reference, the marker strings and the encoder's other special tokens ([CLS], [SEP],
+...) are removed from the text (each occurrence becomes a space; the runner refuses them in labels,
+prompt and examples), and :func:`check_labels` verifies after tokenization that the ids hold
+exactly one ``<<LABEL>>`` per label, so no input can add, drop or shift a label slot.
 """
 from dataclasses import dataclass
 from typing import Any, List, Mapping, Sequence
@@ -37,10 +38,11 @@ class Example:
         return cls(str(example.get("text", "")), (labels,) if isinstance(labels, str) else tuple(labels))
 
 
-def sanitize(value: str) -> str:
-    """``value`` with every marker string replaced by a space (a marker cannot re-form across one)."""
-    for marker in MARKERS:
-        value = value.replace(marker, " ")
+def sanitize(value: str, reserved: Sequence[str] = MARKERS) -> str:
+    """``value`` with every ``reserved`` string (the markers, or all special tokens) replaced by a
+    space (none can re-form across one)."""
+    for token in reserved:
+        value = value.replace(token, " ")
     return value
 
 
@@ -51,14 +53,16 @@ def build_input(
     prompt_first: bool,
     prompt: str = "",
     examples: Sequence[Example] = (),
+    reserved: Sequence[str] = MARKERS,
 ) -> str:
-    """The string the reference (gliclass 0.1.21) builds for one text, with user parts sanitized."""
-    head = "".join(LABEL + sanitize(label) for label in labels) + SEP + sanitize(prompt or "")
+    """The string the reference (gliclass 0.1.21) builds for one text, with user parts sanitized
+    (``reserved``: the strings removed from them)."""
+    head = "".join(LABEL + sanitize(label, reserved) for label in labels) + SEP + sanitize(prompt or "", reserved)
     tail = ""
     if examples:
-        tail = "".join(f"{EXAMPLE}{sanitize(ex.text)} \nLabels:\n {', '.join(sanitize(l) for l in ex.labels)}"
-                       for ex in examples) + SEP
-    text = sanitize(text)
+        tail = "".join(f"{EXAMPLE}{sanitize(ex.text, reserved)} \nLabels:\n "
+                       f"{', '.join(sanitize(l, reserved) for l in ex.labels)}" for ex in examples) + SEP
+    text = sanitize(text, reserved)
     return head + text + tail if prompt_first else text + head + tail
 
 

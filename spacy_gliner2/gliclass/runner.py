@@ -14,10 +14,11 @@ import torch
 from ..core.batching import TextWindow
 from ..core.classes import LabelProbs, classify, merge_classes
 from ..core.runner import Runner
-from ..schema import ClassificationTask, Schema, SchemaError
+from ..core.checkpoint import reserved_strings
+from ..schema import ClassificationTask, Schema, SchemaError, refuse_reserved
 from .checkpoint import HUB_PATTERNS, load_model, new_model, save_model
 from .model import GLiClassModel
-from .prompt import Example, build_input, check_labels, tokenize
+from .prompt import MARKERS, Example, build_input, check_labels, tokenize
 
 Decisions = Dict[str, Any]  # task -> {"label", "confidence"} or a list of them
 Output = Tuple[Decisions, Dict[str, LabelProbs]]
@@ -69,6 +70,7 @@ class GLiClassRunner(Runner[Output]):
     def __init__(self, model: GLiClassModel, tokenizer: Any, config: Dict[str, Any]):
         super().__init__(model, tokenizer, config)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.reserved = tuple(sorted(set(reserved_strings(tokenizer)) | set(MARKERS)))
 
     @classmethod
     def read(cls, folder: Path) -> Tuple[GLiClassModel, Any, Dict[str, Any]]:
@@ -87,11 +89,16 @@ class GLiClassRunner(Runner[Output]):
                 "The schema has no classification task: configure at least one under "
                 "classifications (in the component config or per call)."
             )
+        for task in schema.classifications:
+            parts = label_texts(task) + [task.prompt or ""]
+            parts += [part for example in task_examples(task) for part in (example.text, *example.labels)]
+            for part in parts:
+                refuse_reserved(part, self.reserved, f"Task {task.name!r}: schema text")
 
     def _sequence(self, task: ClassificationTask, text: str) -> List[int]:
         settings = self.model.settings
         string = build_input(text, label_texts(task), prompt_first=settings.prompt_first,
-                             prompt=task.prompt or "", examples=task_examples(task))
+                             prompt=task.prompt or "", examples=task_examples(task), reserved=self.reserved)
         ids = tokenize(self.tokenizer, string)
         check_labels(ids, len(task.labels), settings.class_token_index)
         return ids

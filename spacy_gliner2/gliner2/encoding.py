@@ -10,7 +10,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from ..schema import Schema, SPECIAL_TOKENS
+from ..core.checkpoint import reserved_strings
+from ..schema import Schema, SPECIAL_TOKENS, refuse_reserved
 from ..text import Word
 
 STRUCTURE, ENTITIES, RELATION, CLASSIFICATION = "structure", "entities", "relation", "classification"
@@ -129,6 +130,8 @@ class Encoder:
                 f"The tokenizer lacks GLiNER2's special tokens {missing}; "
                 "is this a GLiNER2 checkpoint folder?"
             )
+        # the encoder's own special tokens ([CLS], [SEP], ...): GLiNER2's are refused when a schema is parsed
+        self.reserved = tuple(t for t in reserved_strings(tokenizer) if t not in SPECIAL_TOKENS)
         self.sep_text = self.ids("[SEP_TEXT]")
         self.sep_struct = self.ids("[SEP_STRUCT]")
 
@@ -152,6 +155,8 @@ class Encoder:
                     ids += self.sep_struct
                 slots = TaskSlots(seg, -1, [])
                 for j, element in enumerate(seg.elements):
+                    if element not in SPECIAL_TOKENS:
+                        refuse_reserved(element, self.reserved, "Schema text")
                     if j == 1:
                         slots.prompt_pos = len(ids)
                     elif j >= 4 and j % 2 == 0 and j < len(seg.elements) - 2:
@@ -160,6 +165,8 @@ class Encoder:
                 tasks.append(slots)
             ids += self.sep_text
             prefix = choices_prefix(schema)
+            for element in prefix:
+                refuse_reserved(element, self.reserved, "Schema text")
             prefix_ids = [self.ids(w) for w in prefix]
             cached = (ids, tasks, prefix, prefix_ids)
             if len(self._schemas) > 64:
