@@ -123,19 +123,28 @@ def test_interrupted_pipe_leaves_the_component_usable(nlp):
     assert nlp("after")._.gliner2 is not None
 
 
-def test_words_without_sub_tokens_never_bound_a_span(nlp):
+@pytest.mark.parametrize("architecture", ["span", "boundary"])
+def test_words_without_sub_tokens_never_bound_a_span(nlp, boundary_checkpoint, architecture):
     """A control character is a word the encoder cannot see (no sub-tokens): spans never start or
     end on it (they would tie exactly with their neighbour), but it can sit inside one."""
+    labels = ["thing"]
+    if architecture == "boundary":
+        labels = ["thing", "person"]  # the fixture's abstention takes "thing" alone
+        nlp = spacy.blank("en")
+        nlp.add_pipe("gliner2", config={"model": str(boundary_checkpoint),
+                                        "entities": {label: {"threshold": 0.0} for label in labels}})
     text = "Tim \x1b Cook \x1b in \x1b Paris \x1b ."
     encoder = Encoder(nlp.get_pipe("gliner2").runner.encoder.tokenizer)
-    record = encoder.encode(Schema.from_config(entities=["thing"]), normalized_words(text, split_words(text)))
+    record = encoder.encode(Schema.from_config(entities=labels), normalized_words(text, split_words(text)))
     assert record.blank_words == [1, 3, 5, 7]  # the control characters (no choices prefix here)
-    doc = nlp(text)
-    found = doc._.gliner2["entities"]["thing"]
+    found = [span for spans in nlp(text)._.gliner2["entities"].values() for span in spans]
     assert found, "threshold 0.0 keeps every non-overlapping span"
     for span in found:
         assert span["text"][0] != "\x1b" and span["text"][-1] != "\x1b", span
-    assert any("\x1b" in span["text"] for span in found)  # inside a span is fine
+    if architecture == "span":
+        assert any("\x1b" in span["text"] for span in found)  # inside a span is fine
+    only = [span for spans in nlp("\x00\x01 \x02")._.gliner2["entities"].values() for span in spans]
+    assert only == []  # nothing the encoder can see: no span
 
 
 def test_blank_word_boundaries_get_minus_infinity():

@@ -9,6 +9,7 @@ each query proposes its own spans instead (:mod:`.boundary_per_query`). Paramete
 reference's (``boundary_head.*``), so checkpoints load as saved. Each text is scored on its own:
 no result depends on the other texts of a batch.
 """
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple
@@ -64,6 +65,20 @@ class Candidates:
                           None if self.fill is None else self.fill[first:stop], self.policy,
                           lambda queries, spans: self.forced([first + q for q in queries], spans), self.states,
                           valid=None if self.valid is None else self.valid[first:stop])
+
+    def avoiding(self, words: List[int], n_words: int) -> "Candidates":
+        """These candidates without the spans that start or end on one of ``words``: words without
+        sub-tokens, which the encoder never sees (a control character), so that such a span has the
+        states of a neighbouring one and would tie with it by float noise (as the span head's rule)."""
+        if not words:
+            return self
+        blank = torch.zeros(n_words + 1, dtype=torch.bool, device=self.spans.device)
+        blank[words] = True
+        bad = blank[self.spans[..., 0].clamp(0, n_words)] | blank[(self.spans[..., 1] - 1).clamp(0, n_words)]
+        if self.shared:
+            keep = ~bad
+            return dataclasses.replace(self, spans=self.spans[keep], logits=self.logits[:, keep], probs=self.probs[:, keep])
+        return dataclasses.replace(self, valid=self.valid & ~bad)
 
 
 def _linear(n_in: int, n_out: int) -> nn.Linear:

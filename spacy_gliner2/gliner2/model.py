@@ -182,6 +182,7 @@ class GLiNER2Model(EncoderModel):
             slots = [batch.records[b].tasks[t] for t in tasks]
             text = words[b, : batch.n_words[b]]
             found = self.boundary_head(text, tokens[b, [p for s in slots for p in s.marker_pos]])
+            found = found.avoiding(batch.records[b].blank_words, batch.n_words[b])
             first = 0
             for t, s in zip(tasks, slots):
                 results[b][t] = found.rows(first, len(s.marker_pos))
