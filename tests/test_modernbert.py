@@ -102,3 +102,27 @@ def test_an_encoder_without_transformers_5_layout_keeps_its_own_forward():
     del model.rotary_emb  # 4.x: rotary embeddings inside each attention layer, none on the model
     model.config.layer_types = ["full_attention"] * 4
     assert not supports_modernbert_path(model)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_fused_feed_forward_gives_the_same_values(bias):
+    """With oneDNN linears, the GeGLU's GELU and product run inside Wi's products: the values of
+    ``Wo(gelu(input) * gate)`` (torch's GELU on a contiguous input: on transformers' strided chunk it
+    can differ in the last bit), with Wi's packed halves following weight updates."""
+    from spacy_gliner2.runtime.modernbert import _feed_forward
+    from spacy_gliner2.runtime.precision import OneDNNLinear, use_onednn_linears
+
+    torch.manual_seed(0)
+    config = tiny_model().config
+    config.mlp_bias = bias
+    mlp = ModernBertModel(config).eval().layers[0].mlp
+    use_onednn_linears(mlp)
+    assert isinstance(mlp.Wi, OneDNNLinear)
+    x = torch.randn(37, config.hidden_size)
+    for _ in range(2):
+        with torch.no_grad():
+            got = _feed_forward(mlp, x)
+            a, g = torch.nn.functional.linear(x, mlp.Wi.weight, mlp.Wi.bias).chunk(2, dim=-1)
+            want = mlp.Wo(torch.nn.functional.gelu(a.contiguous()) * g)
+            assert torch.allclose(got, want, rtol=1e-6, atol=1e-6) and torch.allclose(got, mlp(x), atol=1e-6)
+            mlp.Wi.weight.mul_(1.5)  # an update: the packed halves follow

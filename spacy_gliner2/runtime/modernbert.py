@@ -2,7 +2,8 @@
 
 ``transformers`` runs ModernBERT on the padded ``(B, T)`` batch with masks. Here:
 
-- Per-token layers (projections, GeGLU feed-forward, layer norms) run on the real tokens only,
+- Per-token layers (projections, GeGLU feed-forward, layer norms) run on the real tokens only
+  (the GeGLU's GELU and product fused into its input projection's oneDNN products),
   packed as ``(N, D)``; attention runs per sequence at its own length (the compiled kernel of
   :mod:`.native`, else torch's SDPA), the local layers' keys within ``local_attention // 2`` of
   each query only.
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .native import kernels_available, packed_attention, rotate_halves
-from .precision import pad_rows, padded_rows
+from .precision import OneDNNLinear, pad_rows, padded_rows
 
 
 def supports_modernbert_path(encoder: nn.Module) -> bool:
@@ -44,6 +45,16 @@ def _rotate(x: torch.Tensor, angles: torch.Tensor) -> None:
     rotated = first * cos - second * sin
     second.mul_(cos).add_(first * sin)
     first.copy_(rotated)
+
+
+def _feed_forward(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """transformers' ``ModernBertMLP``: ``Wo(act(input) * gate)`` for ``input, gate = Wi(x).chunk(2)``;
+    with the exact GELU after a :class:`~.precision.OneDNNLinear`, the activation and the product
+    fused into ``Wi``'s products (:meth:`~.precision.OneDNNLinear.gated`; the same values)."""
+    act = mlp.act
+    if isinstance(mlp.Wi, OneDNNLinear) and type(act).__name__ == "GELUActivation" and act.act is F.gelu:
+        return mlp.Wo(mlp.Wi.gated(x, "gelu"))
+    return mlp(x)
 
 
 def _band(n: int, reach: int, device: torch.device) -> torch.Tensor:
@@ -159,7 +170,7 @@ class PackedModernBert:
                     return hidden.new_zeros((B, T, D))
                 hidden = pad_rows(hidden)
             hidden = hidden + attention.Wo(attended.to(hidden.dtype))
-            hidden = hidden + layer.mlp(layer.mlp_norm(hidden))
+            hidden = hidden + _feed_forward(layer.mlp, layer.mlp_norm(hidden))
 
         hidden = encoder.final_norm(hidden[:n_rows])
         out = hidden.new_zeros((B, T, D))

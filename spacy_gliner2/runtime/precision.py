@@ -72,8 +72,8 @@ def pad_rows(x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tens
     return out
 
 
-ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "none": lambda x: x, "relu": F.relu, "gelu": F.gelu}  # gelu: the exact (erf) one; oneDNN's post-op gives the same bits
+# gelu: the exact (erf) one; oneDNN's post-op gives the bits of torch's on a contiguous tensor
+ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"none": lambda x: x, "relu": F.relu, "gelu": F.gelu}
 
 
 def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype,
@@ -114,6 +114,36 @@ class OneDNNLinear(nn.Linear, DerivedCache):
         if packed is not None:
             return _onednn_product(x, packed, self.bias, torch.float32, activation)
         return linear(x, self.weight, self.bias, activation)
+
+    def gated(self, x: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
+        """``activation(a) * g`` for ``a, g = self(x).chunk(2, -1)`` (a gated linear unit, as
+        ModernBERT's GeGLU feed-forward). Where the packed path runs: two oneDNN products, one half
+        of the weight each, the activation and the product fused into them (no pass over the
+        ``2 * out`` values; the same values, multiplication being commutative)."""
+        halves = self._packed_halves() if x.dtype == torch.float32 and x.device.type == "cpu" else None
+        if halves is None:
+            a, g = self(x).chunk(2, dim=-1)
+            return ACTIVATIONS[activation](a) * g
+        first, second, first_bias, second_bias = halves
+        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        padded = pad_rows(x, torch.float32)
+        a = _ONEDNN_LINEAR(padded, first, first_bias, activation, [], "none" if activation == "gelu" else "")
+        out = _ONEDNN_LINEAR.binary(padded, a, second, second_bias, "mul")
+        return out[:rows].view(*x.shape[:-1], out.shape[-1])
+
+    def _packed_halves(self) -> Optional[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]]:
+        """The two halves of the weight's rows packed (and of the bias), as :meth:`_packed_weight`."""
+        weight, bias = self.weight, self.bias
+        if torch.is_grad_enabled() or weight.dtype != torch.float32 or weight.is_inference() or weight.shape[0] % 2:
+            return None
+
+        def build():
+            half = weight.shape[0] // 2
+            packed = [pack_for_onednn(w.detach().contiguous()) for w in (weight[:half], weight[half:])]
+            biases = [None, None] if bias is None else [b.detach().contiguous() for b in (bias[:half], bias[half:])]
+            return None if any(p is None for p in packed) else (*packed, *biases)
+
+        return self.derived("halves", [weight] + ([] if bias is None else [bias]), build)
 
     def _packed_weight(self) -> Optional[torch.Tensor]:
         """The packed fp32 weight for inference; None under gradients, for an inference-tensor
