@@ -156,12 +156,15 @@ class Schema:
         relations: Any = None,
         entity_attributes: Any = None,
         threshold: float = DEFAULT_THRESHOLD,
+        class_threshold: Optional[float] = None,
     ) -> "Schema":
-        """Parse and validate a schema given as plain data (see README)."""
+        """Parse and validate a schema given as plain data (see README). ``class_threshold``: the
+        threshold of classification tasks that set none (else 0.5, as the reference GLiNER2's)."""
         parsed_entities = _parse_entities(entities)
+        default = DEFAULT_THRESHOLD if class_threshold is None else _threshold(class_threshold, "threshold")
         schema = cls(
             entities=parsed_entities,
-            classifications=_parse_classifications(classifications),
+            classifications=_parse_classifications(classifications, default),
             structures=_parse_structures(structures),
             relations=_parse_relations(relations),
             entity_attributes=_parse_attributes(entity_attributes, parsed_entities),
@@ -294,11 +297,21 @@ def _check_keys(data: Mapping[str, Any], allowed: Sequence[str], where: str) -> 
 
 
 def _unique(names: Iterable[str], what: str) -> None:
-    seen = set()
+    """SchemaError for a name given twice (also when two differ only in surrounding spaces, which
+    the model's tokenizer may not tell apart)."""
+    seen: Dict[str, str] = {}
     for name in names:
-        if name in seen:
-            raise SchemaError(f"Duplicate {what} {name!r}: each must appear once.")
-        seen.add(name)
+        key = name.strip() if isinstance(name, str) else name
+        if key in seen:
+            same = "" if seen[key] == name else f" (as {seen[key]!r}: they differ only in surrounding spaces)"
+            raise SchemaError(f"Duplicate {what} {name!r}{same}: each must appear once.")
+        seen[key] = name
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise SchemaError(f"{what} must be true or false, got {value!r}.")
+    return value
 
 
 def _sorted_items(mapping: Mapping[Any, Any]) -> List[Tuple[Any, Any]]:
@@ -384,13 +397,16 @@ def _parse_attributes(value: Any, entities: Tuple[EntityType, ...]) -> Tuple[Att
             owner[label] = name
         applies_to = config.get("applies_to")
         if applies_to is not None:
-            applies_to = tuple(applies_to)
+            if isinstance(applies_to, str) or not isinstance(applies_to, (list, tuple)):
+                raise SchemaError(f"applies_to of attribute group {name!r} must be a list of entity types, "
+                                  f"got {applies_to!r}.")
+            applies_to = tuple(_text(t, f"entity type in applies_to of attribute group {name!r}") for t in applies_to)
             unknown = sorted(set(applies_to) - names)
             if unknown:
                 raise SchemaError(f"Attribute group {name!r} applies to unknown entity types {unknown}.")
-        group = AttributeGroup(name, labels, bool(config.get("multi_label", False)),
+        group = AttributeGroup(name, labels, _flag(config.get("multi_label", False), f"multi_label of attribute group {name!r}"),
                                _threshold(config.get("threshold", DEFAULT_THRESHOLD), f"threshold of attribute group {name!r}"),
-                               applies_to, bool(config.get("qualify_labels", False)))
+                               applies_to, _flag(config.get("qualify_labels", False), f"qualify_labels of attribute group {name!r}"))
         clash = sorted({group.prompt_label(label) for label in labels} & names)
         if clash:
             raise SchemaError(f"Attribute labels {clash} of group {name!r} are also entity types: "
@@ -411,7 +427,7 @@ def classification_section(value: Any) -> Dict[str, Any]:
     return dict(value or {})
 
 
-def _parse_classifications(value: Any) -> Tuple[ClassificationTask, ...]:
+def _parse_classifications(value: Any, threshold: float = DEFAULT_THRESHOLD) -> Tuple[ClassificationTask, ...]:
     if value is None:
         return ()
     if isinstance(value, (list, tuple)):  # reference style: [{"task": ..., ...}]
@@ -422,16 +438,16 @@ def _parse_classifications(value: Any) -> Tuple[ClassificationTask, ...]:
                     "A list of classifications must hold mappings with a 'task' key, "
                     f"got {item!r}. Or use a mapping task -> labels."
                 )
-            items.append((item["task"], {k: v for k, v in item.items() if k != "task"}))
+            items.append((_text(item["task"], "classification task name"), {k: v for k, v in item.items() if k != "task"}))
         _unique((n for n, _ in items), "classification task")
     elif isinstance(value, Mapping):
         items = _sorted_items(value)
     else:
         raise SchemaError("classifications must be a mapping task -> labels (or task -> options).")
-    return tuple(_parse_task(name, config) for name, config in items)
+    return tuple(_parse_task(name, config, threshold) for name, config in items)
 
 
-def _parse_task(name: Any, config: Any) -> ClassificationTask:
+def _parse_task(name: Any, config: Any, threshold: float = DEFAULT_THRESHOLD) -> ClassificationTask:
     name = _text(name, "classification task name")
     where = f"classification task {name!r}"
     if not isinstance(config, Mapping) or "labels" not in config:
@@ -498,7 +514,7 @@ def _parse_task(name: Any, config: Any) -> ClassificationTask:
         labels=tuple(labels),
         descriptions=descriptions,
         multi_label=multi,
-        threshold=_threshold(config.get("threshold", DEFAULT_THRESHOLD), f"threshold of {where}"),
+        threshold=_threshold(config.get("threshold", threshold), f"threshold of {where}"),
         prompt=prompt,
         examples=tuple(examples),
         abstain_below=abstain,

@@ -194,6 +194,9 @@ def load_pipeline(name: str, factory: Optional[str], schema: Optional[Dict[str, 
         return spacy.load(name)
     from .core.checkpoint import checkpoint_family
 
+    if not any((schema or {}).get(key) for key in SCHEMA_KEYS):
+        raise ValueError(f"{name} is a checkpoint, not a saved pipeline: it needs a schema (what to extract). "
+                         "Give --schema schema.json, or a spaCy config with a gliner2/gliclass component block.")
     folder = Path(name)
     found = checkpoint_family(folder) if (folder / "config.json").is_file() else None
     nlp = spacy.blank("en")

@@ -100,6 +100,7 @@ def test_five_hundred_labels_none_dropped(bert_checkpoint):
         ({"structures": {"s": ["f::[a|b"]}}, SchemaError),
         ({"entities": ["a"], "labels": ["x"]}, ConfigValidationError),
         ({"entities": ["a"], "threshold": "high"}, ConfigValidationError),
+        ({"entities": ["a"], "max_batch_tokens": 0}, ValueError),
     ],
 )
 def test_bad_config_fails_at_construction(bert_checkpoint, config, error):
@@ -113,6 +114,8 @@ def test_bad_per_call_schema(nlp):
         nlp("text", component_cfg={"gliner2": {"entities": ["a", "a"]}})
     with pytest.raises(SchemaError, match="Unknown per-call option"):
         nlp("text", component_cfg={"gliner2": {"entity": ["a"]}})
+    with pytest.raises(SchemaError, match="string keys"):
+        nlp("text", component_cfg={"gliner2": {"entities": {"a": None, 1: None}}})
     assert nlp("text")._.gliner2["entities"].keys() == {"thing"}  # the pipe still works
 
 

@@ -152,3 +152,23 @@ def test_add_prefix_space_on_a_wordpiece_checkpoint_is_a_clear_error(gliclass_ch
         nlp("A match in the stadium.")
     with pytest.raises(ValueError, match="add_prefix_space"):  # spaCy's config validation
         spacy.blank("en").add_pipe("gliclass", config={"model": str(gliclass_checkpoint), "add_prefix_space": "yes"})
+
+
+def test_the_component_threshold_is_the_default_of_its_tasks(gliclass_checkpoint):
+    """As the reference pipeline's threshold: it decides multi-label tasks that set no threshold."""
+    task = {"labels": LABELS, "multi_label": True}
+    low = make_nlp(gliclass_checkpoint, classifications={"t": task}, threshold=0.0)(TEXTS[0])
+    high = make_nlp(gliclass_checkpoint, classifications={"t": task}, threshold=1.0)(TEXTS[0])
+    assert len(low._.gliclass["t"]) == len(LABELS) and high._.gliclass["t"] == []
+    nlp = make_nlp(gliclass_checkpoint, classifications={"t": task})
+    assert len(nlp(TEXTS[0], component_cfg={"gliclass": {"threshold": 0.0}})._.gliclass["t"]) == len(LABELS)
+    own = make_nlp(gliclass_checkpoint, classifications={"t": {**task, "threshold": 0.0}}, threshold=1.0)(TEXTS[0])
+    assert len(own._.gliclass["t"]) == len(LABELS)  # a task's own threshold wins
+
+
+def test_two_components_keep_each_others_tasks(gliclass_checkpoint):
+    nlp = spacy.blank("en")
+    for name, task in (("topic", "topic"), ("mood", "mood")):
+        nlp.add_pipe("gliclass", name=name, config={"model": str(gliclass_checkpoint),
+                                                    "classifications": {task: ["happy", "sad"]}})
+    assert set(nlp(TEXTS[0])._.gliclass) == {"topic", "mood"}

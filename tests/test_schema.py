@@ -111,3 +111,25 @@ def test_empty_and_overrides():
     assert schema.with_overrides({"threshold": 0.9}).entities == schema.entities
     with pytest.raises(SchemaError, match="Unknown key"):
         schema.with_overrides({"entity": ["b"]})
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"entities": ["person", " person"]}, "differ only in surrounding spaces"),
+    ({"classifications": {"t": ["a ", "a"]}}, "differ only in surrounding spaces"),
+    ({"classifications": [{"task": ["x"], "labels": ["a"]}]}, "task name must be a string"),
+    ({"entities": ["a"], "entity_attributes": {"s": {"labels": ["x"], "multi_label": "false"}}}, "multi_label .* true or false"),
+    ({"entities": ["a"], "entity_attributes": {"s": {"labels": ["x"], "qualify_labels": 1}}}, "qualify_labels .* true or false"),
+    ({"entities": ["a", "b"], "entity_attributes": {"s": {"labels": ["x"], "applies_to": "ab"}}}, "list of entity types"),
+    ({"entities": ["a"], "entity_attributes": {"s": {"labels": ["x"], "applies_to": 5}}}, "list of entity types"),
+    ({"entities": ["a"], "entity_attributes": {"s": {"labels": ["x"], "applies_to": [["a"]]}}}, "must be a string"),
+])
+def test_malformed_values_are_schema_errors_not_type_errors(config, message):
+    with pytest.raises(SchemaError, match=message):
+        Schema.from_config(**config)
+
+
+def test_class_threshold_is_the_default_of_tasks_without_one():
+    schema = Schema.from_config(classifications={"t": ["a", "b"], "u": {"labels": ["c"], "threshold": 0.2}},
+                                class_threshold=0.8)
+    assert [task.threshold for task in schema.classifications] == [0.8, 0.2]
+    assert Schema.from_config(classifications={"t": ["a"]}).classifications[0].threshold == 0.5

@@ -135,6 +135,9 @@ def test_cli_runs_a_saved_pipeline_and_a_checkpoint(nlp, bert_checkpoint, expect
     assert done.returncode == 0, done.stderr
     assert set(json.loads(done.stdout)["gliner2"]["entities"]) == {"person", "city"}
 
+    done = subprocess.run(cmd + [str(bert_checkpoint), "-", "-"], input=TEXTS[0] + "\n", capture_output=True, text=True)
+    assert done.returncode == 1 and "needs a schema" in done.stderr and not done.stdout  # not a text failing per line
+
     script = [str(Path(sys.executable).parent / "spacy-gliner2"), "run"]  # the console script
     done = subprocess.run(script + [str(tmp_path / "pipeline"), str(source), "-", "--strict"], capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("error: line 6: not valid JSON")

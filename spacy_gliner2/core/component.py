@@ -130,6 +130,8 @@ class ZeroShotComponent(TrainablePipe):
             parse_device(device)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be a positive integer (tokens per batch), got {max_batch_tokens!r}.")
         if not 0 <= window_overlap < window_size:
             raise ValueError(
                 f"Need 0 <= window_overlap < window_size, got {window_overlap} and {window_size}."
@@ -256,11 +258,14 @@ class ZeroShotComponent(TrainablePipe):
             raise SchemaError(
                 f"Unknown per-call option(s) {unknown} for {self.name!r}; allowed: {list(allowed)}."
             )
-        key = json.dumps(overrides, sort_keys=True, default=str)
+        try:
+            key = json.dumps(overrides, sort_keys=True, default=str)
+        except TypeError as error:  # keys that are not strings
+            raise SchemaError(f"A per-call schema must be plain data with string keys ({error}): got {overrides!r}.")
         if key not in self._overrides:
             if len(self._overrides) > 32:
                 self._overrides.clear()
-            self._overrides[key] = self.schema.with_overrides(overrides)
+            self._overrides[key] = self.parse_schema({**self.cfg["schema"], **overrides})
         return self._overrides[key]
 
     def _words(self, doc: Doc) -> List[Word]:

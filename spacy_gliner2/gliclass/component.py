@@ -92,7 +92,9 @@ class GLiClassComponent(ZeroShotComponent):
 
     @classmethod
     def parse_schema(cls, config: Dict[str, Any]) -> Schema:
-        return Schema.from_config(**config)
+        """The tasks; ``threshold`` is the threshold of the tasks that set none (as the reference
+        pipeline's ``threshold``)."""
+        return Schema.from_config(**config, class_threshold=config.get("threshold"))
 
     def _set_runner(self, runner: Runner) -> None:
         super()._set_runner(runner)

@@ -1,5 +1,6 @@
-"""Optional compiled kernels: DeBERTa's disentangled attention, the residual step's add and
-layer norm, and the span scorer's logits.
+"""Optional compiled kernels: DeBERTa's disentangled attention (and ModernBERT's plain and
+sliding-window attention), the residual step's add and layer norm, ModernBERT's rotary
+embedding, and the span scorer's logits.
 
 ``attention.c`` computes a sequence's query-key, content-to-position and position-to-content
 scores of every head over cache-sized blocks (torch needs many small products and strided
@@ -13,7 +14,8 @@ output has the inputs' dtype (the next layer's). ``layer_norm.c`` adds a layer's
 residual stream and normalises the sum in one pass per row, also writing it in bf16 for the
 next bf16 layer (fast mode). ``spans.c`` scores every span of a record against its queries
 with the span's hidden layer (``ReLU(start + end)``, 4D wide) made in registers, not stored
-once per width. Measured in README (Performance).
+once per width. ``rotary.c`` rotates ModernBERT's queries and keys in place in one pass.
+Measured in docs/performance.md.
 
 The kernels are built on first use with the system's C compiler (``$CC``, else ``cc``) into
 a per-user cache folder (refused unless only its owner can write to it) and loaded with ctypes;
@@ -158,6 +160,16 @@ def _library() -> Optional[ctypes.CDLL]:
                       f"norms run on torch instead (same results, slower). Set {ENABLE_VARIABLE}=0 "
                       "to skip the build.", RuntimeWarning, stacklevel=3)
         return None
+    try:
+        return _declare(library)
+    except AttributeError as error:  # a build of other sources (changed under this process)
+        warnings.warn(f"spacy-gliner2: the compiled kernels lack a function ({error}); attention and layer norms "
+                      "run on torch instead.", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
+    """``library`` with its kernels' argument and result types declared (AttributeError for a missing one)."""
     P, L, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     for name in ("packed_attention_fp32", "packed_attention_bf16"):
         function = getattr(library, name)
