@@ -5,6 +5,7 @@ from importlib.metadata import version
 import pytest
 import spacy
 import torch
+from spacy.tokens import DocBin
 from equality import close
 
 from spacy_gliner2.schema import Schema, SchemaError
@@ -233,6 +234,8 @@ def test_a_second_pass_keeps_the_results_of_other_labels(bert_checkpoint):
     group = doc.spans["gliner2"]
     assert {s.label_ for s in group} == {"person", "location"}
     assert scored(doc) == sorted(first_spans + scored(alone))
+    stored = DocBin(docs=[doc], store_user_data=True).to_bytes()  # attrs come back with tuples
+    (doc,) = DocBin().from_bytes(stored).get_docs(nlp.vocab)
     again = nlp(doc, component_cfg={"gliner2": {"entities": {"location": {"threshold": 0.0}}}})
     assert len(again.spans["gliner2"]) == len(group)
     assert len(group) + group.attrs["unaligned"] == sum(len(v) for v in doc._.gliner2["entities"].values())

@@ -60,7 +60,7 @@ def _earlier_spans(doc: Doc, spans_key: str) -> Tuple[List[Tuple[Span, float]], 
         return [], {}
     group = doc.spans[spans_key]
     scores = group.attrs.get("scores")
-    if not isinstance(scores, list) or len(scores) != len(group):
+    if not isinstance(scores, (list, tuple)) or len(scores) != len(group):  # a DocBin gives tuples
         raise ValueError(f"doc.spans[{spans_key!r}] already holds {len(group)} spans that spacy-gliner2 did not "
                          "write (no scores), and would lose them: set the component's spans_key to another key.")
     return list(zip(group, scores)), dict(group.attrs.get("unaligned_by_label") or {})

@@ -301,7 +301,9 @@ class Runner(Generic[Output]):
                 raise ValueError(
                     f"The word at characters {word[1]}-{word[2]} of a text needs {len(record.input_ids) - prompt} "
                     f"tokens, more than the {limit - prompt} the encoder has left after the prompt; "
-                    "split or clean the text (e.g. a huge URL or base64 blob)."
+                    "split or clean the text (e.g. a huge URL or base64 blob). A long run of text without "
+                    "spaces (Chinese, Japanese, Thai) is one word here: for gliner2, give the pipeline a tokenizer "
+                    "for its language (spacy.blank(\"zh\"), ...) and set use_doc_tokens = true."
                 )
             queue.extend(job.halves(overlap)[::-1])
         return jobs, encoded
