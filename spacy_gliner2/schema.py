@@ -314,13 +314,14 @@ def _flag(value: Any, what: str) -> bool:
     return value
 
 
-def _sorted_items(mapping: Mapping[Any, Any]) -> List[Tuple[Any, Any]]:
-    """A mapping's items by sorted key.
+def _sorted_items(mapping: Mapping[Any, Any], what: str) -> List[Tuple[Any, Any]]:
+    """A mapping's items by sorted key (``what`` its keys are, for the duplicate check).
 
     spaCy config files do not keep the key order of a section that mixes values
     and sub-sections, and the order changes the prompt; sorting makes Python,
     JSON and config files agree. Lists keep their order.
     """
+    _unique((k for k in mapping if isinstance(k, str)), what)
     return sorted(mapping.items(), key=lambda kv: str(kv[0]))
 
 
@@ -331,7 +332,7 @@ def _named_items(value: Any, what: str) -> List[Tuple[str, Any]]:
     if isinstance(value, str):
         raise SchemaError(f"{what} must be a list of names or a mapping, got the string {value!r}.")
     if isinstance(value, Mapping):
-        return _sorted_items(value)
+        return _sorted_items(value, f"{what} name")
     if isinstance(value, (list, tuple)):
         items = [(name, None) for name in value]
         _unique((n for n, _ in items if isinstance(n, str)), f"{what} name")
@@ -378,7 +379,7 @@ def _parse_attributes(value: Any, entities: Tuple[EntityType, ...]) -> Tuple[Att
         raise SchemaError("entity_attributes describe entity spans: configure entities too.")
     names = {e.name for e in entities}
     groups, owner = [], {}
-    for name, config in _sorted_items(value):
+    for name, config in _sorted_items(value, "attribute group name"):
         name = _text(name, "attribute group name")
         if name in ("text", "confidence", "start", "end"):
             raise SchemaError(f"Attribute group name {name!r} is reserved (text, confidence, start, end): rename it.")
@@ -441,7 +442,7 @@ def _parse_classifications(value: Any, threshold: float = DEFAULT_THRESHOLD) -> 
             items.append((_text(item["task"], "classification task name"), {k: v for k, v in item.items() if k != "task"}))
         _unique((n for n, _ in items), "classification task")
     elif isinstance(value, Mapping):
-        items = _sorted_items(value)
+        items = _sorted_items(value, "classification task")
     else:
         raise SchemaError("classifications must be a mapping task -> labels (or task -> options).")
     return tuple(_parse_task(name, config, threshold) for name, config in items)
@@ -529,7 +530,7 @@ def _parse_structures(value: Any) -> Tuple[Structure, ...]:
     if not isinstance(value, Mapping):
         raise SchemaError("structures must be a mapping structure name -> list of fields.")
     structures = []
-    for name, fields in _sorted_items(value):
+    for name, fields in _sorted_items(value, "structure name"):
         name = _text(name, "structure name")
         options: Mapping[str, Any] = {}
         if isinstance(fields, Mapping):

@@ -1,5 +1,6 @@
 """The ``gliclass`` component: outputs against the reference pipeline, schemas, checkpoints of the wrong family."""
 import json
+import logging
 import shutil
 
 import pytest
@@ -166,9 +167,24 @@ def test_the_component_threshold_is_the_default_of_its_tasks(gliclass_checkpoint
     assert len(own._.gliclass["t"]) == len(LABELS)  # a task's own threshold wins
 
 
-def test_two_components_keep_each_others_tasks(gliclass_checkpoint):
+def test_two_components_keep_each_others_tasks(gliclass_checkpoint, caplog):
+    """Both tasks stay in doc._.gliclass; their doc.cats keys (one task: the bare labels) coincide,
+    so the second replaces the first's, with a warning naming both tasks."""
     nlp = spacy.blank("en")
     for name, task in (("topic", "topic"), ("mood", "mood")):
         nlp.add_pipe("gliclass", name=name, config={"model": str(gliclass_checkpoint),
                                                     "classifications": {task: ["happy", "sad"]}})
-    assert set(nlp(TEXTS[0])._.gliclass) == {"topic", "mood"}
+    with caplog.at_level(logging.WARNING, logger="spacy_gliner2"):
+        doc = nlp(TEXTS[0])
+    assert set(doc._.gliclass) == {"topic", "mood"}
+    assert "of task 'mood' replaces the one of task 'topic'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spacy_gliner2"):
+        nlp(doc)  # again: topic takes the keys back from mood
+    assert "of task 'topic' replaces the one of task 'mood'" in caplog.text
+    nlp.remove_pipe("mood")
+    nlp(doc)  # topic takes its keys back once more
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spacy_gliner2"):
+        nlp(doc)  # a task writing its own keys again: no warning
+    assert "replaces" not in caplog.text

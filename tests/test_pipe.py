@@ -258,3 +258,24 @@ def test_a_span_group_it_did_not_write_is_not_replaced(nlp):
     with pytest.raises(ValueError, match="spacy-gliner2 did not write"):
         nlp(doc)
     assert [(s.start, s.end) for s in doc.spans["gliner2"]] == [(0, 2)]
+
+
+def test_unaligned_counts_survive_a_pass_that_found_only_unaligned_spans():
+    """Per label: a first pass whose only span cannot be aligned leaves an empty group with its count."""
+    from spacy_gliner2.gliner2.annotate import annotate
+
+    doc = spacy.blank("en")("Tim Cook met Anna in Paris")
+    settings = dict(spans_key="gliner2", ents_policy="keep_existing", alignment_mode="strict")
+
+    def found(label, start, end):
+        return {"entities": {label: [{"text": doc.text[start:end], "start": start, "end": end, "confidence": 0.9}]}}
+
+    assert annotate(doc, found("person", 1, 3), {}, Schema.from_config(entities=["person"]), **settings) == 1
+    assert len(doc.spans["gliner2"]) == 0 and doc.spans["gliner2"].attrs["unaligned"] == 1
+    assert annotate(doc, found("city", 21, 26), {}, Schema.from_config(entities=["city"]), **settings) == 0
+    group = doc.spans["gliner2"]
+    assert [s.text for s in group] == ["Paris"] and group.attrs["unaligned_by_label"] == {"person": 1}
+    assert len(group) + group.attrs["unaligned"] == sum(len(v) for v in doc._.gliner2["entities"].values())
+    del group.attrs["unaligned_by_label"]  # a group written by an older version: its total stays
+    annotate(doc, found("person", 0, 3), {}, Schema.from_config(entities=["person"]), **settings)
+    assert doc.spans["gliner2"].attrs["unaligned"] == 1 and len(doc.spans["gliner2"]) == 2

@@ -116,6 +116,10 @@ def test_empty_and_overrides():
 @pytest.mark.parametrize("config, message", [
     ({"entities": ["person", " person"]}, "differ only in surrounding spaces"),
     ({"classifications": {"t": ["a ", "a"]}}, "differ only in surrounding spaces"),
+    ({"entities": {"person": None, " person": "a human"}}, "differ only in surrounding spaces"),
+    ({"classifications": {"t": ["a"], "t ": ["b"]}}, "differ only in surrounding spaces"),
+    ({"relations": {"works for": None, "works for ": None}}, "differ only in surrounding spaces"),
+    ({"structures": {"s": ["f"], " s": ["g"]}}, "differ only in surrounding spaces"),
     ({"classifications": [{"task": ["x"], "labels": ["a"]}]}, "task name must be a string"),
     ({"entities": ["a"], "entity_attributes": {"s": {"labels": ["x"], "multi_label": "false"}}}, "multi_label .* true or false"),
     ({"entities": ["a"], "entity_attributes": {"s": {"labels": ["x"], "qualify_labels": 1}}}, "qualify_labels .* true or false"),

@@ -1,5 +1,6 @@
 """Doc writing shared by the families: the result extension, ``doc.cats``, ``doc.spans`` and
 the ``doc.ents`` policy. Knows nothing of torch."""
+import logging
 from typing import Any, Collection, Dict, List, Tuple
 
 from spacy.tokens import Doc, Span, SpanGroup
@@ -8,6 +9,8 @@ from ..schema import Schema
 from .intervals import disjoint_from, greedy_disjoint
 
 ENTS_POLICIES = ("keep_existing", "prefer_new", "unchanged")
+CATS_OWNERS = ("spacy_gliner2", "cats_owners")  # doc.user_data key: doc.cats key -> the task that wrote it
+logger = logging.getLogger("spacy_gliner2")
 ALIGNMENT_MODES = ("strict", "contract", "expand")
 
 
@@ -55,15 +58,19 @@ def merge_result(doc: Doc, name: str, new: Dict[str, Any]) -> None:
 
 def _earlier_spans(doc: Doc, spans_key: str) -> Tuple[List[Tuple[Span, float]], Dict[str, int]]:
     """The scored spans and unaligned counts per label of the group already under ``spans_key``
-    (a group of this package's; ValueError for one it did not write)."""
-    if spans_key not in doc.spans or not len(doc.spans[spans_key]):
+    (a group of this package's; ValueError for one it did not write). A group of an older version
+    has no counts per label: its total stays, under ``""`` (never a label)."""
+    if spans_key not in doc.spans:
         return [], {}
     group = doc.spans[spans_key]
-    scores = group.attrs.get("scores")
+    scores = group.attrs.get("scores", () if not len(group) else None)
     if not isinstance(scores, (list, tuple)) or len(scores) != len(group):  # a DocBin gives tuples
         raise ValueError(f"doc.spans[{spans_key!r}] already holds {len(group)} spans that spacy-gliner2 did not "
                          "write (no scores), and would lose them: set the component's spans_key to another key.")
-    return list(zip(group, scores)), dict(group.attrs.get("unaligned_by_label") or {})
+    counts = group.attrs.get("unaligned_by_label")
+    if counts is None:
+        counts = {"": group.attrs.get("unaligned", 0)}
+    return list(zip(group, scores)), dict(counts)
 
 
 def write_spans(doc: Doc, scored: List[Tuple[Span, float]], unaligned: Dict[str, int], labels: Collection[str], *,
@@ -84,5 +91,13 @@ def write_spans(doc: Doc, scored: List[Tuple[Span, float]], unaligned: Dict[str,
 
 
 def write_cats(doc: Doc, probs: Dict[str, Dict[str, Any]], schema: Schema) -> None:
-    """Every class probability to ``doc.cats`` (keys by :meth:`Schema.cats_keys`)."""
-    doc.cats.update({key: probs[task][label] for task, label, key in schema.cats_keys()})
+    """Every class probability to ``doc.cats`` (keys by :meth:`Schema.cats_keys`), with a warning
+    when a key that another task wrote (another component's, an earlier call's) is replaced: one
+    task's keys are its bare labels, so two single-task calls with a label in common share a key."""
+    owners = doc.user_data.setdefault(CATS_OWNERS, {})
+    for task, label, key in schema.cats_keys():
+        if owners.get(key, task) != task:
+            logger.warning("doc.cats[%r] of task %r replaces the one of task %r: give the tasks distinct labels, or "
+                           "run them in one call (several tasks give keys \"task:label\").", key, task, owners[key])
+        doc.cats[key] = probs[task][label]
+        owners[key] = task

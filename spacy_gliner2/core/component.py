@@ -258,10 +258,9 @@ class ZeroShotComponent(TrainablePipe):
             raise SchemaError(
                 f"Unknown per-call option(s) {unknown} for {self.name!r}; allowed: {list(allowed)}."
             )
-        try:
-            key = json.dumps(overrides, sort_keys=True, default=str)
-        except TypeError as error:  # keys that are not strings
-            raise SchemaError(f"A per-call schema must be plain data with string keys ({error}): got {overrides!r}.")
+        if not _string_keys(overrides):
+            raise SchemaError(f"A per-call schema must be plain data whose mappings have string keys, got {overrides!r}.")
+        key = json.dumps(overrides, sort_keys=True, default=str)
         if key not in self._overrides:
             if len(self._overrides) > 32:
                 self._overrides.clear()
@@ -475,3 +474,12 @@ class ZeroShotComponent(TrainablePipe):
                 write_checkpoint_files(data["model"], Path(tmp))
                 self._set_runner(self.runner_type.load(tmp))
         return self
+
+
+def _string_keys(value: Any) -> bool:
+    """Whether every mapping inside ``value`` (lists and tuples searched) has only string keys."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _string_keys(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_string_keys(v) for v in value)
+    return True

@@ -72,6 +72,7 @@ class GLiNER2Runner(Runner[Output]):
                     f"Examples of classification task {task.name!r} give a list of labels; GLiNER2 "
                     "prompts take one label per example ([input_text, label])."
                 )
+        self.prompt_tokens(schema)  # schema text holding the encoder's special tokens: refused here, once
 
     def encode(self, schema: Schema, window: TextWindow) -> EncodedText:
         return self.encoder.encode(schema, window.words)
