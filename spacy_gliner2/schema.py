@@ -5,7 +5,7 @@ objects and validated with errors that say what is wrong and how to fix it.
 Knows nothing of torch or spaCy.
 """
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 SPECIAL_TOKENS: Tuple[str, ...] = (
@@ -145,7 +145,6 @@ class Schema:
     relations: Tuple[Relation, ...] = ()
     entity_attributes: Tuple[AttributeGroup, ...] = ()
     threshold: float = DEFAULT_THRESHOLD
-    raw: Dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @classmethod
     def from_config(
@@ -169,13 +168,6 @@ class Schema:
             relations=_parse_relations(relations),
             entity_attributes=_parse_attributes(entity_attributes, parsed_entities),
             threshold=_threshold(threshold, "threshold"),
-            raw={
-                "entities": entities,
-                "classifications": classifications,
-                "structures": structures,
-                "relations": relations,
-                "entity_attributes": entity_attributes,
-            },
         )
         schema.cats_keys()  # validates key uniqueness
         return schema
@@ -188,15 +180,6 @@ class Schema:
             raise SchemaError("A JSON schema must be an object with keys " f"{list(SCHEMA_KEYS)}.")
         _check_keys(data, SCHEMA_KEYS + ("threshold",), "the schema")
         return cls.from_config(**data)
-
-    def with_overrides(self, overrides: Mapping[str, Any]) -> "Schema":
-        """A new schema where each given section (or the threshold) replaces ours."""
-        _check_keys(overrides, SCHEMA_KEYS + ("threshold",), "the schema override")
-        data = dict(self.raw)
-        data.update({k: v for k, v in overrides.items() if k in SCHEMA_KEYS})
-        return Schema.from_config(
-            threshold=overrides.get("threshold", self.threshold), **data
-        )
 
     @property
     def prompt_entities(self) -> Tuple[EntityType, ...]:

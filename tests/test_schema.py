@@ -103,14 +103,9 @@ def test_multi_label_examples_take_label_lists():
     assert task.examples == (("x", ("a", "b")), ("y", "b"))
 
 
-def test_empty_and_overrides():
+def test_empty():
     schema = Schema.from_config(entities=["a"], threshold=0.3)
     assert not schema.is_empty and Schema.from_config().is_empty
-    other = schema.with_overrides({"entities": ["b"], "threshold": 0.6})
-    assert [e.name for e in other.entities] == ["b"] and other.threshold == 0.6
-    assert schema.with_overrides({"threshold": 0.9}).entities == schema.entities
-    with pytest.raises(SchemaError, match="Unknown key"):
-        schema.with_overrides({"entity": ["b"]})
 
 
 @pytest.mark.parametrize("config, message", [
