@@ -188,3 +188,19 @@ def test_two_components_keep_each_others_tasks(gliclass_checkpoint, caplog):
     with caplog.at_level(logging.WARNING, logger="spacy_gliner2"):
         nlp(doc)  # a task writing its own keys again: no warning
     assert "replaces" not in caplog.text
+
+
+def test_a_word_longer_than_the_encoder_reads_is_cut_not_refused(gliclass_checkpoint):
+    """GLiClass reads text as a string: a run without spaces (here 780 CJK characters, one token
+    each, on a 256-position encoder) is read in pieces, merged per label as windows are."""
+    nlp = make_nlp(gliclass_checkpoint, classifications={"t": {"labels": ["sport", "travel"], "multi_label": True}})
+    text = "東京都日本大学北上海人中国" * 60
+    runner = nlp.get_pipe("gliclass").runner
+    schema = nlp.get_pipe("gliclass").schema
+    windows, records = runner.windows([text], [[(text, 0, len(text))]], schema)
+    assert len(windows) > 2 and all(len(r.sequences[0]) <= runner.max_tokens for r in records)
+    assert windows[0].start == 0 and windows[-1].end == len(text)
+    covered = sorted((w.start, w.end) for w in windows)
+    assert all(a[1] >= b[0] for a, b in zip(covered, covered[1:]))  # the pieces leave no gap
+    doc = nlp(text)
+    assert set(doc.cats) == {"sport", "travel"}

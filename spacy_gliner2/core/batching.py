@@ -46,6 +46,14 @@ class TextWindow:
         """The window's own text (the whole document, leading spaces included, when it is not cut)."""
         return self.text if self.whole else self.text[self.start : self.end]
 
+    def cut_word(self) -> "TextWindow":
+        """This one-word window as two words, the word cut at its middle character (then
+        :meth:`halves` can split it): for a word too long for the encoder in a family that
+        reads the text as a string."""
+        (word, start, end), middle = self.raw[0], (self.raw[0][1] + self.raw[0][2]) // 2
+        cut = middle - start
+        return TextWindow(self.doc, [(word[:cut], start, middle), (word[cut:], middle, end)], self.end, self.text)
+
     def halves(self, overlap: int) -> List["TextWindow"]:
         """Two overlapping windows covering this one's words."""
         n = len(self.raw)

@@ -31,6 +31,9 @@ class Runner(Generic[Output]):
 
     family: ClassVar[str]  # the factory name ("gliner2", "gliclass")
     hub_patterns: ClassVar[Sequence[str]]  # the files of a Hub repository to fetch
+    # whether a word too long for the encoder may be cut into pieces (a family that reads the text as
+    # a string and writes no spans); otherwise it is an error
+    cuts_long_words: ClassVar[bool] = False
 
     def __init__(self, model: EncoderModel, tokenizer: Any, config: Dict[str, Any]):
         self.model = model  # fp32 weights: trained and saved
@@ -296,14 +299,17 @@ class Runner(Generic[Output]):
                     f"{limit}: too little room for the text. Use fewer labels or shorter descriptions per "
                     "call (e.g. split the labels over several calls with component_cfg)."
                 )
+            if len(job.raw) == 1 and self.cuts_long_words and job.raw[0][2] - job.raw[0][1] > 1:
+                queue.append(job.cut_word())
+                continue
             if len(job.raw) < 2:
                 word = job.raw[0] if job.raw else (".", 0, 0)
                 raise ValueError(
                     f"The word at characters {word[1]}-{word[2]} of a text needs {len(record.input_ids) - prompt} "
                     f"tokens, more than the {limit - prompt} the encoder has left after the prompt; "
                     "split or clean the text (e.g. a huge URL or base64 blob). A long run of text without "
-                    "spaces (Chinese, Japanese, Thai) is one word here: for gliner2, give the pipeline a tokenizer "
-                    "for its language (spacy.blank(\"zh\"), ...) and set use_doc_tokens = true."
+                    "spaces (Chinese, Japanese, Thai) is one word here: give the pipeline a tokenizer for its "
+                    "language (spacy.blank(\"zh\"), ...) and set use_doc_tokens = true."
                 )
             queue.extend(job.halves(overlap)[::-1])
         return jobs, encoded

@@ -65,6 +65,7 @@ class GLiClassRunner(Runner[Output]):
 
     family = "gliclass"
     hub_patterns = HUB_PATTERNS
+    cuts_long_words = True  # the text is read as a string; no spans to keep whole
     model: GLiClassModel
 
     def __init__(self, model: GLiClassModel, tokenizer: Any, config: Dict[str, Any]):
