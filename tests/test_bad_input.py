@@ -1,4 +1,4 @@
-"""Bad input: each case gives a clear error or the documented behaviour (README table)."""
+"""Bad input: each case gives a clear error or the documented behaviour (docs/bad-input.md)."""
 import pytest
 import spacy
 from confection import ConfigValidationError

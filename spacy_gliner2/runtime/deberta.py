@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .native import add_layer_norm, kernels_available, packed_attention
-from .precision import OneDNNLinear, pad_rows
+from .precision import OneDNNLinear, exact_gelu, pad_rows
 
 
 def supports_fast_path(encoder: nn.Module) -> bool:
@@ -129,11 +129,11 @@ def _feed_forward_in(intermediate: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``intermediate(x)``; its exact GELU fused into a :class:`~.precision.OneDNNLinear` (the same
     values), else in place (no second (N, 4D) buffer: less memory)."""
     dense, act = intermediate.dense, intermediate.intermediate_act_fn
-    exact_gelu = getattr(act, "act", None) is nn.functional.gelu
-    if exact_gelu and isinstance(dense, OneDNNLinear) and dense.activation == "none":
+    exact = exact_gelu(act)
+    if exact and isinstance(dense, OneDNNLinear) and dense.activation == "none":
         return dense(x, activation="gelu")
     out = dense(x)
-    if _GELU_IN_PLACE is not None and exact_gelu:
+    if _GELU_IN_PLACE is not None and exact:
         return _GELU_IN_PLACE(out)
     return act(out)
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .native import kernels_available, packed_attention, rotate_halves
-from .precision import OneDNNLinear, pad_rows, padded_rows
+from .precision import OneDNNLinear, exact_gelu, pad_rows, padded_rows
 
 
 def supports_modernbert_path(encoder: nn.Module) -> bool:
@@ -51,8 +51,7 @@ def _feed_forward(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """transformers' ``ModernBertMLP``: ``Wo(act(input) * gate)`` for ``input, gate = Wi(x).chunk(2)``;
     with the exact GELU after a :class:`~.precision.OneDNNLinear`, the activation and the product
     fused into ``Wi``'s products (:meth:`~.precision.OneDNNLinear.gated`; the same values)."""
-    act = mlp.act
-    if isinstance(mlp.Wi, OneDNNLinear) and type(act).__name__ == "GELUActivation" and act.act is F.gelu:
+    if isinstance(mlp.Wi, OneDNNLinear) and exact_gelu(mlp.act):
         return mlp.Wo(mlp.Wi.gated(x, "gelu"))
     return mlp(x)
 

@@ -26,7 +26,7 @@ The packed DeBERTa forward pads its token rows once so that its layers need no c
 """
 import platform
 from pathlib import Path
-from typing import Callable, Collection, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Collection, Dict, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -110,7 +110,7 @@ class OneDNNLinear(nn.Linear, DerivedCache):
 
     def forward(self, x: torch.Tensor, activation: Optional[str] = None) -> torch.Tensor:
         activation = activation or self.activation
-        packed = self._packed_weight() if x.dtype == torch.float32 and x.device.type == "cpu" else None
+        packed = self._packed_weight() if _fp32_cpu(x) else None
         if packed is not None:
             return _onednn_product(x, packed, self.bias, torch.float32, activation)
         return linear(x, self.weight, self.bias, activation)
@@ -120,7 +120,7 @@ class OneDNNLinear(nn.Linear, DerivedCache):
         ModernBERT's GeGLU feed-forward). Where the packed path runs: two oneDNN products, one half
         of the weight each, the activation and the product fused into them (no pass over the
         ``2 * out`` values; the same values, multiplication being commutative)."""
-        halves = self._packed_halves() if x.dtype == torch.float32 and x.device.type == "cpu" else None
+        halves = self._packed_halves() if _fp32_cpu(x) else None
         if halves is None:
             a, g = self(x).chunk(2, dim=-1)
             return ACTIVATIONS[activation](a) * g
@@ -131,10 +131,22 @@ class OneDNNLinear(nn.Linear, DerivedCache):
         out = _ONEDNN_LINEAR.binary(padded, a, second, second_bias, "mul")
         return out[:rows].view(*x.shape[:-1], out.shape[-1])
 
+    def _packs(self) -> bool:
+        """Whether inference keeps packed copies of the weight: no gradients, an fp32 weight that is
+        not an inference tensor (no version counter: it would be repacked on every call)."""
+        weight = self.weight
+        return not torch.is_grad_enabled() and weight.dtype == torch.float32 and not weight.is_inference()
+
+    def _packed_weight(self) -> Optional[torch.Tensor]:
+        """The packed fp32 weight for inference (None where :meth:`_packs` is false, or without oneDNN)."""
+        weight = self.weight
+        return self.derived("packed", [weight], lambda: pack_for_onednn(weight.detach().contiguous())) \
+            if self._packs() else None
+
     def _packed_halves(self) -> Optional[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]]:
-        """The two halves of the weight's rows packed (and of the bias), as :meth:`_packed_weight`."""
+        """The two halves of the weight's rows packed, and of the bias, as :meth:`_packed_weight`."""
         weight, bias = self.weight, self.bias
-        if torch.is_grad_enabled() or weight.dtype != torch.float32 or weight.is_inference() or weight.shape[0] % 2:
+        if not self._packs() or weight.shape[0] % 2:
             return None
 
         def build():
@@ -145,13 +157,14 @@ class OneDNNLinear(nn.Linear, DerivedCache):
 
         return self.derived("halves", [weight] + ([] if bias is None else [bias]), build)
 
-    def _packed_weight(self) -> Optional[torch.Tensor]:
-        """The packed fp32 weight for inference; None under gradients, for an inference-tensor
-        weight (no version counter: it would be repacked on every call) or without oneDNN."""
-        weight = self.weight
-        if torch.is_grad_enabled() or weight.dtype != torch.float32 or weight.is_inference():
-            return None
-        return self.derived("packed", [weight], lambda: pack_for_onednn(weight.detach().contiguous()))
+
+def _fp32_cpu(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float32 and x.device.type == "cpu"
+
+
+def exact_gelu(module: Any) -> bool:
+    """Whether ``module`` is the exact (erf) GELU: torch's ``nn.GELU()`` or transformers' ``GELUActivation``."""
+    return (type(module) is nn.GELU and module.approximate == "none") or getattr(module, "act", None) is F.gelu
 
 
 def use_onednn_linears(module: nn.Module) -> None:
@@ -173,7 +186,7 @@ def fuse_activations(module: nn.Module) -> None:
             layer, after = sequence[i], sequence[i + 1]
             if not isinstance(layer, (OneDNNLinear, BF16Linear)) or layer.activation != "none":
                 continue
-            if type(after) is nn.ReLU or (type(after) is nn.GELU and after.approximate == "none"
+            if type(after) is nn.ReLU or (exact_gelu(after)
                                           and isinstance(layer, OneDNNLinear)):
                 layer.activation = "relu" if type(after) is nn.ReLU else "gelu"
                 sequence[i + 1] = nn.Identity()
