@@ -12,6 +12,7 @@ every decision. "other load" is the CPU other processes used meanwhile, in cores
     python benchmarks/boundary_throughput.py [--quick] [--layout shared|per_query] [--out results.json] [--checkpoint-dir DIR]
 """
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -82,12 +83,34 @@ def build_checkpoint(folder: Path, seed: int, calibration_texts, layout: str = "
     return "built"
 
 
-def decides_as_ours_on_our_states(nlp, reference, ref_schema, options, schema, text: str) -> bool:
-    """Whether the reference, given our encoder's token states for ``text`` instead of its own
-    (``batch_extract(hidden_states=...)``; same token ids, or it raises), decides as we do: then a
-    difference lies in the encoders' float rounding alone, not in the heads or the decoding."""
+class _Captured(Exception):
+    """Stops the reference after its encoder: the states are all we want."""
+
+
+def reference_states(reference, ref_schema, options, text: str, dtype: torch.dtype) -> torch.Tensor:
+    """The reference encoder's token states for ``text`` alone, computed by a copy of it in ``dtype``
+    (``torch.float64``: exact arithmetic for this purpose), as float32 for the heads."""
+    encoder, captured = reference.encoder, []
+
+    def capture(module, args, output):
+        captured.append(output.last_hidden_state[0].float())
+        raise _Captured
+
+    reference.encoder = copy.deepcopy(encoder).to(dtype)
+    hook = reference.encoder.register_forward_hook(capture)
+    try:
+        reference.batch_extract([text], ref_schema, **options)
+    except _Captured:
+        pass
+    finally:
+        hook.remove()
+        reference.encoder = encoder
+    return captured[0]
+
+
+def our_states(nlp, text: str):
+    """Our decisions on ``text`` and our encoder's token states for it."""
     from spacy_gliner2.gliner2.model import GLiNER2Model
-    from test_parity import to_our_shape
 
     captured, encode = [], GLiNER2Model.encode
     GLiNER2Model.encode = lambda model, batch: captured.append(encode(model, batch)) or captured[-1]
@@ -96,9 +119,24 @@ def decides_as_ours_on_our_states(nlp, reference, ref_schema, options, schema, t
     finally:
         GLiNER2Model.encode = encode
     (states,) = captured
+    return ours, states[0]
+
+
+def explain(nlp, reference, ref_schema, options, schema, text: str, theirs) -> dict:
+    """Where a differing text's difference lies. ``on_our_states``: the reference, given our encoder's
+    token states instead of its own (``batch_extract(hidden_states=...)``; same token ids, or it
+    raises), decides as we do (then heads and decoding agree; the encoders' float rounding differs).
+    ``float64_side``: whom the reference agrees with on the states of its own encoder computed in
+    float64 ("reference", "ours" or "neither")."""
+    from test_parity import to_our_shape
+
     options = {k: v for k, v in options.items() if k != "batch_size"}
-    theirs = reference.batch_extract([text], ref_schema, hidden_states=[states[0].clone()], **options)[0]
-    return compare(ours, to_our_shape(theirs, schema, text))[0]
+    on = lambda states: to_our_shape(reference.batch_extract([text], ref_schema, hidden_states=[states.clone()],
+                                                             **options)[0], schema, text)
+    ours, states = our_states(nlp, text)
+    exact = on(reference_states(reference, ref_schema, options, text, torch.float64))
+    side = "reference" if compare(exact, theirs)[0] else "ours" if compare(ours, exact)[0] else "neither"
+    return dict(on_our_states=compare(ours, on(states))[0], float64_side=side)
 
 
 def measure(folder: Path, texts, repeats: int) -> dict:
@@ -118,11 +156,13 @@ def measure(folder: Path, texts, repeats: int) -> dict:
         (seconds, ours, _), (ref_seconds, theirs, _) = best_of(runners, repeats)
         checks = [compare(mine, to_our_shape(ref, schema, text)) for mine, ref, text in zip(ours, theirs, texts)]
         differing = [i for i, (same, _) in enumerate(checks) if not same]
+        explained = {i: explain(nlp, reference, ref_schema, options, schema, texts[i],
+                                to_our_shape(theirs[i], schema, texts[i])) for i in differing}
         out[name] = dict(ours_texts_per_s=len(texts) / seconds, reference_texts_per_s=len(texts) / ref_seconds,
                          identical_decisions=sum(same for same, _ in checks) / len(checks),
                          differing_texts=differing,
-                         same_on_our_encoder_states=[i for i in differing if decides_as_ours_on_our_states(
-                             nlp, reference, ref_schema, options, schema, texts[i])],
+                         same_on_our_encoder_states=[i for i in differing if explained[i]["on_our_states"]],
+                         float64_side={i: explained[i]["float64_side"] for i in differing},
                          max_confidence_diff=max(diff for _, diff in checks),
                          entity_spans=len(decisions(ours)[0]),
                          other_load=other_load(since, time.perf_counter() - start))
@@ -162,7 +202,8 @@ def main() -> None:
     for name, s in out["schemas"].items():
         if s["differing_texts"]:
             print(f"{name}: texts {s['differing_texts']} differ; given our encoder's token states, the reference "
-                  f"decides as we do on {s['same_on_our_encoder_states']} (those differences lie in encoder float rounding)")
+                  f"decides as we do on {s['same_on_our_encoder_states']} (those differences lie in encoder float rounding); "
+                  f"on float64 encoder states it agrees with: {s['float64_side']}")
     if args.out:
         args.out.write_text(json.dumps(out, indent=2))
 
