@@ -59,33 +59,47 @@ def gliner_json(nlp: Language, path: Path, report: Report, spans_key: str = "gli
 
 
 def bio_conll(nlp: Language, path: Path, report: Report, spans_key: str = "gliner2") -> Iterator[Doc]:
-    """``token<TAB or space>TAG`` lines, a blank line between sentences; B-/I-/O tags (IOB1 tolerated)."""
-    def sentences() -> Iterator[List[Tuple[str, str]]]:
-        rows: List[Tuple[str, str]] = []
-        for line in Path(path).read_text(encoding="utf8").splitlines():
+    """``token<TAB or space>TAG`` lines, a blank line between sentences; tags O and B-/I- (BIO,
+    IOB1 tolerated) or also E-/S- and L-/U- (BIOES, BILOU). Any other tag is an error naming its line."""
+    def sentences() -> Iterator[List[Tuple[str, str, int]]]:
+        rows: List[Tuple[str, str, int]] = []
+        for number, line in enumerate(Path(path).read_text(encoding="utf8").splitlines(), 1):
             parts = line.split()
             if not parts or parts[0] == "-DOCSTART-":
                 if rows:
                     yield rows
                 rows = []
             elif len(parts) >= 2:
-                rows.append((parts[0], parts[-1]))
+                rows.append((parts[0], parts[-1], number))
             else:
                 raise ValueError(f"{path}: expected 'token TAG', got {line!r}")
         if rows:
             yield rows
 
     for rows in sentences():
-        doc = Doc(nlp.vocab, words=[w for w, _ in rows])
+        doc = Doc(nlp.vocab, words=[w for w, _, _ in rows])
         spans, start, label = [], None, None
-        for i, (_, tag) in enumerate(rows + [("", "O")]):
-            prefix, _, name = tag.partition("-")
-            if start is not None and (prefix != "I" or name != label):
+        for i, (_, tag, number) in enumerate(rows + [("", "O", 0)]):
+            prefix, dash, name = tag.partition("-")
+            prefix = prefix.upper()
+            if tag != "O" and not (dash and name and prefix in _TAG_PREFIXES):
+                raise ValueError(f"{path}, line {number}: tag {tag!r} is neither O nor a label after one of the "
+                                 "prefixes B-, I- (BIO, IOB1), E-, S- (BIOES) or L-, U- (BILOU).")
+            inside = prefix in _INSIDE and start is not None and name == label  # continues the open span
+            if start is not None and not inside:
                 spans.append(Span(doc, start, i, label=label))
                 start = None
-            if prefix == "B" or (prefix == "I" and start is None):
+            if tag != "O" and not inside:
                 start, label = i, name
+            if prefix in _LAST:
+                spans.append(Span(doc, start, i + 1, label=label))
+                start = None
         yield _set_spans(doc, spans, report, spans_key)
+
+
+_TAG_PREFIXES = ("B", "I", "E", "S", "L", "U")
+_INSIDE = ("I", "E", "L")  # continue a span of the same label
+_LAST = ("E", "S", "L", "U")  # end the span on this token
 
 
 def classification(

@@ -552,6 +552,9 @@ def _record_mode(name: str, mode: Any, anchor: Any, fields: Tuple[Field, ...]) -
 
 _FIELD_KEYS = ("name", "dtype", "choices", "description", "threshold", "cardinality", "exclusive")
 
+_TYPE_NAMES = {*FIELD_DTYPES, "string", "text", "int", "integer", "float", "number", "double", "bool", "boolean",
+               "date", "datetime", "dict", "object", "array", "enum"}  # a one-word description among these is a typo
+
 
 def parse_field(spec: Any, structure: str = "?") -> Field:
     """Parse ``name::str|list::description``, ``name::[a|b]::str`` or a mapping."""
@@ -578,6 +581,12 @@ def parse_field(spec: Any, structure: str = "?") -> Field:
                 choices = [c.strip() for c in part[1:-1].split("|")]
                 dtype = dtype if explicit else "str"
             elif desc is None:
+                if part.strip().lower() in _TYPE_NAMES:
+                    raise SchemaError(
+                        f"Field spec {spec!r}: {part!r} reads as a type, but field types are {list(FIELD_DTYPES)} "
+                        "(str: one value, list: every value); the form is name::str|list::description or "
+                        "name::[a|b]::str. For a description that is one such word, use the mapping form."
+                    )
                 desc = part
             elif parts.index(desc) == 1 and " " not in desc.strip():
                 raise SchemaError(

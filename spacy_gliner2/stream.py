@@ -50,13 +50,15 @@ def input_format(path: str, given: Optional[str]) -> str:
 
 
 def read_lines(lines: IO[str], fmt: str, text_field: str = "text") -> Iterator[Tuple[int, Any]]:
-    """``(line number, record)`` per non-blank line, where record is a dict with the text under
-    ``text_field``, or an :class:`InputError` saying what is wrong with that line."""
+    """``(line number, record)`` per line (JSONL: per non-blank line), where record is a dict with
+    the text under ``text_field`` (text input: and the line number under ``"line"``, so that every
+    output names its input line, blank lines included), or an :class:`InputError` saying what is
+    wrong with that line."""
     for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
         if fmt == "text":
-            yield number, {text_field: line.rstrip("\r\n")}
+            yield number, {"line": number, text_field: line.rstrip("\r\n")}
+            continue
+        if not line.strip():
             continue
         try:
             record = json.loads(line)

@@ -26,7 +26,7 @@ def test_a_task_abstains_below_its_threshold_with_its_own_key():
     assert unsure["label"] == UNCERTAIN and probs[UNCERTAIN] == 1.0 and probs["glad"] == pytest.approx(0.6225, abs=1e-4)
     sure, probs = classify(task, torch.tensor([0.0, 2.0]))
     assert sure["label"] == "glad" and probs[UNCERTAIN] == 0.0
-    assert merge_classes([(unsure, {}), (sure, probs)])[0]["label"] == "glad"  # the most confident window decides
+    assert merge_classes(task, [(unsure, {}), (sure, probs)])[0]["label"] == "glad"  # the most confident window decides
     for bad in ({"labels": ["a", "b"], "multi_label": True, "abstain_below": 0.5},
                 {"labels": ["a", UNCERTAIN], "abstain_below": 0.5}):
         with pytest.raises(SchemaError, match="abstain_below"):
@@ -94,3 +94,17 @@ def test_numeric_labels_decide_by_label_name(bert_checkpoint):
     named.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": None,
                                       "classifications": {"t": ["sad", "glad"]}})
     assert named("What a day.").cats != doc.cats  # the prompt differs
+
+
+@pytest.mark.parametrize("at_least_one", [True, False])
+def test_windows_merge_multi_label_decisions_on_the_best_probability_of_each_label(at_least_one):
+    """A window in which no label passes contributes its best label only when no label passes in any window."""
+    task = Schema.from_config(classifications={"t": {"labels": ["a", "b", "c"], "multi_label": True,
+                                                     "threshold": 0.5}}).classifications[0]
+    weak = classify(task, torch.tensor([-1.0, -2.0, -3.0]), at_least_one)  # none passes: "a" at 0.27 as fallback
+    strong = classify(task, torch.tensor([-3.0, 1.0, -3.0]), at_least_one)  # "b" passes
+    assert [d["label"] for d in weak[0]] == (["a"] if at_least_one else [])
+    decision, probs = merge_classes(task, [weak, strong])
+    assert [d["label"] for d in decision] == ["b"] and probs["a"] == pytest.approx(0.2689, abs=1e-4)
+    decision, _ = merge_classes(task, [weak, classify(task, torch.tensor([-3.0, -1.5, -3.0]), at_least_one)])
+    assert [d["label"] for d in decision] == (["a"] if at_least_one else [])

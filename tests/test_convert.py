@@ -1,6 +1,7 @@
 """Converters to DocBins."""
 import json
 
+import pytest
 import spacy
 from spacy.tokens import DocBin
 
@@ -34,6 +35,26 @@ def test_bio(tmp_path):
     docs = list(convert.bio_conll(nlp, tmp_path / "d.conll", report))
     assert [(e.text, e.label_) for e in docs[0].ents] == [("John Smith", "PER"), ("New York", "LOC")]
     assert [(e.text, e.label_) for e in docs[1].ents] == [("Paris", "LOC")]  # IOB1-style I- start
+
+
+@pytest.mark.parametrize("single,last", [("S", "E"), ("U", "L")])
+def test_bioes_and_bilou(tmp_path, single, last):
+    nlp = spacy.blank("en")
+    rows = [("Ada", f"{single}-PER"), ("visited", "O"), ("New", "B-LOC"), ("York", "I-LOC"), ("City", f"{last}-LOC"),
+            ("and", "O"), ("Rome", f"{single}-LOC"), ("Oslo", f"{single}-LOC"), ("Bob", f"B-PER"), ("Jones", f"{last}-PER")]
+    (tmp_path / "d.conll").write_text("".join(f"{w}\t{t}\n" for w, t in rows))
+    report = convert.Report()
+    (doc,) = convert.bio_conll(nlp, tmp_path / "d.conll", report)
+    assert [(e.text, e.label_) for e in doc.ents] == [("Ada", "PER"), ("New York City", "LOC"), ("Rome", "LOC"),
+                                                      ("Oslo", "LOC"), ("Bob Jones", "PER")]
+    assert report.spans == 5
+
+
+@pytest.mark.parametrize("tag", ["PER", "X-PER", "B-", "B_PER"])
+def test_a_tag_of_no_known_scheme_is_an_error_naming_its_line(tmp_path, tag):
+    (tmp_path / "d.conll").write_text(f"John\tO\nSmith\t{tag}\n")
+    with pytest.raises(ValueError, match=f"line 2: tag '{tag}' is neither O nor"):
+        list(convert.bio_conll(spacy.blank("en"), tmp_path / "d.conll", convert.Report()))
 
 
 def test_classification_files(tmp_path):

@@ -163,6 +163,20 @@ def test_prompt_longer_than_the_encoder_is_a_clear_error(bert_checkpoint):
         nlp("A short text.", component_cfg={"gliner2": {"entities": labels}})
 
 
+def test_a_prompt_that_leaves_no_room_for_a_plain_word_is_blamed_not_the_word(bert_checkpoint):
+    nlp = make_nlp(bert_checkpoint)
+    runner = nlp.get_pipe("gliner2").runner
+    limit = runner.max_tokens
+    labels = [f"label {i}" for i in range(limit)]
+    prompt = [runner.prompt_tokens(Schema.from_config(entities=labels[:n])) for n in (1, 2)]
+    guess = (limit - prompt[0]) // (prompt[1] - prompt[0]) + 2
+    n = next(n for n in range(guess, 0, -1)
+             if limit - runner.prompt_tokens(Schema.from_config(entities=labels[:n])) >= 2)  # room for 2 tokens
+    with pytest.raises(SchemaError, match=r"The prompt takes \d+ of the \d+ tokens.*fewer labels"):
+        nlp("Researchers at Stanford University published a report.",
+            component_cfg={"gliner2": {"entities": labels[:n]}})
+
+
 def test_threads_give_the_same_results(nlp):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -279,3 +293,44 @@ def test_unaligned_counts_survive_a_pass_that_found_only_unaligned_spans():
     del group.attrs["unaligned_by_label"]  # a group written by an older version: its total stays
     annotate(doc, found("person", 0, 3), {}, Schema.from_config(entities=["person"]), **settings)
     assert doc.spans["gliner2"].attrs["unaligned"] == 1 and len(doc.spans["gliner2"]) == 2
+
+
+@pytest.mark.parametrize("policy", ["keep_existing", "prefer_new"])
+def test_a_label_run_again_replaces_its_earlier_entities(policy):
+    """doc.ents follows doc._.gliner2: a label's entities from an earlier pass go (and no longer
+    block new ones); other labels' entities and those another component set stay, also after DocBin."""
+    from spacy.tokens import Span
+    from spacy_gliner2.gliner2.annotate import annotate
+
+    nlp = spacy.blank("en")
+    doc = nlp("Tim Cook met Anna in Paris")  # tokens 0-5
+    doc.ents = [Span(doc, 3, 4, label="person")]  # another component's
+    settings = dict(spans_key="gliner2", ents_policy=policy, alignment_mode="strict")
+
+    def run(doc, label, *spans):
+        found = [{"text": doc.text[a:b], "start": a, "end": b, "confidence": 0.9} for a, b in spans]
+        annotate(doc, {"entities": {label: found}}, {}, Schema.from_config(entities=[label]), **settings)
+        return sorted((e.start, e.end, e.label_) for e in doc.ents)
+
+    assert run(doc, "person", (0, 8)) == [(0, 2, "person"), (3, 4, "person")]
+    assert run(doc, "city", (21, 26)) == [(0, 2, "person"), (3, 4, "person"), (5, 6, "city")]
+    (doc,) = DocBin(docs=[doc], store_user_data=True).from_bytes(
+        DocBin(docs=[doc], store_user_data=True).to_bytes()).get_docs(nlp.vocab)
+    assert run(doc, "person") == [(3, 4, "person"), (5, 6, "city")]
+    assert [t.ent_iob_ for t in doc[:2]] == ["O", "O"]
+    assert run(doc, "person", (4, 8)) == [(1, 2, "person"), (3, 4, "person"), (5, 6, "city")]
+
+
+def test_a_task_run_again_replaces_its_earlier_cats_keys():
+    """A task first run beside another (keys "task:label") and then alone (bare labels) keeps one value per label."""
+    from spacy_gliner2.gliner2.annotate import annotate
+
+    doc = spacy.blank("en")("The minister resigned.")
+    settings = dict(spans_key="gliner2", ents_policy="keep_existing", alignment_mode="strict")
+    both = Schema.from_config(classifications={"topic": ["sport", "politics"], "tone": ["calm", "angry"]})
+    probs = {"topic": {"sport": 0.9, "politics": 0.1}, "tone": {"calm": 0.3, "angry": 0.7}}
+    annotate(doc, {"entities": {}}, probs, both, **settings)
+    assert set(doc.cats) == {"topic:sport", "topic:politics", "tone:calm", "tone:angry"}
+    annotate(doc, {"entities": {}}, {"topic": {"sport": 0.2, "politics": 0.8}},
+             Schema.from_config(classifications={"topic": ["sport", "politics"]}), **settings)
+    assert doc.cats == {"tone:calm": 0.3, "tone:angry": 0.7, "sport": 0.2, "politics": 0.8}

@@ -59,6 +59,14 @@ def test_field_specs(spec, expected):
     assert parse_field(spec) == expected
 
 
+@pytest.mark.parametrize("spec", ["price::float", "price::Str", "price::LIST::the price", "t::[a|b]::string",
+                                  "n::int::how many"])
+def test_a_type_name_that_is_not_a_field_type_is_refused_not_read_as_a_description(spec):
+    with pytest.raises(SchemaError, match="reads as a type"):
+        parse_field(spec)
+    assert parse_field({"name": "price", "description": spec.split("::")[1]}).description == spec.split("::")[1]
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [
@@ -83,7 +91,8 @@ def test_field_specs(spec, expected):
         ({"structures": {"s": []}}, "non-empty list"),
         ({"structures": {"s": ["a::[x|y"]}}, "Malformed choices"),
         ({"structures": {"s": ["a::d1::d2"]}}, "'d1' is not a field type"),
-        ({"structures": {"s": ["price::integer::the price"]}}, r"'integer' is not a field type \(one of \['str', 'list'\]\)"),
+        ({"structures": {"s": ["price::integer::the price"]}}, r"'integer' reads as a type, but field types are \['str', 'list'\]"),
+        ({"structures": {"s": ["price::amount::the price"]}}, r"'amount' is not a field type \(one of \['str', 'list'\]\)"),
         ({"structures": {"s": ["a::str::the first::the second"]}}, "two description parts \\('the first' and 'the second'\\)"),
         ({"structures": {"s": [{"name": "a", "dtype": "int"}]}}, "dtype"),
         ({"structures": {"s": ["a", "a::str"]}}, "Duplicate"),

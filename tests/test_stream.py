@@ -104,9 +104,10 @@ def test_component_pipe_hands_each_failing_doc_to_the_error_handler(nlp):
         list(nlp.pipe([TEXTS[0], BLOB]))
 
 
-def test_read_lines_text_format_keeps_lines_and_skips_blank_ones():
+def test_read_lines_text_format_keeps_every_line_with_its_number():
+    """Blank lines are texts too: each output names its input line, and none goes missing."""
     got = list(read_lines(io.StringIO("a b\n\n  c\r\n"), "text"))
-    assert got == [(1, {"text": "a b"}), (3, {"text": "  c"})]
+    assert got == [(1, {"line": 1, "text": "a b"}), (2, {"line": 2, "text": ""}), (3, {"line": 3, "text": "  c"})]
 
 
 def test_cli_runs_a_saved_pipeline_and_a_checkpoint(nlp, bert_checkpoint, expected, tmp_path):

@@ -211,3 +211,26 @@ def test_long_training_docs_are_windowed(plain_encoder):
     assert len(items) > 3 and sum(len(gold.entities) for *_, gold in items) >= 1
     losses = nlp.update(examples)
     assert losses["gliner2"] > 0
+
+
+def test_gold_that_fits_in_no_window_is_reported(plain_encoder, caplog):
+    """A relation whose head and tail fall in different training windows cannot be learned: a warning counts it."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(plain_encoder), **CONFIG, "window_size": 8, "window_overlap": 2})
+    text = "Anna Berg is a senior engineer who after many long years finally visited Madrid."
+    ref = nlp.make_doc(text)
+    ref.ents = [ref.char_span(0, 9, label="person"), ref.char_span(73, 79, label="city")]
+    ref._.gliner2 = {"relations": {"visited": [{"head": {"text": "Anna Berg", "start": 0, "end": 9},
+                                                "tail": {"text": "Madrid", "start": 73, "end": 79}}]}}
+    examples = [Example(nlp.make_doc(text), ref)]
+    nlp.initialize(lambda: examples)
+    pipe = nlp.get_pipe("gliner2")
+    with caplog.at_level("WARNING", logger="spacy_gliner2"):
+        items = pipe._training_items(examples, __import__("random").Random(0))
+    assert len(items) > 1 and not any(gold.relations.get("visited") for *_, gold in items)
+    assert "1 gold entities, structure instances or relations span more than one window" in caplog.text
+    caplog.clear()
+    pipe.cfg["window_size"] = 64
+    with caplog.at_level("WARNING", logger="spacy_gliner2"):
+        pipe._training_items(examples, __import__("random").Random(0))
+    assert "more than one window" not in caplog.text

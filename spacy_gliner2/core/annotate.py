@@ -10,6 +10,7 @@ from .intervals import disjoint_from, greedy_disjoint
 
 ENTS_POLICIES = ("keep_existing", "prefer_new", "unchanged")
 CATS_OWNERS = ("spacy_gliner2", "cats_owners")  # doc.user_data key: doc.cats key -> the task that wrote it
+ENTS_WRITTEN = ("spacy_gliner2", "ents")  # doc.user_data key: [start, end, label] of the doc.ents it wrote
 logger = logging.getLogger("spacy_gliner2")
 ALIGNMENT_MODES = ("strict", "contract", "expand")
 
@@ -31,20 +32,33 @@ def _non_overlapping(scored: List[Tuple[Span, float]]) -> List[Span]:
     return sorted(kept, key=lambda s: s.start)
 
 
-def _set_ents(doc: Doc, new: List[Span], policy: str) -> None:
-    existing = list(doc.ents)
-    if policy == "keep_existing":
+def _set_ents(doc: Doc, new: List[Span], labels: Collection[str], policy: str) -> None:
+    """``new`` to ``doc.ents`` by ``policy``, after taking out the entities of ``labels`` that an
+    earlier pass wrote (a label that runs again replaces its earlier result; entities of other
+    labels, or that another component set, stay)."""
+    if policy == "unchanged":
+        return
+    written = {tuple(item) for item in doc.user_data.get(ENTS_WRITTEN, ())}
+    stale = [e for e in doc.ents if (e.start, e.end, e.label_) in written and e.label_ in labels]
+    existing = [e for e in doc.ents if e not in stale]
+    if policy == "keep_existing":  # other tokens keep their annotation (missing stays missing)
         new = [new[i] for i in disjoint_from(_bounds(new), _bounds(existing), len(doc))]
+        if stale:
+            doc.set_ents([], outside=stale, default="unmodified")
         doc.set_ents(new, default="unmodified")
-    elif policy == "prefer_new":
-        kept = [existing[i] for i in disjoint_from(_bounds(existing), _bounds(new), len(doc))]
-        doc.set_ents(sorted(kept + new, key=lambda s: s.start))
+    else:  # prefer_new
+        existing = [existing[i] for i in disjoint_from(_bounds(existing), _bounds(new), len(doc))]
+        doc.set_ents(sorted(existing + new, key=lambda s: s.start))
+    written |= {(e.start, e.end, e.label_) for e in new}
+    doc.user_data[ENTS_WRITTEN] = sorted([e.start, e.end, e.label_] for e in doc.ents
+                                         if (e.start, e.end, e.label_) in written)
 
 
 def merge_result(doc: Doc, name: str, new: Dict[str, Any]) -> None:
     """``doc._.<name>`` <- ``new`` over what it holds: per key, and inside a key that holds a
     dict (GLiNER2's sections), per name. This pass's labels, tasks and structures replace
     earlier results of the same names; the others (another component's, an earlier call's) stay."""
+    register_extension(name)
     old = doc._.get(name)
     if not isinstance(old, dict):
         doc._.set(name, new)
@@ -87,16 +101,23 @@ def write_spans(doc: Doc, scored: List[Tuple[Span, float]], unaligned: Dict[str,
     group.attrs["unaligned"] = sum(counts.values())
     group.attrs["unaligned_by_label"] = counts
     doc.spans[spans_key] = group
-    _set_ents(doc, _non_overlapping(scored), ents_policy)
+    _set_ents(doc, _non_overlapping(scored), labels, ents_policy)
 
 
 def write_cats(doc: Doc, probs: Dict[str, Dict[str, Any]], schema: Schema) -> None:
-    """Every class probability to ``doc.cats`` (keys by :meth:`Schema.cats_keys`), with a warning
-    when a key that another task wrote (another component's, an earlier call's) is replaced: one
-    task's keys are its bare labels, so two single-task calls with a label in common share a key."""
+    """Every class probability to ``doc.cats`` (keys by :meth:`Schema.cats_keys`). A task that
+    runs again replaces its earlier keys (also those of the other key form: ``task:label`` when
+    it ran beside other tasks); a warning when a key that another task wrote (another
+    component's, an earlier call's) is replaced: one task's keys are its bare labels, so two
+    single-task calls with a label in common share a key."""
     owners = doc.user_data.setdefault(CATS_OWNERS, {})
-    for task, label, key in schema.cats_keys():
-        if owners.get(key, task) != task:
+    keys = schema.cats_keys()
+    tasks = {task for task, _, _ in keys}
+    for key in [k for k, task in owners.items() if task in tasks]:
+        doc.cats.pop(key, None)
+        del owners[key]
+    for task, label, key in keys:
+        if key in owners:
             logger.warning("doc.cats[%r] of task %r replaces the one of task %r: give the tasks distinct labels, or "
                            "run them in one call (several tasks give keys \"task:label\").", key, task, owners[key])
         doc.cats[key] = probs[task][label]

@@ -19,12 +19,8 @@ def classify(task: ClassificationTask, logits: torch.Tensor, at_least_one: bool 
     (the first of equal maxima); with ``abstain_below``, UNCERTAIN when its probability is
     lower (the probabilities then hold UNCERTAIN: 1.0 or 0.0)."""
     if task.multi_label:
-        probs = torch.sigmoid(logits).tolist()
-        chosen = [{"label": label, "confidence": p} for label, p in zip(task.labels, probs) if p >= task.threshold]
-        if not chosen and at_least_one:
-            best = max(range(len(probs)), key=probs.__getitem__)
-            chosen = [{"label": task.labels[best], "confidence": probs[best]}]
-        decision: Decision = chosen
+        probs = dict(zip(task.labels, torch.sigmoid(logits).tolist()))
+        return _chosen(task, probs, at_least_one), probs
     else:
         probs = torch.softmax(logits, dim=-1).tolist()
         best = max(range(len(probs)), key=probs.__getitem__)
@@ -36,13 +32,21 @@ def classify(task: ClassificationTask, logits: torch.Tensor, at_least_one: bool 
     return decision, dict(zip(task.labels, probs))
 
 
-def merge_classes(parts: Sequence[Tuple[Decision, LabelProbs]]) -> Tuple[Decision, LabelProbs]:
+def _chosen(task: ClassificationTask, probs: LabelProbs, at_least_one: bool) -> List[Dict[str, Any]]:
+    """A multi-label decision: every label at or over the threshold, else (``at_least_one``) the best."""
+    chosen = [{"label": label, "confidence": p} for label, p in probs.items() if p >= task.threshold]
+    if not chosen and at_least_one and probs:
+        best = max(probs, key=probs.__getitem__)  # the first of equal maxima
+        chosen = [{"label": best, "confidence": probs[best]}]
+    return chosen
+
+
+def merge_classes(task: ClassificationTask, parts: Sequence[Tuple[Decision, LabelProbs]]) -> Tuple[Decision, LabelProbs]:
     """One task's decisions over a text's windows: multi-label takes each label's highest
-    probability (labels chosen in any window); single-label takes the window with the
-    most confident decision."""
-    if isinstance(parts[0][0], list):
+    probability and decides on those as :func:`classify` does (a window's best-label fallback
+    does not stand beside labels that pass in another window); single-label takes the window
+    with the most confident decision."""
+    if task.multi_label:
         probs = {label: max(p[label] for _, p in parts) for label in parts[0][1]}
-        labels = {d["label"] for decision, _ in parts for d in decision}
-        merged: List[Dict[str, Any]] = [{"label": label, "confidence": probs[label]} for label in probs if label in labels]
-        return merged, probs
+        return _chosen(task, probs, at_least_one=any(decision for decision, _ in parts)), probs
     return max(parts, key=lambda d: d[0]["confidence"])

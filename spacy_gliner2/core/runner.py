@@ -81,8 +81,8 @@ class Runner(Generic[Output]):
     def decode(self, schema: Schema, record: Record, scores: Any, window: TextWindow) -> Output:
         raise NotImplementedError
 
-    def merge(self, parts: Sequence[Output]) -> Output:
-        """One document's result from its windows' (in document order)."""
+    def merge(self, schema: Schema, parts: Sequence[Output]) -> Output:
+        """One document's result from its windows' (in document order), read with ``schema``."""
         raise NotImplementedError
 
     # -- loading -------------------------------------------------------------
@@ -268,7 +268,7 @@ class Runner(Generic[Output]):
         per_doc: List[List[Output]] = [[] for _ in texts]  # in document order
         for job, part in zip(jobs, parts):
             per_doc[job.doc].append(part)
-        return [self.merge(p) for p in per_doc]
+        return [self.merge(schemas[d], p) for d, p in enumerate(per_doc)]
 
     def windows(
         self,
@@ -303,9 +303,15 @@ class Runner(Generic[Output]):
                 queue.append(job.cut_word())
                 continue
             if len(job.raw) < 2:
-                word = job.raw[0] if job.raw else (".", 0, 0)
+                word, needs = job.raw[0] if job.raw else (".", 0, 0), len(record.input_ids) - prompt
+                if needs <= limit // 2:  # an ordinary word: the prompt leaves too little room
+                    raise SchemaError(
+                        f"The prompt takes {prompt} of the {limit} tokens the encoder reads, leaving {limit - prompt} "
+                        f"for the text, and the word at characters {word[1]}-{word[2]} needs {needs}. Use fewer labels "
+                        "or shorter descriptions per call (e.g. split the labels over several calls with component_cfg)."
+                    )
                 raise ValueError(
-                    f"The word at characters {word[1]}-{word[2]} of a text needs {len(record.input_ids) - prompt} "
+                    f"The word at characters {word[1]}-{word[2]} of a text needs {needs} "
                     f"tokens, more than the {limit - prompt} the encoder has left after the prompt; "
                     "split or clean the text (e.g. a huge URL or base64 blob). A long run of text without "
                     "spaces (Chinese, Japanese, Thai) is one word here: give the pipeline a tokenizer for its "

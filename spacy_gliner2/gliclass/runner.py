@@ -131,10 +131,10 @@ class GLiClassRunner(Runner[Output]):
             decisions[task.name], probs[task.name] = classify(task, logits[: len(task.labels)], at_least_one=False)
         return decisions, probs
 
-    def merge(self, parts: Sequence[Output]) -> Output:
+    def merge(self, schema: Schema, parts: Sequence[Output]) -> Output:
         if len(parts) == 1:
             return parts[0]
         decisions, probs = {}, {}
-        for task in parts[0][0]:
-            decisions[task], probs[task] = merge_classes([(d[task], p[task]) for d, p in parts])
+        for task in schema.classifications:
+            decisions[task.name], probs[task.name] = merge_classes(task, [(d[task.name], p[task.name]) for d, p in parts])
         return decisions, probs

@@ -19,7 +19,8 @@ from ..schema import SCHEMA_KEYS, Schema
 from .annotate import EXTENSION, annotate
 from .runner import GLiNER2Runner
 from .scoring import score as score_examples
-from .training import Gold, TrainingSettings, label_groups, negative_pool, sample_schema, training_loss, window_gold
+from .training import (Gold, TrainingSettings, label_groups, negative_pool, outside_every_window, sample_schema,
+                       training_loss, window_gold)
 
 logger = logging.getLogger(__name__)  # warnings reach stderr unless logging is configured
 
@@ -202,7 +203,7 @@ class GLiNER2Component(ZeroShotComponent):
     def _training_items(self, examples: Iterable[Example], rng: random.Random) -> List[Any]:
         """(prompt schema, encoded window, words, gold) per training window: long Docs are
         read in the windows inference uses, each with the gold that lies inside it."""
-        items = []
+        items, missed = [], 0
         for eg in examples:
             doc = eg.reference
             gold_doc = self._gold(doc)
@@ -217,6 +218,12 @@ class GLiNER2Component(ZeroShotComponent):
             )
             for job, record in zip(jobs, records):
                 items.append((schema, record, job.words, window_gold(gold_doc, job.start, job.end)))
+            missed += outside_every_window(gold_doc, [(job.start, job.end) for job in jobs])
+        if missed:
+            logger.warning(
+                "%d gold entities, structure instances or relations span more than one window (window_size=%d "
+                "words) and cannot be learned; each window teaches what lies inside it. Raise window_size "
+                "(and window_overlap) to learn them.", missed, self.cfg["window_size"])
         return items
 
     def _loss(self, examples: Sequence[Example], rng: random.Random, generator: torch.Generator) -> Tuple[Optional[torch.Tensor], Dict[str, float]]:

@@ -165,7 +165,7 @@ def _dedupe(items: List[Any]) -> List[Any]:
     return list(found.values())
 
 
-def merge_windows(parts: Sequence[Tuple[Result, Probs]], policy: Optional[str] = None) -> Tuple[Result, Probs]:
+def merge_windows(schema: Schema, parts: Sequence[Tuple[Result, Probs]], policy: Optional[str] = None) -> Tuple[Result, Probs]:
     """Merge the results of one document's windows (offsets already global).
 
     Entities: per label, greedy by confidence without overlaps (``policy``: a boundary checkpoint's
@@ -182,7 +182,8 @@ def merge_windows(parts: Sequence[Tuple[Result, Probs]], policy: Optional[str] =
     for section in ("structures", "relations"):
         for name in first[section]:
             result[section][name] = _dedupe([x for r, _ in parts for x in r[section][name]])
-    for task in first["classifications"]:
-        result["classifications"][task], probs[task] = merge_classes([(r["classifications"][task], p[task]) for r, p in parts])
+    for task in schema.classifications:
+        result["classifications"][task.name], probs[task.name] = merge_classes(
+            task, [(r["classifications"][task.name], p[task.name]) for r, p in parts])
     return result, probs
 

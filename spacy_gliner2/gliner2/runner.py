@@ -102,6 +102,6 @@ class GLiNER2Runner(Runner[Output]):
     def decode(self, schema: Schema, record: EncodedText, scores: Sequence[TaskScores], window: TextWindow) -> Output:
         return decode(schema, record, scores, window.words, window.text)
 
-    def merge(self, parts: Sequence[Output]) -> Output:
+    def merge(self, schema: Schema, parts: Sequence[Output]) -> Output:
         boundary = self.model.settings.boundary
-        return merge_windows(parts, boundary.overlap_policy if boundary else None)
+        return merge_windows(schema, parts, boundary.overlap_policy if boundary else None)

@@ -70,6 +70,14 @@ def window_gold(gold: Gold, start: int, end: int) -> Gold:
     )
 
 
+def outside_every_window(gold: Gold, windows: Sequence[Tuple[int, int]]) -> int:
+    """How many gold entities, structure instances and relations lie inside none of the
+    ``(start, end)`` character windows: no window can teach them."""
+    items = [{"start": start, "end": end} for _, start, end in gold.entities]
+    items += [item for section in (gold.structures, gold.relations) for found in section.values() for item in found]
+    return sum(not any(_inside(item, start, end) for start, end in windows) for item in items)
+
+
 def label_groups(label_sets: Iterable[Iterable[str]]) -> List[List[str]]:
     """Entity labels that share a Doc, transitively: one group per data set of a mixed corpus
     (whose label names differ), found in one pass over the Docs' label sets."""
