@@ -41,7 +41,7 @@ def test_bio(tmp_path):
 def test_bioes_and_bilou(tmp_path, single, last):
     nlp = spacy.blank("en")
     rows = [("Ada", f"{single}-PER"), ("visited", "O"), ("New", "B-LOC"), ("York", "I-LOC"), ("City", f"{last}-LOC"),
-            ("and", "O"), ("Rome", f"{single}-LOC"), ("Oslo", f"{single}-LOC"), ("Bob", f"B-PER"), ("Jones", f"{last}-PER")]
+            ("and", "O"), ("Rome", f"{single}-LOC"), ("Oslo", f"{single}-LOC"), ("Bob", "B-PER"), ("Jones", f"{last}-PER")]
     (tmp_path / "d.conll").write_text("".join(f"{w}\t{t}\n" for w, t in rows))
     report = convert.Report()
     (doc,) = convert.bio_conll(nlp, tmp_path / "d.conll", report)
