@@ -141,3 +141,32 @@ def test_a_long_pool_example_splits_every_batch_alike(bert_checkpoint):
     together = list(nlp.pipe(["A short text.", "word word word"], component_cfg={"gliner2": dict(schema)}))
     assert alone.cats == pytest.approx(together[0].cats, abs=1e-5)
     assert len(pipe.runner.passes(parsed, pipe.runner.example_schemas(parsed, ["A short text."]))) == 2
+
+
+@pytest.mark.parametrize("family", ["gliner2", "gliclass"])
+def test_a_trained_pipeline_retrieves_as_it_does_after_saving_and_loading(family, bert_checkpoint, gliclass_checkpoint,
+                                                                          tmp_path):
+    """Predictions after training embed the pool with the trained weights (as a reloaded pipeline
+    does); training steps keep the vectors they retrieved by."""
+    nlp = spacy.blank("en")
+    task = {"labels": ["sports", "politics", "science"], "examples": POOL, "nearest_examples": 2}
+    model = bert_checkpoint if family == "gliner2" else gliclass_checkpoint
+    extra = {"entities": None, "structures": None, "relations": None} if family == "gliner2" else {}
+    pipe = nlp.add_pipe(family, config={"model": str(model), **extra, "classifications": {"topic": task},
+                                        "training": {"encoder_lr": 1e-3, "head_lr": 1e-3}})
+    examples = [Example.from_dict(nlp.make_doc(text), {"cats": {lab: float(lab == label) for lab in task["labels"]}})
+                for text, label in POOL]
+    optimizer = nlp.initialize(lambda: examples)
+    texts = [f"{text} Again." for text, _ in POOL]
+    list(nlp.pipe(texts))  # vectors embedded before training
+    embedded = []
+    embed = pipe.runner.embed
+    pipe.runner.embed = lambda batch: embedded.append(list(batch)) or embed(batch)
+    for _ in range(2):
+        nlp.update(examples, sgd=optimizer)
+    assert sum(len(batch) > 1 for batch in embedded) == 1  # the training pool, embedded once for both steps
+    trained = [doc.cats for doc in nlp.pipe(texts)]
+    nlp.to_disk(tmp_path / "p")
+    reloaded = [doc.cats for doc in spacy.load(tmp_path / "p").pipe(texts)]
+    for mine, theirs in zip(trained, reloaded):
+        assert mine.keys() == theirs.keys() and all(abs(mine[k] - theirs[k]) < 1e-5 for k in mine)

@@ -377,7 +377,8 @@ class ZeroShotComponent(TrainablePipe):
         each (window, task) in the batch's order (a window teaches what its text does)."""
         runner, records, rows = self.runner, [], []
         for doc, items in groups:
-            schema = runner.example_schemas(Schema(classifications=tuple(item.task for item in items)), [doc.text])[0]
+            schema = runner.example_schemas(Schema(classifications=tuple(item.task for item in items)), [doc.text],
+                                            training=True)[0]
             _, encoded = runner.windows([doc.text], [self._words(doc)], schema, self.cfg["window_size"],
                                         self.cfg["window_overlap"])
             records += encoded
@@ -409,7 +410,7 @@ class ZeroShotComponent(TrainablePipe):
     def finish_update(self, sgd: Any = None) -> None:
         """Clip, step the optimizer and the learning-rate schedule, clear gradients."""
         self._training_state().step()
-        self.runner.invalidate(keep_examples=True)  # example pools keep the vectors they were retrieved by
+        self.runner.invalidate(keep_examples=True)  # training prompts keep the pool vectors they retrieved by
 
     @contextlib.contextmanager
     def use_params(self, params: Dict) -> Iterator[None]:

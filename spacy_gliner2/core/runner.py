@@ -42,6 +42,7 @@ class Runner(Generic[Output]):
         self.precision = "fp32"
         self._runtime: Optional[torch.nn.Module] = None
         self._pool_embeddings: Dict[str, torch.Tensor] = {}  # example pool texts' vectors (neighbours)
+        self._training_pool: Dict[str, torch.Tensor] = {}  # the same, as training prompts retrieved them
         self.pad_id = 0
 
     # -- family hooks ------------------------------------------------------
@@ -137,14 +138,16 @@ class Runner(Generic[Output]):
         self.invalidate()
 
     def __getstate__(self) -> Dict[str, Any]:  # copies and pickles rebuild the runtime copy on first use
-        return {**self.__dict__, "_runtime": None, "_pool_embeddings": {}}
+        return {**self.__dict__, "_runtime": None, "_pool_embeddings": {}, "_training_pool": {}}
 
     def invalidate(self, keep_examples: bool = False) -> None:
         """Forget the reduced-precision copy and weight-derived caches (after the fp32 weights changed);
-        ``keep_examples`` (a training step) keeps the example pools' vectors."""
+        ``keep_examples`` (a training step) keeps the vectors training prompts retrieve examples by
+        (no re-embedding of the pool per step); predictions always embed with the current weights."""
         self._runtime = None
+        self._pool_embeddings = {}
         if not keep_examples:
-            self._pool_embeddings = {}
+            self._training_pool = {}
         self.model.invalidate_caches()
 
     @property
@@ -197,10 +200,11 @@ class Runner(Generic[Output]):
             return outputs[0]
         return [self.combine(results) for results in zip(*outputs)]
 
-    def example_schemas(self, schema: Schema, texts: Sequence[str]) -> List[Schema]:
+    def example_schemas(self, schema: Schema, texts: Sequence[str], training: bool = False) -> List[Schema]:
         """``schema`` for each text, its tasks with ``nearest_examples`` showing the text's nearest
-        pool examples (:mod:`.neighbours`, with :meth:`embed`)."""
-        return example_schemas(schema, texts, self.embed, self._pool_embeddings)
+        pool examples (:mod:`.neighbours`, with :meth:`embed`; ``training``: by the pool vectors kept
+        through training steps)."""
+        return example_schemas(schema, texts, self.embed, self._training_pool if training else self._pool_embeddings)
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """``(N, D)`` unit vectors of texts read alone: the encoder's last hidden states averaged over

@@ -212,7 +212,7 @@ class GLiNER2Component(ZeroShotComponent):
             schema, gold_doc = sample_schema(gold_doc, self.training_schema, pool, self.training, rng)
             if schema.is_empty:
                 continue
-            schema = self.runner.example_schemas(schema, [doc.text])[0]
+            schema = self.runner.example_schemas(schema, [doc.text], training=True)[0]
             jobs, records = self.runner.windows(
                 [doc.text], [self._words(doc)], schema, self.cfg["window_size"], self.cfg["window_overlap"]
             )
