@@ -5,6 +5,7 @@ objects and validated with errors that say what is wrong and how to fix it.
 Knows nothing of torch or spaCy.
 """
 import json
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -227,12 +228,26 @@ class Schema:
             parts += [Schema(threshold=self.threshold, **{section: (task,)}) for task in getattr(self, section)]
         return parts
 
+    def cats_in_form(self, cats: Dict[str, float]) -> Dict[str, float]:
+        """The values of ``cats`` (a ``doc.cats``) under this schema's keys (:meth:`cats_keys`), read
+        from either key form: ``"task:label"``, or the bare label when one task only has it (gold
+        written with several tasks, read by one; feedback of one task, read beside others)."""
+        keys = self.cats_keys()
+        tasks_of = Counter(label for _, label, _ in keys)
+        out: Dict[str, float] = {}
+        for task, label, key in keys:
+            found = next((k for k in (key, f"{task}:{label}", label if tasks_of[label] == 1 else None) if k in cats), None)
+            if found is not None:
+                out[key] = float(cats[found])
+        return out
+
     def judged(self, cats: Dict[str, float]) -> Dict[str, Dict[str, float]]:
-        """Per task, the labels that ``cats`` (a ``doc.cats``, keys by :meth:`cats_keys`) gives a value."""
+        """Per task, the labels that ``cats`` (a ``doc.cats``, in either key form) gives a value."""
         out: Dict[str, Dict[str, float]] = {task.name: {} for task in self.classifications}
+        found = self.cats_in_form(cats)
         for task, label, key in self.cats_keys():
-            if key in cats:
-                out[task][label] = float(cats[key])
+            if key in found:
+                out[task][label] = found[key]
         return out
 
 

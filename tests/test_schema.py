@@ -141,3 +141,30 @@ def test_class_threshold_is_the_default_of_tasks_without_one():
                                 class_threshold=0.8)
     assert [task.threshold for task in schema.classifications] == [0.8, 0.2]
     assert Schema.from_config(classifications={"t": ["a"]}).classifications[0].threshold == 0.5
+
+
+def test_cats_are_read_in_either_key_form():
+    one = Schema.from_config(classifications={"mood": ["sad", "glad"]})
+    two = Schema.from_config(classifications={"mood": ["sad", "glad"], "topic": ["glad", "news"]})
+    assert one.cats_in_form({"mood:sad": 1.0, "mood:glad": 0.0, "topic:news": 1.0}) == {"sad": 1.0, "glad": 0.0}
+    assert one.cats_in_form({"sad": 0.2, "mood:sad": 0.9}) == {"sad": 0.2}  # its own form first
+    # several tasks: a bare label is read only when one task has it ("glad" is in both)
+    assert two.cats_in_form({"sad": 1.0, "glad": 1.0, "news": 0.0}) == {"mood:sad": 1.0, "topic:news": 0.0}
+    assert two.judged({"sad": 1.0, "topic:glad": 1.0}) == {"mood": {"sad": 1.0}, "topic": {"glad": 1.0}}
+
+
+def test_category_scores_read_gold_written_for_more_tasks():
+    """Gold doc.cats of a two-task corpus scores a component that predicts one of the tasks."""
+    import spacy
+    from spacy.training import Example
+    from spacy_gliner2.core.scoring import score_cats
+
+    nlp = spacy.blank("en")
+    schema = Schema.from_config(classifications={"mood": ["sad", "glad"]})
+    examples = []
+    for text, mood in [("Rain again.", "sad"), ("Sun!", "glad"), ("Snow.", "sad")]:
+        predicted, reference = nlp.make_doc(text), nlp.make_doc(text)
+        predicted.cats = {label: float(label == mood) for label in ("sad", "glad")}
+        reference.cats = {**{f"mood:{label}": float(label == mood) for label in ("sad", "glad")}, "topic:news": 1.0}
+        examples.append(Example(predicted, reference))
+    assert score_cats(examples, schema)["cats_score"] == 1.0

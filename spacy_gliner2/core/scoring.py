@@ -19,8 +19,9 @@ def score_cats(examples: List[Example], schema: Schema) -> Dict[str, Any]:
     main = []
     for task in schema.classifications:
         labels = [key for name, _, key in keys if name == task.name]
-        task_scores = Scorer.score_cats(
-            examples, "cats", labels=labels, multi_label=task.multi_label, threshold=task.threshold if task.multi_label else 0.0
+        task_scores = Scorer.score_cats(  # gold in either key form (written for more or fewer tasks)
+            examples, "cats", getter=lambda doc, _: schema.cats_in_form(doc.cats), labels=labels,
+            multi_label=task.multi_label, threshold=task.threshold if task.multi_label else 0.0
         )
         if many:
             task_scores = {k.replace("cats_", f"cats_{task.name}_", 1): v for k, v in task_scores.items()}
