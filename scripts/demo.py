@@ -35,6 +35,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "training" / "demo")
     parser.add_argument("--n", type=int, default=8, help="texts per data set")
     args = parser.parse_args()
+    if not (args.data / "eval").is_dir():
+        sys.exit(f"error: no shared data at {args.data} (its eval/ folder is missing): pass its location, "
+                 "e.g. `python -m spacy project run demo . --vars.data /path/to/shared/data`")
 
     model = args.model
     if model == "tiny":

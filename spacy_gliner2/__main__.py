@@ -36,15 +36,16 @@ from .strategies import STRATEGIES
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .stream import annotate_stream, input_format, load_pipeline, open_stream, read_schema
+    from .stream import annotate_stream, input_format, is_saved_pipeline, load_pipeline, open_stream, read_schema
 
     schema = read_schema(args.schema)
     nlp = load_pipeline(args.model, args.factory, schema, args.gpu_id)
     fmt = input_format(args.input, args.input_format)
-    loaded = (Path(args.model) / "config.cfg").is_file()
     # a schema given with a saved pipeline replaces its sections for this run (per-call schema)
     component_cfg = {name: schema for name in nlp.pipe_names
-                     if loaded and schema and nlp.get_pipe_meta(name).factory in FACTORIES}
+                     if is_saved_pipeline(args.model) and schema and nlp.get_pipe_meta(name).factory in FACTORIES}
+    for name, overrides in component_cfg.items():
+        nlp.get_pipe(name).schema_for(overrides)  # a bad schema: one error now, not one per text
     with contextlib.ExitStack() as stack:
         report = annotate_stream(
             nlp, open_stream(args.input, "r", stack), open_stream(args.output, "w", stack), fmt=fmt, text_field=args.text_field,
@@ -156,9 +157,21 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"{inputs} -> {args.output}: {n} docs written; read {report}")
 
 
+def _component(nlp: Any, args: argparse.Namespace) -> Any:
+    """The pipeline's component ``--component`` names, or its only gliner2/gliclass component."""
+    ours = [name for name in nlp.pipe_names if nlp.get_pipe_meta(name).factory in FACTORIES]
+    if args.component is None:
+        if len(ours) != 1:
+            raise ValueError(f"{args.pipeline} has {len(ours)} gliner2/gliclass components {ours}: name one with --component")
+        return nlp.get_pipe(ours[0])
+    if args.component not in ours:
+        raise ValueError(f"{args.pipeline} has no gliner2/gliclass component {args.component!r}; it has {ours}")
+    return nlp.get_pipe(args.component)
+
+
 def _export(args: argparse.Namespace) -> None:
     nlp = spacy.load(args.pipeline)
-    pipe = nlp.get_pipe(args.component)
+    pipe = _component(nlp, args)
     pipe.runner.save(args.output)
     loader = {"gliner2": "gliner2.GLiNER2.from_pretrained", "gliclass": "gliclass.GLiClassModel.from_pretrained"}
     family = pipe.runner.family
@@ -167,8 +180,9 @@ def _export(args: argparse.Namespace) -> None:
 
 def _feedback(args: argparse.Namespace) -> None:
     nlp = spacy.load(args.pipeline)
-    pipe = nlp.get_pipe(args.component)
+    pipe = _component(nlp, args)
     judged = read_feedback(args.feedback, pipe.schema)
+    args.output.mkdir(parents=True, exist_ok=True)  # before training: a path that cannot be written fails now
     examples = feedback_examples(nlp, judged)
     # PPO with the verdicts as reward for this run only: the saved config keeps its own training block
     pipe.training = dataclasses.replace(pipe.training, objective="ppo", reward=args.reward, seed=args.seed,
@@ -194,8 +208,9 @@ def _calibrate(args: argparse.Namespace) -> None:
 
     nlp = spacy.load(args.pipeline)
     gold = list(DocBin().from_disk(args.dev).get_docs(nlp.vocab))
-    report = calibrate(nlp, args.component, gold, args.task, args.share)
-    set_abstention(nlp, args.component, args.task, report["abstain_below"])
+    component = _component(nlp, args).name
+    report = calibrate(nlp, component, gold, args.task, args.share)
+    set_abstention(nlp, component, args.task, report["abstain_below"])
     nlp.to_disk(args.output)
     kept = report["accuracy_kept"]
     print(f"{args.task}: abstain below {report['abstain_below']:.4f} ({report['abstained']:.1%} of {report['n']} dev texts); "
@@ -203,7 +218,8 @@ def _calibrate(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m spacy_gliner2", description=__doc__,
+    prog = "spacy-gliner2" if Path(sys.argv[0]).name == "spacy-gliner2" else "python -m spacy_gliner2"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="annotate JSONL or plain-text lines into JSONL (entities, cats, results)")
@@ -215,10 +231,10 @@ def main() -> None:
     run.add_argument("--factory", choices=["gliner2", "gliclass"], help="for a checkpoint (default: its family)")
     run.add_argument("--input-format", choices=["jsonl", "text"], help="default: .jsonl/.json -> jsonl, else text")
     run.add_argument("--text-field", default="text")
-    run.add_argument("--batch-size", type=int, default=32)
-    run.add_argument("--n-process", type=int, default=1)
-    run.add_argument("--gpu-id", type=int, default=-1, help="run on this GPU (spacy.require_gpu)")
-    run.add_argument("--limit", type=int, help="annotate at most this many texts")
+    run.add_argument("--batch-size", type=_positive, default=32)
+    run.add_argument("--n-process", type=_positive, default=1)
+    run.add_argument("--gpu-id", type=int, default=-1, help="run the model on this CUDA GPU (default -1: CPU)")
+    run.add_argument("--limit", type=_positive, help="annotate at most this many texts")
     run.add_argument("--strict", action="store_true", help="stop at the first bad line or failing text")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(run=_run)
@@ -242,15 +258,15 @@ def main() -> None:
     exp = sub.add_parser("export", help="write a pipeline's component as a reference checkpoint (gliner2 or gliclass)")
     exp.add_argument("pipeline", type=Path)
     exp.add_argument("output", type=Path)
-    exp.add_argument("--component", default="gliner2")
+    exp.add_argument("--component", help="the gliner2/gliclass component (default: the only one)")
     exp.set_defaults(run=_export)
     fb = sub.add_parser("feedback", help="improve a pipeline's classifier from accept/reject verdicts (PPO)")
     fb.add_argument("pipeline", type=Path)
     fb.add_argument("feedback", type=Path, help="JSONL: {\"text\", \"task\" (optional), \"accept\": [...], \"reject\": [...]}")
     fb.add_argument("output", type=Path, help="where the improved pipeline is written")
-    fb.add_argument("--component", default="gliner2")
-    fb.add_argument("--epochs", type=int, default=3)
-    fb.add_argument("--batch-size", type=int, default=8)
+    fb.add_argument("--component", help="the gliner2/gliclass component (default: the only one)")
+    fb.add_argument("--epochs", type=_positive, default=3)
+    fb.add_argument("--batch-size", type=_positive, default=8)
     fb.add_argument("--reward", default="accuracy", help="'accuracy' (agreement with the verdicts), 'f1', "
                     "or a reward registered in spaCy's misc registry")
     fb.add_argument("--encoder-lr", type=float, default=None, help="default: the component's training block")
@@ -262,13 +278,14 @@ def main() -> None:
                                             "on the zero-shot classification sets")
     for evaluation in (zs, st):
         evaluation.add_argument("model", help="a saved pipeline folder, or a checkpoint (folder or Hub id)")
-        evaluation.add_argument("--data", type=Path, default=Path("../shared/data/eval"), help="the eval folder of the shared data")
+        evaluation.add_argument("--data", type=Path, default=Path("../shared/data/eval"),
+                                help="the eval folder of the shared data (default: ../shared/data/eval, from the current folder)")
         evaluation.add_argument("--out", type=Path, required=True, help="JSON file for every figure")
         evaluation.add_argument("--markdown", type=Path, help="also write the table (Markdown) to this file")
         evaluation.add_argument("--sets", help="comma-separated set names (default: all)")
         evaluation.add_argument("--limit", type=int, help="N (scored) texts of each set, spread over it (a quick run)")
         evaluation.add_argument("--factory", choices=["gliner2", "gliclass"], help="for a checkpoint (default: its family)")
-        evaluation.add_argument("--batch-size", type=int, default=32)
+        evaluation.add_argument("--batch-size", type=_positive, default=32)
         evaluation.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         evaluation.add_argument("--gpu-id", type=int, default=-1)
     zs.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -286,7 +303,7 @@ def main() -> None:
     cal.add_argument("output", type=Path, help="where the pipeline with the task's abstain_below is written")
     cal.add_argument("--task", required=True)
     cal.add_argument("--share", type=float, default=0.1, help="share of the dev texts to abstain on (least confident)")
-    cal.add_argument("--component", default="gliner2")
+    cal.add_argument("--component", help="the gliner2/gliclass component (default: the only one)")
     cal.set_defaults(run=_calibrate)
     kern = sub.add_parser("kernels", help="report the compiled CPU kernels' state (--build: build them now)")
     kern.add_argument("--build", action="store_true", help="build now (also after a remembered failure)")
@@ -296,20 +313,25 @@ def main() -> None:
     rd.add_argument("input", type=Path, help=".jsonl or .parquet")
     rd.add_argument("output", type=Path, help=".jsonl or .parquet: one file, rows in input order")
     rd.add_argument("--text-field", default="text")
-    rd.add_argument("--batch-size", type=int, default=64)
+    rd.add_argument("--batch-size", type=_positive, default=64)
     rd.add_argument("--concurrency", type=int, help="actors (default: 1, scaling up to the cluster's CPUs)")
     rd.add_argument("--num-cpus-per-actor", type=float, help="default: --torch-threads")
     rd.add_argument("--torch-threads", type=int, default=1)
     rd.add_argument("--address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local one)")
     rd.set_defaults(run=_ray)
     args = parser.parse_args()
-    if args.command not in ("run", "ray", "zero-shot", "strategies"):
-        args.run(args)
-        return
     try:
         args.run(args)
     except (OSError, ValueError, ImportError) as error:  # bad input, files, schema, checkpoint: one line
         sys.exit(f"error: {error}")
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 if __name__ == "__main__":

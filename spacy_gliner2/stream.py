@@ -184,21 +184,49 @@ def read_schema(path: Optional[Path]) -> Optional[Dict[str, Any]]:
         if block is None:
             raise ValueError(f"{path} has no [components.*] block with factory {' or '.join(FACTORIES)}")
         return {k: v for k, v in block.items() if k in (*SCHEMA_KEYS, "threshold")}
-    return json.loads(path.read_text(encoding="utf8"))
+    try:
+        schema = json.loads(path.read_text(encoding="utf8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
+    if not isinstance(schema, dict):
+        raise ValueError(f"{path} holds a JSON {type(schema).__name__}; a schema is an object such as "
+                         '{"entities": ["person", "company"]}')
+    return schema
+
+
+def is_saved_pipeline(name: str) -> bool:
+    """A folder with ``config.cfg`` (``nlp.to_disk``), or an installed pipeline package (``spacy package``)."""
+    return (Path(name) / "config.cfg").is_file() or spacy.util.is_package(name)
 
 
 def load_pipeline(name: str, factory: Optional[str], schema: Optional[Dict[str, Any]], gpu_id: int) -> Language:
-    """A saved pipeline (a folder with ``config.cfg``) or a checkpoint (folder or Hub id) in a blank
-    English pipeline with the ``factory`` component (default: the checkpoint's family, else gliner2)."""
-    if gpu_id >= 0:
-        spacy.require_gpu(gpu_id)
-    if (Path(name) / "config.cfg").is_file():
-        return spacy.load(name)
+    """A saved pipeline (folder or installed package) or a checkpoint (folder or Hub id) in a blank
+    English pipeline with the ``factory`` component (default: the checkpoint's family, else gliner2);
+    its gliner2/gliclass components loaded now (on GPU ``gpu_id`` when >= 0), so that a model that
+    cannot be loaded is one error here rather than one per text."""
+    if is_saved_pipeline(name):
+        nlp = spacy.load(name)
+    else:
+        nlp = _checkpoint_pipeline(name, factory, schema)
+    for pipe_name in nlp.pipe_names:
+        if nlp.get_pipe_meta(pipe_name).factory in FACTORIES:
+            pipe = nlp.get_pipe(pipe_name)
+            if gpu_id >= 0:
+                pipe.cfg["device"] = f"cuda:{gpu_id}"
+            pipe.runner  # noqa: B018 (loads the checkpoint)
+    return nlp
+
+
+def _checkpoint_pipeline(name: str, factory: Optional[str], schema: Optional[Dict[str, Any]]) -> Language:
     from .core.checkpoint import checkpoint_family
 
-    if not any((schema or {}).get(key) for key in SCHEMA_KEYS):
+    if schema is None:
         raise ValueError(f"{name} is a checkpoint, not a saved pipeline: it needs a schema (what to extract). "
                          "Give --schema schema.json, or a spaCy config with a gliner2/gliclass component block.")
+    if not any(schema.get(key) for key in SCHEMA_KEYS):
+        unknown = sorted(set(schema) - set(SCHEMA_KEYS) - {"threshold"})
+        raise ValueError(f"the schema for checkpoint {name} names no task: give one of {list(SCHEMA_KEYS)}"
+                         + (f" (unknown keys: {unknown})" if unknown else "") + ".")
     folder = Path(name)
     found = checkpoint_family(folder) if (folder / "config.json").is_file() else None
     nlp = spacy.blank("en")

@@ -136,7 +136,7 @@ def test_a_long_pool_example_splits_every_batch_alike(bert_checkpoint):
     long_example = " ".join(["word"] * (limit * 2 // 3))
     schema = {"entities": ["person"], "classifications": {"t": {
         "labels": ["a", "b"], "examples": [["A short note.", "a"], [long_example, "b"]], "nearest_examples": 1}}}
-    parsed = pipe._schema_for(schema)
+    parsed = pipe.schema_for(schema)
     alone = nlp("A short text.", component_cfg={"gliner2": dict(schema)})
     together = list(nlp.pipe(["A short text.", "word word word"], component_cfg={"gliner2": dict(schema)}))
     assert alone.cats == pytest.approx(together[0].cats, abs=1e-5)

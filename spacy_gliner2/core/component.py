@@ -249,7 +249,9 @@ class ZeroShotComponent(TrainablePipe):
 
     # -- prediction --------------------------------------------------------
 
-    def _schema_for(self, overrides: Dict[str, Any]) -> Schema:
+    def schema_for(self, overrides: Dict[str, Any]) -> Schema:
+        """The schema of a call with ``overrides`` (``component_cfg``: sections that replace the
+        configured ones); SchemaError for unknown keys or a bad section."""
         if not overrides:
             return self.schema
         allowed = self.schema_keys + ("threshold",)
@@ -298,7 +300,7 @@ class ZeroShotComponent(TrainablePipe):
 
     def __call__(self, doc: Doc, **overrides: Any) -> Doc:
         overrides.pop("batch_size", None)  # Language.pipe adds it to a shared component_cfg
-        schema = self._schema_for(overrides)
+        schema = self.schema_for(overrides)
         self.set_annotations([doc], self.predict([doc], schema), schema)
         return doc
 
@@ -308,7 +310,7 @@ class ZeroShotComponent(TrainablePipe):
         A failing chunk raises, unless an error handler is set (``nlp.set_error_handler``): then its
         Docs run one by one and the handler gets each failing Doc alone (the others are yielded).
         """
-        schema = self._schema_for(overrides)
+        schema = self.schema_for(overrides)
         handler = self.get_error_handler()
         for docs in minibatch(stream, size=batch_size):
             try:
