@@ -234,3 +234,76 @@ def test_gold_that_fits_in_no_window_is_reported(plain_encoder, caplog):
     with caplog.at_level("WARNING", logger="spacy_gliner2"):
         pipe._training_items(examples, __import__("random").Random(0))
     assert "more than one window" not in caplog.text
+
+
+@pytest.mark.parametrize("setting,value,message", [
+    ("negatives", "many", "training.negatives must be an int, got 'many'"),
+    ("negatives", -1, "training.negatives must be at least 0"),
+    ("head_lr", "fast", "training.head_lr must be a float"),
+    ("ppo_epochs", 2.5, "training.ppo_epochs must be an int"),
+    ("encoder_lr", -1, "training.encoder_lr must be at least 0"),
+    ("label_dropout", 1.5, "training.label_dropout must be between 0 and 1"),
+    ("negative_span_mask", 2.0, "training.negative_span_mask must be between 0 and 1"),
+    ("shuffle_labels", "no", "training.shuffle_labels must be a bool"),
+    ("entropy_coef", -0.5, "training.entropy_coef must be at least 0"),
+    ("gold_spans_key", 3, "training.gold_spans_key must be null or a str"),
+])
+def test_training_settings_of_the_wrong_type_or_range_are_refused_when_the_component_is_made(bert_checkpoint, setting,
+                                                                                            value, message):
+    nlp = spacy.blank("en")
+    with pytest.raises(ValueError, match=message):
+        nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), **CONFIG, "training": {setting: value}})
+
+
+def test_gliclass_training_settings_are_checked_too():
+    from spacy_gliner2.gliclass.training import GLiClassTraining
+
+    assert GLiClassTraining.from_config({"negatives": -1, "encoder_lr": 1}).negatives == -1  # -1: every label
+    for bad in ({"negatives": -2}, {"focal_gamma": -1.0}, {"loss": 3}):
+        with pytest.raises(ValueError, match="training\\."):
+            GLiClassTraining.from_config(bad)
+
+
+def test_initialize_without_tasks_or_gold_is_a_clear_error(bert_checkpoint):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": None, "classifications": None,
+                                    "structures": None, "relations": None})
+    examples = [Example(nlp.make_doc(t), nlp.make_doc(t)) for t, *_ in TRAIN]
+    with pytest.raises(ValueError, match="nothing to learn"):
+        nlp.initialize(lambda: examples)
+
+
+def test_gold_that_training_will_not_learn_is_reported_at_initialize(bert_checkpoint, caplog):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), **CONFIG,
+                                    "training": {"gold_spans_key": "typo", "objective": "ppo"}})
+    examples = []
+    for text, *_ in TRAIN:
+        reference = nlp.make_doc(text)
+        reference.cats = {"neutral": 1.0}  # a label of no task
+        reference._.gliner2 = {"structures": {"order": [{"item": None}]}, "relations": {"owns": []}}
+        examples.append(Example(nlp.make_doc(text), reference))
+    with caplog.at_level("WARNING", logger="spacy_gliner2"):
+        nlp.initialize(lambda: examples)
+    for expected in ["doc.cats keys ['neutral'] belong to no classification task (['sentiment'])",
+                     "gold structures ['order']", "gold relations ['owns']",
+                     "gold_spans_key 'typo' is in no Doc's doc.spans", "objective 'ppo'"]:
+        assert expected in caplog.text
+
+
+def test_instances_past_the_count_heads_largest_count_are_reported(plain_encoder, caplog):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(plain_encoder), **CONFIG, "relations": ["met"]})
+    text = " ".join(f"P{i} met Q{i}." for i in range(25))
+    ref = nlp.make_doc(text)
+    found = []
+    for i in range(25):
+        head, tail = text.index(f"P{i} "), text.index(f"Q{i}.")
+        found.append({"head": {"text": f"P{i}", "start": head, "end": head + len(f"P{i}")},
+                      "tail": {"text": f"Q{i}", "start": tail, "end": tail + len(f"Q{i}")}})
+    ref._.gliner2 = {"relations": {"met": found}}
+    examples = [Example(nlp.make_doc(text), ref)]
+    nlp.initialize(lambda: examples)
+    with caplog.at_level("WARNING", logger="spacy_gliner2"):
+        nlp.update(examples)
+    assert "6 gold span(s) or instances cannot be learned" in caplog.text  # 25 instances, counts up to 19

@@ -232,6 +232,28 @@ class ZeroShotComponent(TrainablePipe):
         self.schema = self.parse_schema(schema)
         self.cfg["schema"] = schema
         self._overrides = {}
+        if self.training_schema.is_empty:
+            raise ValueError(f"{self.name!r} has nothing to learn: its config names no task ({list(self.schema_keys)}) "
+                             "and the training data holds no gold to take them from (doc.ents, doc.cats). Configure "
+                             "the tasks, or check the corpus.")
+        for message in self._unlearned(examples):
+            logger.warning("%s: %s", self.name, message)
+
+    def _unlearned(self, examples: List[Example]) -> List[str]:
+        """What of the training data's gold training will not learn (each a warning at initialize):
+        here ``doc.cats`` keys of no task, and classification gold missing for ``ppo``."""
+        schema, messages = self.training_schema, []
+        known = {k for task, label, key in schema.cats_keys() for k in (key, f"{task}:{label}", label)}
+        stray = sorted({key for eg in examples for key in eg.reference.cats if key not in known})
+        if stray:
+            messages.append(f"doc.cats keys {stray[:10]}{' ...' if len(stray) > 10 else ''} belong to no classification "
+                            f"task ({[t.name for t in schema.classifications]}) and are not learned: add them to a task's "
+                            "labels (keys \"task:label\" name their task).")
+        if self.training.objective == "ppo" and not any(
+                labels for eg in examples for labels in schema.judged(eg.reference.cats).values()):
+            messages.append("objective 'ppo' learns classification tasks from doc.cats, and no Doc has gold for one: "
+                            "nothing will be learned.")
+        return messages
 
     @property
     def training_schema(self) -> Schema:
@@ -373,6 +395,16 @@ class ZeroShotComponent(TrainablePipe):
             self.finish_update(sgd)
         return losses
 
+    def _training_windows(self, doc: Doc, schema: Schema) -> Tuple[List[Any], List[Any]]:
+        """The windows and encoded records of a training Doc's text under a training prompt."""
+        try:
+            return self.runner.windows([doc.text], [self._words(doc)], schema, self.cfg["window_size"],
+                                       self.cfg["window_overlap"])
+        except SchemaError as error:
+            raise SchemaError(f"{error} In training, a prompt holds a Doc's gold labels and the sampled negatives: "
+                              "lower training.negatives or training.class_negatives (-1 means all of a task's "
+                              "labels).") from None
+
     def _class_batch(self, groups: Sequence[Tuple[Doc, Sequence[Any]]]) -> Tuple[Any, List[Any]]:
         """A collated batch of classification inputs: per (Doc, items with a ``.task``) every window of
         the Doc's text prompted with those tasks together (as inference prompts them), and the item of
@@ -381,8 +413,7 @@ class ZeroShotComponent(TrainablePipe):
         for doc, items in groups:
             schema = runner.example_schemas(Schema(classifications=tuple(item.task for item in items)), [doc.text],
                                             training=True)[0]
-            _, encoded = runner.windows([doc.text], [self._words(doc)], schema, self.cfg["window_size"],
-                                        self.cfg["window_overlap"])
+            _, encoded = self._training_windows(doc, schema)
             records += encoded
             rows += list(items) * len(encoded)
         return runner.collate(records).to(runner.device), rows

@@ -5,8 +5,8 @@ Pure torch: the component keeps one :class:`TrainingState` and steps it in ``fin
 """
 import copy
 import random
-from dataclasses import dataclass
-from typing import Any, Dict, Optional, Type, TypeVar
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Dict, Optional, Tuple, Type, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import torch
 
@@ -37,7 +37,15 @@ class OptimSettings:
     entropy_coef: float = 0.01  # ppo: weight of the entropy bonus
     baseline: str = "mean"  # ppo: advantage = reward - batch mean ("mean") or reward ("none")
 
+    # the lowest and highest value of a number setting (None: no bound); subclasses add theirs
+    LIMITS: ClassVar[Dict[str, Tuple[Optional[float], Optional[float]]]] = {
+        "encoder_lr": (0, None), "head_lr": (0, None), "weight_decay": (0, None), "warmup_steps": (0, None),
+        "total_steps": (1, None), "grad_clip": (0, None), "ppo_epochs": (1, None), "kl_coef": (0, None),
+        "entropy_coef": (0, None),
+    }
+
     def __post_init__(self) -> None:
+        self._check_values()
         if self.objective not in OBJECTIVES:
             raise ValueError(f"training.objective must be one of {list(OBJECTIVES)}, got {self.objective!r}.")
         if self.baseline not in BASELINES:
@@ -45,6 +53,25 @@ class OptimSettings:
         if self.ppo_epochs < 1 or not 0 < self.ppo_clip < 1:
             raise ValueError(f"training.ppo_epochs must be >= 1 and ppo_clip in (0, 1); got {self.ppo_epochs}, "
                              f"{self.ppo_clip}.")
+
+    def _check_values(self) -> None:
+        """ValueError for a setting of the wrong type (bool, int, float, str as declared; an int
+        is a float too) or outside its LIMITS, naming the setting."""
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            value, declared = getattr(self, f.name), hints[f.name]
+            optional = get_origin(declared) is Union and type(None) in get_args(declared)
+            kind = next(t for t in get_args(declared) if t is not type(None)) if optional else declared
+            if value is None and optional:
+                continue
+            accepted = (int, float) if kind is float else (kind,)
+            if not isinstance(value, accepted) or (isinstance(value, bool) and kind is not bool):
+                raise ValueError(f"training.{f.name} must be {'null or ' if optional else ''}a{'n' if kind is int else ''} "
+                                 f"{kind.__name__}, got {value!r}.")
+            low, high = self.LIMITS.get(f.name, (None, None))
+            if (low is not None and value < low) or (high is not None and value > high):
+                bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+                raise ValueError(f"training.{f.name} must be {bounds}, got {value!r}.")
 
     def ppo(self) -> PPOSettings:
         """The PPO settings of this block."""

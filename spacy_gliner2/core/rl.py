@@ -11,6 +11,7 @@ model gives the KL's reference. Rewards are functions ``(actions, targets, judge
 whose function returns one.
 """
 import random
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -109,6 +110,9 @@ def ppo_update(model: nn.Module, reference: nn.Module, rows: Sequence[ClassRow],
     actions, old_log_prob = sample(logits.detach(), mask, multi, generator)
     targets, judged = _targets(rows, logits.shape[1], logits.device)
     rewards = reward(actions, targets, judged & mask, multi).to(logits.dtype)
+    if len(rows) == 1 and settings.baseline == "mean":
+        warnings.warn("A PPO batch of one row: with baseline 'mean' its advantage is 0 and it teaches nothing. "
+                      "Use batches of 2 or more rows, or training.baseline = \"none\".", stacklevel=2)
     advantage = advantages(rewards, settings.baseline)
     parts: Dict[str, float] = {}
     for epoch in range(settings.epochs):

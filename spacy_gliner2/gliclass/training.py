@@ -31,6 +31,8 @@ class GLiClassTraining(OptimSettings):
     focal_alpha: float = 0.25  # weight of positives in the focal loss (negatives: 1 - alpha; < 0: none)
     focal_gamma: float = 2.0  # focusing exponent of the focal loss: (1 - p_t) ** gamma
 
+    LIMITS = {**OptimSettings.LIMITS, "negatives": (-1, None), "focal_gamma": (0, None)}
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.loss not in LOSSES:

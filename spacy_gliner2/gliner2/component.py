@@ -19,6 +19,7 @@ from ..schema import SCHEMA_KEYS, Schema
 from .annotate import EXTENSION, annotate
 from .runner import GLiNER2Runner
 from .scoring import score as score_examples
+from .layers import MAX_COUNT
 from .training import (Gold, TrainingSettings, label_groups, negative_pool, outside_every_window, sample_schema,
                        training_loss, window_gold)
 
@@ -150,6 +151,22 @@ class GLiNER2Component(ZeroShotComponent):
             schema["classifications"] = task
         return schema
 
+    def _unlearned(self, examples: List[Example]) -> List[str]:
+        """Also: gold structures and relations (``doc._.gliner2``) the schema does not name, and a
+        ``gold_spans_key`` that no Doc has."""
+        messages, schema = super()._unlearned(examples), self.training_schema
+        for section, configured in (("structures", schema.structures), ("relations", schema.relations)):
+            names = {item.name for item in configured}
+            stray = sorted({name for eg in examples for name in ((eg.reference._.get(EXTENSION) or {}).get(section) or {})
+                            if name not in names})
+            if stray:
+                messages.append(f"gold {section} {stray} (doc._.{EXTENSION}) are not in the schema and are not learned: "
+                                f"add them to the component's {section}.")
+        key = self.training.gold_spans_key
+        if key and not any(key in eg.reference.spans for eg in examples):
+            messages.append(f"training.gold_spans_key {key!r} is in no Doc's doc.spans: no entities are learned.")
+        return messages
+
     def _write(self, doc: Doc, output: Any, schema: Schema) -> int:
         result, probs = output
         return annotate(
@@ -213,9 +230,7 @@ class GLiNER2Component(ZeroShotComponent):
             if schema.is_empty:
                 continue
             schema = self.runner.example_schemas(schema, [doc.text], training=True)[0]
-            jobs, records = self.runner.windows(
-                [doc.text], [self._words(doc)], schema, self.cfg["window_size"], self.cfg["window_overlap"]
-            )
+            jobs, records = self._training_windows(doc, schema)
             for job, record in zip(jobs, records):
                 items.append((schema, record, job.words, window_gold(gold_doc, job.start, job.end)))
             missed += outside_every_window(gold_doc, [(job.start, job.end) for job in jobs])
@@ -233,9 +248,9 @@ class GLiNER2Component(ZeroShotComponent):
         loss, parts, lost = training_loss(self.runner.model, items, self.training, generator)
         if lost:
             logger.warning(
-                "%d gold span(s) are longer than the model's %d-word spans and cannot be learned.",
-                lost,
-                self.runner.model.settings.max_width,
+                "%d gold span(s) or instances cannot be learned: spans longer than the model's %d-word spans, or "
+                "more than %d instances of one structure or relation in a window.",
+                lost, self.runner.model.settings.max_width, MAX_COUNT - 1,
             )
         return loss, parts
 

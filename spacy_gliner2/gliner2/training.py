@@ -34,6 +34,9 @@ class TrainingSettings(OptimSettings):
     class_negatives: int = -1  # negative labels per classification prompt (-1: all of the task's labels)
     gold_spans_key: Optional[str] = None  # None: gold entities from doc.ents
 
+    LIMITS = {**OptimSettings.LIMITS, "negatives": (0, None), "label_dropout": (0, 1), "negative_span_mask": (0, 1),
+              "class_negatives": (-1, None)}
+
 
 @dataclass
 class Gold:
@@ -194,7 +197,7 @@ class Targets:
 def make_targets(schema: Schema, record: EncodedText, words: Sequence[Word], gold: Gold, max_width: int) -> Tuple[Targets, int]:
     """Targets for one encoded record, and how many gold spans could not be learned."""
     index = _WordIndex(words, record.n_prefix, max_width)
-    counts, positives, classes = [], [], []
+    counts, positives, classes, beyond = [], [], [], 0
     for slots in record.tasks:
         seg = slots.segment
         cells: List[Tuple[int, int, int, int]] = []
@@ -210,7 +213,8 @@ def make_targets(schema: Schema, record: EncodedText, words: Sequence[Word], gol
         elif seg.kind in (STRUCTURE, RELATION):
             source = gold.structures if seg.kind == STRUCTURE else gold.relations
             name = (schema.structures if seg.kind == STRUCTURE else schema.relations)[seg.index].name
-            instances = source.get(name, [])[: MAX_COUNT - 1]
+            instances = source.get(name, [])[: MAX_COUNT - 1]  # the count head's largest count
+            beyond += len(source.get(name, [])) - len(instances)
             count = len(instances)
             for k, instance in enumerate(instances):
                 for m, slot in enumerate(seg.names):
@@ -221,7 +225,7 @@ def make_targets(schema: Schema, record: EncodedText, words: Sequence[Word], gol
         counts.append(count)
         positives.append(cells)
         classes.append(target)
-    return Targets(counts, positives, classes), index.unlearnable
+    return Targets(counts, positives, classes), index.unlearnable + beyond
 
 
 def _span_loss(scores: TaskScores, cells: Sequence[Tuple[int, int, int, int]], n_words: int, mask_rate: float, generator: torch.Generator) -> torch.Tensor:
@@ -245,10 +249,11 @@ def training_loss(
     settings: TrainingSettings,
     generator: torch.Generator,
 ) -> Tuple[torch.Tensor, Dict[str, float], int]:
-    """The GLiNER2 losses of a batch, per document: spans (BCE), counts (CE), classes.
+    """The GLiNER2 losses of a batch, the mean over its windows: spans (BCE), counts (CE), classes.
 
     ``items`` are (per-example schema, encoded window, its normalised words, gold).
-    Returns the loss, its parts, and the number of gold spans that could not be learned.
+    Returns the loss, its parts, and the number of gold spans and instances that cannot be learned
+    (spans wider than the model's spans, instances past the count head's largest count).
     """
     records, targets, unlearnable = [], [], 0
     for schema, record, words, gold in items:
