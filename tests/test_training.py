@@ -307,3 +307,19 @@ def test_instances_past_the_count_heads_largest_count_are_reported(plain_encoder
     with caplog.at_level("WARNING", logger="spacy_gliner2"):
         nlp.update(examples)
     assert "6 gold span(s) or instances cannot be learned" in caplog.text  # 25 instances, counts up to 19
+
+
+@pytest.mark.parametrize("factory", ["gliner2", "gliclass"])
+def test_a_corpus_without_gold_for_the_tasks_is_reported(factory, bert_checkpoint, gliclass_checkpoint, caplog):
+    nlp = spacy.blank("en")
+    model = bert_checkpoint if factory == "gliner2" else gliclass_checkpoint
+    nlp.add_pipe(factory, config={"model": str(model), "classifications": {"sentiment": ["negative", "positive"]}})
+    examples = [Example(nlp.make_doc(t), nlp.make_doc(t)) for t, *_ in TRAIN]  # no ents, no cats
+    with caplog.at_level("WARNING", logger="spacy_gliner2"):
+        nlp.initialize(lambda: examples)
+    assert "no Doc has gold for the component's tasks" in caplog.text
+    caplog.clear()
+    examples[0].reference.cats = {"positive": 1.0, "negative": 0.0}
+    with caplog.at_level("WARNING", logger="spacy_gliner2"):
+        nlp.initialize(lambda: examples)
+    assert "no Doc has gold" not in caplog.text

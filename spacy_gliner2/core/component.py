@@ -249,11 +249,17 @@ class ZeroShotComponent(TrainablePipe):
             messages.append(f"doc.cats keys {stray[:10]}{' ...' if len(stray) > 10 else ''} belong to no classification "
                             f"task ({[t.name for t in schema.classifications]}) and are not learned: add them to a task's "
                             "labels (keys \"task:label\" name their task).")
-        if self.training.objective == "ppo" and not any(
-                labels for eg in examples for labels in schema.judged(eg.reference.cats).values()):
+        has_classes = any(labels for eg in examples for labels in schema.judged(eg.reference.cats).values())
+        if self.training.objective == "ppo" and not has_classes:
             messages.append("objective 'ppo' learns classification tasks from doc.cats, and no Doc has gold for one: "
                             "nothing will be learned.")
+        elif not has_classes and not any(self._teaches(eg.reference) for eg in examples):
+            messages.append("no Doc has gold for the component's tasks: nothing will be learned.")
         return messages
+
+    def _teaches(self, doc: Doc) -> bool:
+        """Whether ``doc`` has gold besides ``doc.cats`` (a family's other tasks)."""
+        return False
 
     @property
     def training_schema(self) -> Schema:

@@ -167,6 +167,10 @@ class GLiNER2Component(ZeroShotComponent):
             messages.append(f"training.gold_spans_key {key!r} is in no Doc's doc.spans: no entities are learned.")
         return messages
 
+    def _teaches(self, doc: Doc) -> bool:
+        gold = self._gold(doc)
+        return bool(gold.entities_annotated or gold.structures or gold.relations)
+
     def _write(self, doc: Doc, output: Any, schema: Schema) -> int:
         result, probs = output
         return annotate(
