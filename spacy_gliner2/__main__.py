@@ -182,9 +182,6 @@ def _feedback(args: argparse.Namespace) -> None:
     nlp = spacy.load(args.pipeline)
     pipe = _component(nlp, args)
     judged = read_feedback(args.feedback, pipe.schema)
-    if args.batch_size == 1 and pipe.training.baseline == "mean":
-        raise ValueError("--batch-size 1 teaches nothing with the component's PPO baseline 'mean': a batch's rewards "
-                         "are measured against their own mean, so one text judged on one task gets none; use 2 or more")
     args.output.mkdir(parents=True, exist_ok=True)  # before training: a path that cannot be written fails now
     examples = feedback_examples(nlp, judged)
     # PPO with the verdicts as reward for this run only: the saved config keeps its own training block

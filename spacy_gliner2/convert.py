@@ -82,14 +82,14 @@ def bio_conll(nlp: Language, path: Path, report: Report, spans_key: str = "gline
         for i, (_, tag, number) in enumerate(rows + [("", "O", 0)]):
             prefix, dash, name = tag.partition("-")
             prefix = prefix.upper()
-            if tag != "O" and not (dash and name and prefix in _TAG_PREFIXES):
+            if tag.upper() != "O" and not (dash and name and prefix in _TAG_PREFIXES):
                 raise ValueError(f"{path}, line {number}: tag {tag!r} is neither O nor a label after one of the "
                                  "prefixes B-, I- (BIO, IOB1), E-, S- (BIOES) or L-, U- (BILOU).")
             inside = prefix in _INSIDE and start is not None and name == label  # continues the open span
             if start is not None and not inside:
                 spans.append(Span(doc, start, i, label=label))
                 start = None
-            if tag != "O" and not inside:
+            if tag.upper() != "O" and not inside:
                 start, label = i, name
             if prefix in _LAST:
                 spans.append(Span(doc, start, i + 1, label=label))

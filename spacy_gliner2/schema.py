@@ -596,11 +596,11 @@ def parse_field(spec: Any, structure: str = "?") -> Field:
                 choices = [c.strip() for c in part[1:-1].split("|")]
                 dtype = dtype if explicit else "str"
             elif desc is None:
-                if part.strip().lower() in _TYPE_NAMES:
+                if not explicit and part.strip().lower() in _TYPE_NAMES:  # where a type goes: a typo of one
                     raise SchemaError(
                         f"Field spec {spec!r}: {part!r} reads as a type, but field types are {list(FIELD_DTYPES)} "
                         "(str: one value, list: every value); the form is name::str|list::description or "
-                        "name::[a|b]::str. For a description that is one such word, use the mapping form."
+                        "name::[a|b]::str. For a description that is one such word, give the type first (name::str::date)."
                     )
                 desc = part
             elif parts.index(desc) == 1 and " " not in desc.strip():

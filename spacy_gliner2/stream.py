@@ -91,6 +91,8 @@ def annotate_stream(
     progress: bool = True,
 ) -> Report:
     """Annotate the texts of ``lines`` into ``out`` (one JSON line each, in input order)."""
+    if fmt == "text" and text_field == "line":
+        raise ValueError("--text-field 'line' is the field text input gives each line's number: name the text another way")
     outputs = pipeline_outputs(nlp.config)
     report = Report()
     records: Dict[int, Dict[str, Any]] = {}  # handed to the pipeline, not yet written
@@ -195,8 +197,12 @@ def read_schema(path: Optional[Path]) -> Optional[Dict[str, Any]]:
 
 
 def is_saved_pipeline(name: str) -> bool:
-    """A folder with ``config.cfg`` (``nlp.to_disk``), or an installed pipeline package (``spacy package``)."""
-    return (Path(name) / "config.cfg").is_file() or spacy.util.is_package(name)
+    """A folder with ``config.cfg`` (``nlp.to_disk``), or an installed pipeline package (``spacy package``,
+    when no such path exists)."""
+    path = Path(name)
+    if path.exists():
+        return (path / "config.cfg").is_file()
+    return spacy.util.is_package(name) and spacy.util.get_package_path(name).joinpath("meta.json").exists()
 
 
 def load_pipeline(name: str, factory: Optional[str], schema: Optional[Dict[str, Any]], gpu_id: int) -> Language:
@@ -213,6 +219,8 @@ def load_pipeline(name: str, factory: Optional[str], schema: Optional[Dict[str, 
             pipe = nlp.get_pipe(pipe_name)
             if gpu_id >= 0:
                 pipe.cfg["device"] = f"cuda:{gpu_id}"
+                if pipe._runner is not None:  # a saved pipeline loads its weights on the CPU
+                    pipe._set_runner(pipe._runner)
             pipe.runner  # noqa: B018 (loads the checkpoint)
     return nlp
 

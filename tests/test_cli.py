@@ -68,3 +68,15 @@ def test_export_finds_the_only_component_and_names_the_ones_there(monkeypatch, c
     assert isinstance(code, str) and code.startswith("error:") and "missing.jsonl" in code
     code, _ = cli(monkeypatch, capsys, "export", tmp_path / "nothing-here", tmp_path / "x")
     assert isinstance(code, str) and code.startswith("error:")
+
+
+def test_a_checkpoint_folder_named_like_an_installed_package_is_a_checkpoint(monkeypatch, tmp_path, bert_checkpoint):
+    import shutil
+
+    from spacy_gliner2.stream import is_saved_pipeline, load_pipeline
+
+    shutil.copytree(bert_checkpoint, tmp_path / "gliner2")  # also the name of an installed distribution
+    monkeypatch.chdir(tmp_path)
+    assert not is_saved_pipeline("gliner2") and not is_saved_pipeline("torch")
+    nlp = load_pipeline("gliner2", None, {"entities": ["person"]}, -1)
+    assert nlp.pipe_names == ["gliner2"] and "person" in nlp("Ada met Bob.")._.gliner2["entities"]

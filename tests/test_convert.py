@@ -40,7 +40,7 @@ def test_bio(tmp_path):
 @pytest.mark.parametrize("single,last", [("S", "E"), ("U", "L")])
 def test_bioes_and_bilou(tmp_path, single, last):
     nlp = spacy.blank("en")
-    rows = [("Ada", f"{single}-PER"), ("visited", "O"), ("New", "B-LOC"), ("York", "I-LOC"), ("City", f"{last}-LOC"),
+    rows = [("Ada", f"{single}-PER"), ("visited", "o"), ("New", "B-LOC"), ("York", "I-LOC"), ("City", f"{last}-LOC"),
             ("and", "O"), ("Rome", f"{single}-LOC"), ("Oslo", f"{single}-LOC"), ("Bob", "B-PER"), ("Jones", f"{last}-PER")]
     (tmp_path / "d.conll").write_text("".join(f"{w}\t{t}\n" for w, t in rows))
     report = convert.Report()

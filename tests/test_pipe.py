@@ -295,10 +295,12 @@ def test_unaligned_counts_survive_a_pass_that_found_only_unaligned_spans():
     assert doc.spans["gliner2"].attrs["unaligned"] == 1 and len(doc.spans["gliner2"]) == 2
 
 
+@pytest.mark.parametrize("user_data", [True, False])
 @pytest.mark.parametrize("policy", ["keep_existing", "prefer_new"])
-def test_a_label_run_again_replaces_its_earlier_entities(policy):
+def test_a_label_run_again_replaces_its_earlier_entities(policy, user_data):
     """doc.ents follows doc._.gliner2: a label's entities from an earlier pass go (and no longer
-    block new ones); other labels' entities and those another component set stay, also after DocBin."""
+    block new ones); other labels' entities and those another component set stay, also after DocBin
+    (with or without user data)."""
     from spacy.tokens import Span
     from spacy_gliner2.gliner2.annotate import annotate
 
@@ -314,14 +316,32 @@ def test_a_label_run_again_replaces_its_earlier_entities(policy):
 
     assert run(doc, "person", (0, 8)) == [(0, 2, "person"), (3, 4, "person")]
     assert run(doc, "city", (21, 26)) == [(0, 2, "person"), (3, 4, "person"), (5, 6, "city")]
-    (doc,) = DocBin(docs=[doc], store_user_data=True).from_bytes(
-        DocBin(docs=[doc], store_user_data=True).to_bytes()).get_docs(nlp.vocab)
+    (doc,) = DocBin().from_bytes(DocBin(docs=[doc], store_user_data=user_data).to_bytes()).get_docs(nlp.vocab)
     assert run(doc, "person") == [(3, 4, "person"), (5, 6, "city")]
     assert [t.ent_iob_ for t in doc[:2]] == ["O", "O"]
     assert run(doc, "person", (4, 8)) == [(1, 2, "person"), (3, 4, "person"), (5, 6, "city")]
 
 
-def test_a_task_run_again_replaces_its_earlier_cats_keys():
+def test_a_component_keeps_the_entities_of_another_with_the_same_label():
+    from spacy.tokens import Span
+    from spacy_gliner2.gliner2.annotate import annotate
+
+    doc = spacy.blank("en")("Tim Cook met Anna in Paris")
+
+    def run(spans_key, start, end):
+        found = [{"text": doc.text[start:end], "start": start, "end": end, "confidence": 0.9}]
+        annotate(doc, {"entities": {"person": found}}, {}, Schema.from_config(entities=["person"]),
+                 spans_key=spans_key, ents_policy="keep_existing", alignment_mode="strict")
+        return sorted((e.start, e.end) for e in doc.ents)
+
+    assert run("a", 0, 8) == [(0, 2)]
+    assert run("b", 13, 17) == [(0, 2), (3, 4)]  # b's pass does not take a's entity
+    assert run("a", 21, 26) == [(3, 4), (5, 6)]  # a's own earlier entity goes
+    assert Span(doc, 3, 4, label="person") in doc.spans["b"]
+
+
+@pytest.mark.parametrize("user_data", [True, False])
+def test_a_task_run_again_replaces_its_earlier_cats_keys(user_data):
     """A task first run beside another (keys "task:label") and then alone (bare labels) keeps one value per label."""
     from spacy_gliner2.gliner2.annotate import annotate
 
@@ -331,6 +351,7 @@ def test_a_task_run_again_replaces_its_earlier_cats_keys():
     probs = {"topic": {"sport": 0.9, "politics": 0.1}, "tone": {"calm": 0.3, "angry": 0.7}}
     annotate(doc, {"entities": {}}, probs, both, **settings)
     assert set(doc.cats) == {"topic:sport", "topic:politics", "tone:calm", "tone:angry"}
+    (doc,) = DocBin().from_bytes(DocBin(docs=[doc], store_user_data=user_data).to_bytes()).get_docs(doc.vocab)
     annotate(doc, {"entities": {}}, {"topic": {"sport": 0.2, "politics": 0.8}},
              Schema.from_config(classifications={"topic": ["sport", "politics"]}), **settings)
     assert doc.cats == {"tone:calm": 0.3, "tone:angry": 0.7, "sport": 0.2, "politics": 0.8}

@@ -67,6 +67,12 @@ def test_a_type_name_that_is_not_a_field_type_is_refused_not_read_as_a_descripti
     assert parse_field({"name": "price", "description": spec.split("::")[1]}).description == spec.split("::")[1]
 
 
+@pytest.mark.parametrize("spec,description", [("due::str::date", "date"), ("body::list::text", "text"),
+                                              ("price::str::number", "number")])
+def test_a_type_name_after_an_explicit_type_is_a_description(spec, description):
+    assert parse_field(spec).description == description
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [

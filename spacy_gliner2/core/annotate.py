@@ -10,7 +10,6 @@ from .intervals import disjoint_from, greedy_disjoint
 
 ENTS_POLICIES = ("keep_existing", "prefer_new", "unchanged")
 CATS_OWNERS = ("spacy_gliner2", "cats_owners")  # doc.user_data key: doc.cats key -> the task that wrote it
-ENTS_WRITTEN = ("spacy_gliner2", "ents")  # doc.user_data key: [start, end, label] of the doc.ents it wrote
 logger = logging.getLogger("spacy_gliner2")
 ALIGNMENT_MODES = ("strict", "contract", "expand")
 
@@ -32,15 +31,15 @@ def _non_overlapping(scored: List[Tuple[Span, float]]) -> List[Span]:
     return sorted(kept, key=lambda s: s.start)
 
 
-def _set_ents(doc: Doc, new: List[Span], labels: Collection[str], policy: str) -> None:
-    """``new`` to ``doc.ents`` by ``policy``, after taking out the entities of ``labels`` that an
-    earlier pass wrote (a label that runs again replaces its earlier result; entities of other
-    labels, or that another component set, stay)."""
+def _set_ents(doc: Doc, new: List[Span], policy: str, replaced: Collection[Tuple[int, int, str]] = ()) -> None:
+    """``new`` to ``doc.ents`` by ``policy``, after taking out the entities that are ``replaced``
+    (``(start, end, label)``: the spans an earlier pass of the same labels put in the component's
+    span group; a label that runs again replaces its earlier result, while entities of other
+    labels, and those another component set, stay)."""
     if policy == "unchanged":
         return
-    written = {tuple(item) for item in doc.user_data.get(ENTS_WRITTEN, ())}
-    stale = [e for e in doc.ents if (e.start, e.end, e.label_) in written and e.label_ in labels]
-    existing = [e for e in doc.ents if e not in stale]
+    stale = [e for e in doc.ents if (e.start, e.end, e.label_) in replaced]
+    existing = [e for e in doc.ents if (e.start, e.end, e.label_) not in replaced]
     if policy == "keep_existing":  # other tokens keep their annotation (missing stays missing)
         new = [new[i] for i in disjoint_from(_bounds(new), _bounds(existing), len(doc))]
         if stale:
@@ -49,9 +48,6 @@ def _set_ents(doc: Doc, new: List[Span], labels: Collection[str], policy: str) -
     else:  # prefer_new
         existing = [existing[i] for i in disjoint_from(_bounds(existing), _bounds(new), len(doc))]
         doc.set_ents(sorted(existing + new, key=lambda s: s.start))
-    written |= {(e.start, e.end, e.label_) for e in new}
-    doc.user_data[ENTS_WRITTEN] = sorted([e.start, e.end, e.label_] for e in doc.ents
-                                         if (e.start, e.end, e.label_) in written)
 
 
 def merge_result(doc: Doc, name: str, new: Dict[str, Any]) -> None:
@@ -101,7 +97,8 @@ def write_spans(doc: Doc, scored: List[Tuple[Span, float]], unaligned: Dict[str,
     group.attrs["unaligned"] = sum(counts.values())
     group.attrs["unaligned_by_label"] = counts
     doc.spans[spans_key] = group
-    _set_ents(doc, _non_overlapping(scored), labels, ents_policy)
+    replaced = {(s.start, s.end, s.label_) for s, _ in earlier if s.label_ in labels}
+    _set_ents(doc, _non_overlapping(scored), ents_policy, replaced)
 
 
 def write_cats(doc: Doc, probs: Dict[str, Dict[str, Any]], schema: Schema) -> None:
@@ -113,9 +110,11 @@ def write_cats(doc: Doc, probs: Dict[str, Dict[str, Any]], schema: Schema) -> No
     owners = doc.user_data.setdefault(CATS_OWNERS, {})
     keys = schema.cats_keys()
     tasks = {task for task, _, _ in keys}
-    for key in [k for k, task in owners.items() if task in tasks]:
+    earlier = [k for k, task in owners.items() if task in tasks]  # bare labels: known by their owner only
+    earlier += [k for k in doc.cats if k.partition(":")[0] in tasks and owners.get(k) in (None, *tasks)]
+    for key in earlier:  # "task:label" keys name their task (also after a DocBin without user data)
         doc.cats.pop(key, None)
-        del owners[key]
+        owners.pop(key, None)
     for task, label, key in keys:
         if key in owners:
             logger.warning("doc.cats[%r] of task %r replaces the one of task %r: give the tasks distinct labels, or "

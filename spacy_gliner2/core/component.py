@@ -6,6 +6,7 @@ hooks (what a reference Doc teaches, the loss, how a result is written onto a Do
 Docs -> words -> runner -> results -> Doc annotations.
 """
 import contextlib
+from collections import Counter
 import json
 import logging
 import os
@@ -233,9 +234,10 @@ class ZeroShotComponent(TrainablePipe):
         self.cfg["schema"] = schema
         self._overrides = {}
         if self.training_schema.is_empty:
-            raise ValueError(f"{self.name!r} has nothing to learn: its config names no task ({list(self.schema_keys)}) "
-                             "and the training data holds no gold to take them from (doc.ents, doc.cats). Configure "
-                             "the tasks, or check the corpus.")
+            logger.warning("%s has nothing to learn: its config names no task (%s) and the training data holds no "
+                           "gold to take them from (doc.ents, doc.cats). Configure the tasks, check the corpus, or "
+                           "list the component in [training] frozen_components if it only predicts.",
+                           self.name, list(self.schema_keys))
         for message in self._unlearned(examples):
             logger.warning("%s: %s", self.name, message)
 
@@ -243,7 +245,9 @@ class ZeroShotComponent(TrainablePipe):
         """What of the training data's gold training will not learn (each a warning at initialize):
         here ``doc.cats`` keys of no task, and classification gold missing for ``ppo``."""
         schema, messages = self.training_schema, []
-        known = {k for task, label, key in schema.cats_keys() for k in (key, f"{task}:{label}", label)}
+        keys = schema.cats_keys()
+        tasks_of = Counter(label for _, label, _ in keys)  # a bare label is read for the one task that has it
+        known = {k for task, label, key in keys for k in (key, f"{task}:{label}") + ((label,) * (tasks_of[label] == 1))}
         stray = sorted({key for eg in examples for key in eg.reference.cats if key not in known})
         if stray:
             messages.append(f"doc.cats keys {stray[:10]}{' ...' if len(stray) > 10 else ''} belong to no classification "
