@@ -141,3 +141,73 @@ def test_missing_vocabulary_files(bert_checkpoint, tmp_path):
         (folder / name).unlink(missing_ok=True)
     with pytest.raises(CheckpointError, match="vocabulary file .* is missing"):
         GLiNER2Runner.load(str(folder))
+
+
+def test_a_pickle_that_is_not_a_state_dict_is_refused(bert_checkpoint, tmp_path):
+    folder = tmp_path / "odd"
+    shutil.copytree(bert_checkpoint, folder)
+    (folder / "model.safetensors").unlink()
+    torch.save([torch.zeros(2)], folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        GLiNER2Runner.load(str(folder))
+
+
+def test_a_saved_component_reads_back_only_what_saving_wrote(bert_checkpoint, tmp_path):
+    """Its own safetensors: a lost model folder or a pickle in its place is an error, never the
+    original checkpoint (what training changed would be lost) nor an unpickled file."""
+    import gc
+
+    import spacy
+    import srsly
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": ["person"]})
+    nlp.to_disk(tmp_path / "p")
+    shutil.rmtree(tmp_path / "p" / "gliner2" / "model")
+    with pytest.raises(CheckpointError, match="model is missing"):
+        spacy.load(tmp_path / "p")
+    nlp.to_disk(tmp_path / "q")
+    model = tmp_path / "q" / "gliner2" / "model"
+    torch.save(load_file(model / "model.safetensors"), model / "pytorch_model.bin")
+    (model / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="never read from a pickle"):
+        spacy.load(tmp_path / "q")
+
+    pipe = nlp.get_pipe("gliner2")
+    data = pipe.to_bytes()
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        pipe.from_bytes(data[: len(data) // 2])
+    assert gc.isenabled()
+    without_model = srsly.msgpack_dumps({"cfg": srsly.msgpack_loads(data)["cfg"]})
+    with pytest.raises(CheckpointError, match="expected its cfg and its model files"):
+        pipe.from_bytes(without_model)
+    assert pipe.from_bytes(without_model, exclude=["model"]) is pipe
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("shape", "do not fit the model its config describes"),
+    ("integers", "holds torch.int8 values where the model has floats"),
+])
+def test_weights_of_the_wrong_shape_or_kind_are_a_clear_error(bert_checkpoint, tmp_path, damage, message):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / damage
+    shutil.copytree(bert_checkpoint, folder)
+    state = load_file(folder / "model.safetensors")
+    name = next(k for k, v in state.items() if v.dim() == 2 and not k.startswith("encoder.embeddings"))
+    state[name] = state[name][:, :-1].contiguous() if damage == "shape" else state[name].to(torch.int8)
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=message):
+        GLiNER2Runner.load(str(folder))
+
+
+@pytest.mark.parametrize("value", [0, -3, "abc", True])
+def test_a_max_width_that_is_not_a_positive_integer_is_refused(bert_checkpoint, tmp_path, value):
+    folder = tmp_path / "width"
+    shutil.copytree(bert_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["max_width"] = value
+    config.setdefault("span_head", {})["max_width"] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="max_width must be an integer of at least 1"):
+        GLiNER2Runner.load(str(folder))

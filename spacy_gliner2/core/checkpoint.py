@@ -137,14 +137,56 @@ def read_weights(folder: Path) -> Dict[str, torch.Tensor]:
                 "corrupt: download or save the checkpoint again."
             ) from err
     if (folder / PICKLE).is_file():
+        if _torch_version() < (2, 6):
+            raise CheckpointError(
+                f"{folder / PICKLE} is a pickle, and torch {torch.__version__} cannot read pickles safely (before "
+                "torch 2.6 weights_only can be bypassed): install torch >= 2.6, or convert the checkpoint to safetensors.")
         try:
-            return torch.load(folder / PICKLE, map_location="cpu", weights_only=True)
+            state = torch.load(folder / PICKLE, map_location="cpu", weights_only=True)
         except Exception as err:
             raise CheckpointError(
-                f"{folder / PICKLE} cannot be read safely ({err}). Only plain tensor pickles are "
-                "accepted (weights_only=True); convert the checkpoint to safetensors."
-            ) from err
+                f"{folder / PICKLE} cannot be read safely: it holds more than plain tensors ({type(err).__name__}). "
+                "Convert the checkpoint to safetensors; never load an untrusted pickle without weights_only."
+            ) from None
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+            raise CheckpointError(f"{folder / PICKLE} is not a state dict (names -> tensors).")
+        return state
     raise CheckpointError(f"{folder} has neither {SAFETENSORS} nor {PICKLE}: no weights to load.")
+
+
+def load_state(model: torch.nn.Module, state: Dict[str, torch.Tensor], folder: Path) -> Tuple[list, list]:
+    """``model.load_state_dict(state, strict=False)``'s missing and unexpected names; a tensor of the
+    wrong shape, or of integers or booleans where the model has floats, is a CheckpointError naming
+    ``folder`` (never a silent cast)."""
+    for name, current in model.state_dict().items():
+        given = state.get(name)
+        if given is not None and current.is_floating_point() and not given.is_floating_point():
+            raise CheckpointError(f"The weights in {folder}: {name!r} holds {given.dtype} values where the model has "
+                                  f"floats; the file is corrupt or not a checkpoint of this model.")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        detail = str(err).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"The weights in {folder} do not fit the model its config describes: {detail}") from None
+    return list(missing), list(unexpected)
+
+
+def _torch_version() -> Tuple[int, int]:
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def saved_component_folder(folder: Path) -> Path:
+    """``folder`` (a component's ``model`` folder written by ``to_disk`` / ``to_bytes``), checked:
+    it exists and holds its weights as safetensors, as saving writes them (no pickle is read back)."""
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is missing: the saved component's weights are gone. Save the pipeline "
+                              "again (loading the original checkpoint instead would lose what training changed).")
+    if (folder / PICKLE).exists() or not ((folder / SAFETENSORS).is_file() or (folder / COMPACT).is_file()):
+        raise CheckpointError(f"{folder} does not hold {SAFETENSORS} (or {COMPACT}) as saving writes it; "
+                              "a saved pipeline's weights are never read from a pickle. Save the pipeline again.")
+    return folder
 
 
 def write_weights(model: torch.nn.Module, folder: Path, compact: bool = False) -> None:
@@ -226,6 +268,8 @@ def write_checkpoint_files(files: Dict[str, bytes], folder: Path) -> None:
     for rel, content in files.items():
         if ".." in Path(rel).parts or Path(rel).is_absolute():
             raise ValueError(f"Refusing to write checkpoint file outside the folder: {rel!r}")
+        if not isinstance(content, bytes):
+            raise CheckpointError(f"Checkpoint file {rel!r} holds a {type(content).__name__}, not bytes.")
         target = Path(folder, rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)

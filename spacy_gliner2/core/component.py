@@ -6,6 +6,7 @@ hooks (what a reference Doc teaches, the loss, how a result is written onto a Do
 Docs -> words -> runner -> results -> Doc annotations.
 """
 import contextlib
+import gc
 from collections import Counter
 import json
 import logging
@@ -26,7 +27,7 @@ from thinc.api import PyTorchWrapper_v2
 
 from ..schema import Schema, SchemaError, classification_section
 from ..text import Word, split_words, words_from_tokens
-from .checkpoint import HubOptions, checkpoint_files, write_checkpoint_files
+from .checkpoint import CheckpointError, HubOptions, checkpoint_files, saved_component_folder, write_checkpoint_files
 from .optim import OptimSettings, TrainingState
 from .rl import ClassRow, class_rows, ppo_update, resolve_reward
 from .runner import PRECISIONS, Runner
@@ -498,8 +499,8 @@ class ZeroShotComponent(TrainablePipe):
         """Load from a folder written by :meth:`to_disk`; never touches the network."""
         path = Path(path)
         self._load_cfg((path / "cfg").read_bytes())
-        if "model" not in exclude and (path / "model").is_dir():
-            self._set_runner(self.runner_type.load(str(path / "model")))
+        if "model" not in exclude:
+            self._set_runner(self.runner_type.load(str(saved_component_folder(path / "model"))))
         return self
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
@@ -511,12 +512,25 @@ class ZeroShotComponent(TrainablePipe):
         return srsly.msgpack_dumps(data)
 
     def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "ZeroShotComponent":
-        data = srsly.msgpack_loads(bytes_data)
+        collecting = gc.isenabled()
+        try:
+            data = srsly.msgpack_loads(bytes_data)
+        except Exception as err:  # msgpack raises several types
+            raise CheckpointError(f"These bytes are not a saved {type(self).__name__} ({type(err).__name__}: {err}); "
+                                  "they are truncated or corrupt.") from None
+        finally:
+            if collecting:  # msgpack leaves the garbage collector off when it fails
+                gc.enable()
+        model = data.get("model") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not isinstance(data.get("cfg"), bytes) or (
+                "model" not in exclude and not (isinstance(model, dict) and all(isinstance(k, str) for k in model))):
+            raise CheckpointError(f"These bytes are not a saved {type(self).__name__}: expected its cfg and its "
+                                  "model files (to_bytes writes both).")
         self._load_cfg(data["cfg"])
-        if "model" in data and "model" not in exclude:
+        if "model" not in exclude:
             with tempfile.TemporaryDirectory() as tmp:
-                write_checkpoint_files(data["model"], Path(tmp))
-                self._set_runner(self.runner_type.load(tmp))
+                write_checkpoint_files(model, Path(tmp))
+                self._set_runner(self.runner_type.load(str(saved_component_folder(Path(tmp)))))
         return self
 
 

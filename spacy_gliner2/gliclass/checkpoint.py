@@ -20,6 +20,7 @@ from ..core.checkpoint import (
     check_family,
     embedding_key,
     load_pretrained_encoder,
+    load_state,
     load_tokenizer,
     read_json,
     read_weights,
@@ -50,7 +51,7 @@ def load_model(folder: Path) -> Tuple[GLiClassModel, Any, Dict[str, Any]]:
     if encoder.get_input_embeddings().weight.shape[0] != state[key].shape[0]:
         resize_token_embeddings(encoder, state[key].shape[0])
     model = GLiClassModel(settings, encoder)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = load_state(model, state, folder)
     missing = [k for k in missing if not k.endswith(IGNORED)]
     unexpected = [k for k in unexpected if not k.endswith(IGNORED)]
     if missing or unexpected:

@@ -20,6 +20,7 @@ from ..core.checkpoint import (
     check_family,
     embedding_key,
     load_pretrained_encoder,
+    load_state,
     load_tokenizer,
     read_json,
     read_weights,
@@ -62,7 +63,11 @@ def read_settings(folder: Path) -> Tuple[ModelSettings, Dict[str, Any]]:
             raise CheckpointError(f"{folder / CONFIG}: {error}") from error
         return ModelSettings(architecture="boundary", boundary=boundary), raw
     span_head = raw.get("span_head") or {}
+    if not isinstance(span_head, dict):
+        raise CheckpointError(f"{folder / CONFIG}: span_head must be an object, got {span_head!r}.")
     max_width = span_head.get("max_width", raw.get("max_width") or 8)
+    if isinstance(max_width, bool) or not isinstance(max_width, int) or max_width < 1:
+        raise CheckpointError(f"{folder / CONFIG}: max_width must be an integer of at least 1, got {max_width!r}.")
     mode = span_head.get("span_mode", "markerV0")
     if mode != "markerV0":
         raise CheckpointError(f"span_mode {mode!r} in {folder / CONFIG} is not supported; only 'markerV0'.")
@@ -94,10 +99,13 @@ def load_model(folder: Path) -> Tuple[GLiNER2Model, Any, Dict[str, Any]]:
     if encoder.get_input_embeddings().weight.shape[0] != state[key].shape[0]:
         resize_token_embeddings(encoder, state[key].shape[0])
     model = GLiNER2Model(encoder, settings)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = load_state(model, state, folder)
     unexpected = [k for k in unexpected if not k.endswith("position_ids")]
     if settings.architecture == "boundary" and not missing:
-        keep_tensors(model, {k: state[k] for k in unexpected})
+        try:
+            keep_tensors(model, {k: state[k] for k in unexpected})
+        except (AttributeError, KeyError, TypeError) as err:
+            raise CheckpointError(f"The weights in {folder} hold tensor names that are not a model's ({err}).") from None
         unexpected = []
     if missing or unexpected:
         raise CheckpointError(
