@@ -265,9 +265,11 @@ def _text(value: Any, what: str, allow_empty: bool = False) -> str:
 
 def refuse_reserved(value: str, reserved: Sequence[str], what: str) -> None:
     """SchemaError when ``value`` holds one of ``reserved``: strings the tokenizer reads as one special
-    token (GLiNER2's markers, or the encoder's own [CLS], [SEP], ...), which schema text would inject."""
+    token (GLiNER2's markers, or the encoder's own [CLS], [SEP], ...), which schema text would inject;
+    in any letter case (a tokenizer that lower-cases would read ``[sep]`` as ``[SEP]``)."""
+    lowered = value.lower()
     for token in reserved:
-        if token in value:
+        if token.lower() in lowered:
             raise SchemaError(
                 f"{what} ({value!r}) contains {token!r}, one of the model's special tokens "
                 f"{list(reserved)}. Remove or rephrase it."

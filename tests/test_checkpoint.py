@@ -201,7 +201,7 @@ def test_weights_of_the_wrong_shape_or_kind_are_a_clear_error(bert_checkpoint, t
         GLiNER2Runner.load(str(folder))
 
 
-@pytest.mark.parametrize("value", [0, -3, "abc", True])
+@pytest.mark.parametrize("value", [0, -3, "abc", True, 10**9])
 def test_a_max_width_that_is_not_a_positive_integer_is_refused(bert_checkpoint, tmp_path, value):
     folder = tmp_path / "width"
     shutil.copytree(bert_checkpoint, folder)
@@ -209,5 +209,46 @@ def test_a_max_width_that_is_not_a_positive_integer_is_refused(bert_checkpoint, 
     config["max_width"] = value
     config.setdefault("span_head", {})["max_width"] = value
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="max_width must be an integer of at least 1"):
+    with pytest.raises(CheckpointError, match="max_width must be an integer from 1 to 128"):
         GLiNER2Runner.load(str(folder))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"hidden_size": 2048, "intermediate_size": 8192, "num_attention_heads": 16}, "describes an encoder of"),
+    ({"max_position_embeddings": 10**9}, "describes an encoder of"),
+    ({"num_hidden_layers": 100000}, "is not a real encoder's"),
+    ({"num_attention_heads": 0}, "does not describe a buildable encoder"),
+    ({"hidden_size": "32"}, "is not a valid bert config"),
+])
+def test_an_edited_encoder_config_is_refused_before_any_memory_is_taken(bert_checkpoint, tmp_path, change, message):
+    folder = tmp_path / "edited"
+    shutil.copytree(bert_checkpoint, folder)
+    config = json.loads((folder / "encoder_config" / "config.json").read_text())
+    assert config["model_type"] == "bert"
+    config.update(change)
+    (folder / "encoder_config" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message):
+        GLiNER2Runner.load(str(folder))
+
+
+def test_markers_the_tokenizer_would_not_read_as_themselves_are_refused(bert_checkpoint, tmp_path):
+    folder = tmp_path / "normalized"
+    shutil.copytree(bert_checkpoint, folder)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    for added in tokenizer["added_tokens"]:
+        if added["content"] in ("[E]", "[SEP_TEXT]"):
+            added["normalized"] = True  # the lower-casing normalizer then never matches them
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(CheckpointError, match="reads the marker"):
+        GLiNER2Runner.load(str(folder))
+
+
+@pytest.mark.parametrize("label", ["[e]", "x [Sep_Text] y", "[sep]"])
+def test_special_tokens_in_any_letter_case_are_refused_in_labels(bert_checkpoint, label):
+    import spacy
+    from spacy_gliner2.schema import SchemaError
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("gliner2", config={"model": str(bert_checkpoint), "entities": ["person"]})
+    with pytest.raises(SchemaError, match="special tokens"):
+        nlp("Ada met Bob.", component_cfg={"gliner2": {"entities": [label]}})

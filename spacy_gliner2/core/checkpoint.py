@@ -99,25 +99,58 @@ def read_json(path: Path, what: str = "checkpoint") -> Dict[str, Any]:
     return data
 
 
-def build_encoder(encoder_config: Dict[str, Any], where: str = "encoder_config/config.json") -> torch.nn.Module:
-    """An encoder with random weights from its Hugging Face config dict."""
-    from transformers import AutoConfig, AutoModel
+def build_encoder(encoder_config: Dict[str, Any], where: str = "encoder_config/config.json",
+                  weights: Optional[Dict[str, torch.Tensor]] = None, prefix: str = "") -> torch.nn.Module:
+    """An encoder with random weights from its Hugging Face config dict. With ``weights`` (the
+    checkpoint's, the encoder's under ``prefix``), the config is first built without memory (meta
+    device) and must describe a model no larger than those weights: an edited or corrupt config
+    is a CheckpointError, not gigabytes allocated before the weights are read."""
+    from transformers import AutoModel
 
-    config_dict = dict(encoder_config)
-    model_type = config_dict.pop("model_type", None)
-    try:
-        config = AutoConfig.for_model(model_type, **config_dict)
-    except (ValueError, KeyError) as err:
-        raise CheckpointError(
-            f"Unknown encoder architecture {model_type!r} in {where}: "
-            "transformers does not know it (remote code is never run)."
-        ) from err
+    config = _encoder_config(encoder_config, where)
+    if weights is not None:
+        _check_size(config, where, sum(t.numel() for k, t in weights.items() if k.startswith(prefix)))
     for attn in ("sdpa", "eager"):
         try:
             return AutoModel.from_config(config, attn_implementation=attn).float()
         except (ValueError, ImportError):
             continue
     return AutoModel.from_config(config).float()
+
+
+def _encoder_config(encoder_config: Dict[str, Any], where: str) -> Any:
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    config_dict = dict(encoder_config)
+    model_type = config_dict.pop("model_type", None)
+    if model_type not in CONFIG_MAPPING:
+        raise CheckpointError(
+            f"Unknown encoder architecture {model_type!r} in {where}: "
+            "transformers does not know it (remote code is never run)."
+        )
+    try:
+        return AutoConfig.for_model(model_type, **config_dict)
+    except Exception as err:  # a field of the wrong type or value (transformers raises several types)
+        detail = " ".join(str(err).split())
+        raise CheckpointError(f"{where} is not a valid {model_type} config: {detail}") from None
+
+
+def _check_size(config: Any, where: str, available: int) -> None:
+    """CheckpointError when ``config`` cannot build an encoder, or describes one with more values
+    than the ``available`` weights (a little slack: buffers, a resized vocabulary)."""
+    from transformers import AutoModel
+
+    layers = getattr(config, "num_hidden_layers", None)
+    if isinstance(layers, int) and layers > 1000:  # before building them one by one
+        raise CheckpointError(f"{where}: num_hidden_layers {layers} is not a real encoder's.")
+    try:
+        with torch.device("meta"):
+            needed = sum(p.numel() for p in AutoModel.from_config(config).parameters())
+    except Exception as err:  # a config that builds no model: zero heads, negative sizes, ...
+        raise CheckpointError(f"{where} does not describe a buildable encoder ({type(err).__name__}: {err}).") from None
+    if needed > 1.05 * available + 1_000_000:
+        raise CheckpointError(f"{where} describes an encoder of {needed:,} values, but the checkpoint's weights hold "
+                              f"{available:,}: the config was edited or belongs to another model.")
 
 
 def read_weights(folder: Path) -> Dict[str, torch.Tensor]:
@@ -197,6 +230,23 @@ def write_weights(model: torch.nn.Module, folder: Path, compact: bool = False) -
         save_file(compact_state(state), str(folder / COMPACT))
     else:
         save_file(state, str(folder / SAFETENSORS))
+
+
+def check_markers(tokenizer: Any, markers: Sequence[str], folder: Path) -> None:
+    """Each marker the tokenizer has must read as its own single token (a marker added as a
+    normalized token, say, would be split or read as [UNK], and every prompt misread)."""
+    vocab = tokenizer.get_vocab()
+    for marker in markers:
+        if marker not in vocab:
+            continue
+        for ids in (tokenizer(marker, add_special_tokens=False)["input_ids"],
+                    tokenizer.convert_tokens_to_ids(tokenizer.tokenize(marker))):  # the two ways prompts are read
+            if ids != [vocab[marker]]:
+                break
+        if ids != [vocab[marker]]:
+            raise CheckpointError(f"The tokenizer in {folder} reads the marker {marker!r} as {ids}, not as its "
+                                  f"token {vocab[marker]}: its added tokens were saved wrongly (add the markers "
+                                  "as special tokens, not normalized).")
 
 
 def load_tokenizer(folder: Path) -> Any:

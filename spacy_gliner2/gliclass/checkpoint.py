@@ -21,6 +21,7 @@ from ..core.checkpoint import (
     embedding_key,
     load_pretrained_encoder,
     load_state,
+    check_markers,
     load_tokenizer,
     read_json,
     read_weights,
@@ -43,8 +44,8 @@ def load_model(folder: Path) -> Tuple[GLiClassModel, Any, Dict[str, Any]]:
     check_family(folder, "gliclass")
     raw = read_json(folder / CONFIG, "GLiClass checkpoint")
     settings = GLiClassSettings.from_config(raw, str(folder / CONFIG))
-    encoder = build_encoder(encoder_config(raw), where=f"{folder / CONFIG} (encoder_config)")
     state = read_weights(folder)
+    encoder = build_encoder(encoder_config(raw), where=f"{folder / CONFIG} (encoder_config)", weights=state, prefix=PREFIX)
     key = PREFIX + embedding_key(encoder)
     if key not in state:
         raise CheckpointError(f"{folder}: the weights lack {key!r}; not a GLiClass checkpoint of this encoder.")
@@ -61,6 +62,7 @@ def load_model(folder: Path) -> Tuple[GLiClassModel, Any, Dict[str, Any]]:
         )
     tokenizer = load_tokenizer(folder)
     _check_markers(tokenizer, settings, folder)
+    check_markers(tokenizer, (LABEL, SEP, EXAMPLE), folder)
     return model.eval(), tokenizer, raw
 
 

@@ -21,6 +21,7 @@ from ..core.checkpoint import (
     embedding_key,
     load_pretrained_encoder,
     load_state,
+    check_markers,
     load_tokenizer,
     read_json,
     read_weights,
@@ -33,6 +34,7 @@ from .model import GLiNER2Model, ModelSettings
 logger = logging.getLogger(__name__)
 
 ENCODER_CONFIG = "encoder_config/config.json"
+MAX_SPAN_WIDTH = 128  # the widest spans a checkpoint may declare (released ones: 8-12 words)
 HUB_PATTERNS = (CONFIG, ENCODER_CONFIG, SAFETENSORS, "*.json", "*.model", "*.txt")
 
 
@@ -66,8 +68,9 @@ def read_settings(folder: Path) -> Tuple[ModelSettings, Dict[str, Any]]:
     if not isinstance(span_head, dict):
         raise CheckpointError(f"{folder / CONFIG}: span_head must be an object, got {span_head!r}.")
     max_width = span_head.get("max_width", raw.get("max_width") or 8)
-    if isinstance(max_width, bool) or not isinstance(max_width, int) or max_width < 1:
-        raise CheckpointError(f"{folder / CONFIG}: max_width must be an integer of at least 1, got {max_width!r}.")
+    if isinstance(max_width, bool) or not isinstance(max_width, int) or not 1 <= max_width <= MAX_SPAN_WIDTH:
+        raise CheckpointError(f"{folder / CONFIG}: max_width must be an integer from 1 to {MAX_SPAN_WIDTH} (words "
+                              f"per span), got {max_width!r}.")
     mode = span_head.get("span_mode", "markerV0")
     if mode != "markerV0":
         raise CheckpointError(f"span_mode {mode!r} in {folder / CONFIG} is not supported; only 'markerV0'.")
@@ -91,8 +94,9 @@ def load_model(folder: Path) -> Tuple[GLiNER2Model, Any, Dict[str, Any]]:
     """Model (eval mode, on CPU), tokenizer and raw config from a checkpoint folder."""
     check_family(folder, "gliner2")
     settings, raw = read_settings(folder)
-    encoder = build_encoder(read_json(folder / ENCODER_CONFIG, "GLiNER2 checkpoint"))
     state = read_weights(folder)
+    encoder = build_encoder(read_json(folder / ENCODER_CONFIG, "GLiNER2 checkpoint"), str(folder / ENCODER_CONFIG),
+                            weights=state, prefix="encoder.")
     key = "encoder." + embedding_key(encoder)
     if key not in state:
         raise CheckpointError(f"{folder}: the weights lack {key!r}; not a GLiNER2 checkpoint of this encoder.")
@@ -112,7 +116,10 @@ def load_model(folder: Path) -> Tuple[GLiNER2Model, Any, Dict[str, Any]]:
             f"The weights in {folder} do not match its config (architecture {settings.architecture!r}, max_width, "
             f"counting_layer, boundary_head.dropout, encoder): missing {missing[:5]}, unexpected {unexpected[:5]}."
         )
+    from ..schema import SPECIAL_TOKENS
+
     tokenizer = load_tokenizer(folder)
+    check_markers(tokenizer, SPECIAL_TOKENS, folder)
     if len(tokenizer) > state[key].shape[0]:
         raise CheckpointError(
             f"The tokenizer in {folder} has {len(tokenizer)} tokens but the encoder only "
