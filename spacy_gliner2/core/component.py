@@ -7,12 +7,12 @@ Docs -> words -> runner -> results -> Doc annotations.
 """
 import contextlib
 import gc
-from collections import Counter
 import json
 import logging
 import os
 import random
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
