@@ -171,6 +171,27 @@ class Written(NamedTuple):
     errors: int
 
 
+def _read_jsonl(path: Path, text_column: str) -> List[Dict[str, Any]]:
+    """The JSON objects of a JSONL file, as they are (no type inferred from strings); a line that
+    is not one, or a file in which no record has ``text_column``, is a ValueError naming it."""
+    records = []
+    with open(path, encoding="utf8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+            records.append(record)
+    if records and not any(text_column in record for record in records):
+        raise ValueError(f"{path}: no record has a {text_column!r} field; name the text field (text_column, "
+                         "--text-field)")
+    return records
+
+
 def _format(path: Path) -> str:
     try:
         return FORMATS[path.suffix.lower()]
@@ -190,12 +211,23 @@ def annotate_files(input_path: Union[str, Path], output_path: Union[str, Path], 
     """
     ray = _require_ray()
     import pyarrow as pa
-    import pyarrow.json
     import pyarrow.parquet as pq
 
     input_path, output_path = Path(input_path), Path(output_path)
     read, write = _format(input_path), _format(output_path)
-    table = pyarrow.json.read_json(input_path) if read == "jsonl" else pq.read_table(input_path)
+    text_column = options.get("text_column", "text")
+    originals = _read_jsonl(input_path, text_column) if read == "jsonl" else None
+    if originals is None:
+        table = pq.read_table(input_path)
+    elif write == "jsonl":  # only the texts travel; each record is written back as it was
+        texts = [r.get(text_column) if isinstance(r.get(text_column), str) else None for r in originals]
+        table = pa.table({text_column: pa.array(texts, pa.string())})
+    else:
+        try:
+            table = pa.Table.from_pylist(originals)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            raise ValueError(f"{input_path}: a field changes type between records ({error}), which Parquet "
+                             "cannot hold; write JSONL instead (records are copied as they are)") from None
     blocks = [pa.Table.from_batches([b]) for b in table.to_batches(max_chunksize=batch_size)] or [table]
     context = ray.data.DataContext.get_current()
     ordered = context.execution_options.preserve_order
@@ -206,6 +238,10 @@ def annotate_files(input_path: Union[str, Path], output_path: Union[str, Path], 
         context.execution_options.preserve_order = ordered
     extensions = _extensions(str(pipeline_path))
     decoded = ["cats", *extensions]  # JSON strings -> objects in JSONL
+    added = [field.name for field in output_fields(extensions)]
+    taken = sorted({key for record in originals or () for key in record} & set(added))
+    if taken:
+        raise ValueError(f"{input_path}: records already have the output field(s) {taken}: rename them first")
     partial = output_path.with_name(output_path.name + ".partial")
     records = errors = 0
     writer = None
@@ -213,8 +249,14 @@ def annotate_files(input_path: Union[str, Path], output_path: Union[str, Path], 
         with open(partial, "wb") as f:
             for batch in annotated.iter_batches(batch_format="pyarrow", batch_size=None):
                 if write == "jsonl":
-                    for row in batch.to_pylist():
+                    for i, row in enumerate(batch.to_pylist()):
                         row.update((name, json.loads(row[name])) for name in decoded if row[name] is not None)
+                        if originals is not None:  # the input record as it was, plus the new fields
+                            original = originals[records + i]
+                            row = {**original, **{k: row[k] for k in added}}
+                            if not isinstance(original.get(text_column), (str, type(None))):
+                                row["error"] = (f"ValueError: {text_column!r} must be a string, got "
+                                                f"{type(original[text_column]).__name__}")
                         f.write((json.dumps(row, ensure_ascii=False, default=str) + "\n").encode())
                 else:
                     writer = writer or pq.ParquetWriter(f, batch.schema)

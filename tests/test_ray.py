@@ -170,3 +170,27 @@ def test_readme_example_runs_as_written(pipelines, tmp_path, monkeypatch):
     assert sorted(r["id"] for r in written) == [0, 1, 2, 3]
     expected = {t: json.loads(json.dumps(d._.gliner2)) for t, d in zip(TEXTS, nlp.pipe(TEXTS[:4]))}
     assert all(close(json.loads(r["gliner2"]), expected[r["text"]]) for r in written)
+
+
+def test_jsonl_records_come_back_as_they_were(pipelines, tmp_path):
+    """JSONL to JSONL copies each record as it is (no types inferred: a date-like string stays a
+    string, an int an int, a missing field missing); a text that is not a string is that record's
+    error; a line that is not JSON names its line."""
+    path, _ = pipelines["gliner2"]
+    records = [{"id": "2024-01-01", "text": TEXTS[0], "n": 1, "meta": {"a": 1}},
+               {"id": "x", "text": TEXTS[1], "n": 1.5, "meta": {"b": [1]}, "extra": True},
+               {"id": "y", "text": 7}]
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records) + "\n", encoding="utf-8")
+    assert annotate_files(source, target, path, batch_size=2, concurrency=1) == Written(records=3, errors=1)
+    rows = [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines()]
+    added = {"entities", "cats", "gliner2", "error"}
+    assert [{k: v for k, v in row.items() if k not in added} for row in rows] == records
+    assert rows[0]["error"] is None and rows[0]["gliner2"] is not None
+    assert rows[2]["error"] == "ValueError: 'text' must be a string, got int"
+    source.write_text(json.dumps(records[0]) + "\n{broken\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="in.jsonl, line 2: not valid JSON"):
+        annotate_files(source, target, path)
+    source.write_text(json.dumps({**records[0], "cats": {}}) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"already have the output field\(s\) \['cats'\]"):
+        annotate_files(source, target, path)
