@@ -211,6 +211,36 @@ def test_load_time_config_overrides_win(nlp, tmp_path):
     assert [e.name for e in pipe.schema.entities] == ["x"]
 
 
+def test_a_load_time_override_can_clear_a_section(bert_checkpoint, tmp_path):
+    nlp = make_nlp(bert_checkpoint, classifications={"topic": ["sports", "politics"]})
+    nlp.to_disk(tmp_path / "p")
+    loaded = spacy.load(tmp_path / "p", config={"components": {"gliner2": {"classifications": None}}})
+    assert not loaded.get_pipe("gliner2").schema.classifications and not loaded(TEXTS[0]).cats
+
+
+def test_labels_that_config_files_rewrite_survive_saving(bert_checkpoint, tmp_path):
+    """config.cfg reads keys with ':', '=', '#' and descriptions with '$' back changed: the saved schema wins."""
+    entities = {"time: hour": None, "a=b": None, "#tag": "a hashtag", "money": "an amount like $5"}
+    nlp = make_nlp(bert_checkpoint, entities=entities, classifications=None, structures=None, relations=None)
+    before = nlp(TEXTS[0])._.gliner2
+    nlp.to_disk(tmp_path / "p")
+    loaded = spacy.load(tmp_path / "p")
+    assert {(e.name, e.description) for e in loaded.get_pipe("gliner2").schema.entities} == \
+        {(e.name, e.description) for e in nlp.get_pipe("gliner2").schema.entities}
+    assert close(loaded(TEXTS[0])._.gliner2, before)
+    dotted = make_nlp(bert_checkpoint, entities={"U.S. state": {"threshold": 0.4}}, classifications=None,
+                      structures=None, relations=None)
+    with pytest.raises(ValueError, match="cannot be saved in config.cfg"):
+        dotted.to_disk(tmp_path / "q")
+
+
+def test_initialize_without_data_says_nothing(bert_checkpoint, caplog):
+    nlp = make_nlp(bert_checkpoint)
+    with caplog.at_level("WARNING", logger="spacy_gliner2"):
+        nlp.initialize()
+    assert not caplog.text
+
+
 def test_a_prompt_too_long_for_one_pass_runs_task_by_task(bert_checkpoint):
     """Over half of the encoder's positions taken by the prompt: each task runs in its own pass
     (same windows as alone), and the results are those of the tasks run one at a time."""
@@ -269,7 +299,7 @@ def test_two_components_write_beside_each_other(bert_checkpoint):
 def test_a_span_group_it_did_not_write_is_not_replaced(nlp):
     doc = nlp.make_doc(TEXTS[0])
     doc.spans["gliner2"] = [doc[0:2]]
-    with pytest.raises(ValueError, match="spacy-gliner2 did not write"):
+    with pytest.raises(ValueError, match="without the scores spacy-gliner2 keeps"):
         nlp(doc)
     assert [(s.start, s.end) for s in doc.spans["gliner2"]] == [(0, 2)]
 
@@ -355,3 +385,16 @@ def test_a_task_run_again_replaces_its_earlier_cats_keys(user_data):
     annotate(doc, {"entities": {}}, {"topic": {"sport": 0.2, "politics": 0.8}},
              Schema.from_config(classifications={"topic": ["sport", "politics"]}), **settings)
     assert doc.cats == {"tone:calm": 0.3, "tone:angry": 0.7, "sport": 0.2, "politics": 0.8}
+
+
+def test_cats_that_no_task_wrote_stay_and_are_replaced_with_a_warning(caplog):
+    from spacy_gliner2.gliner2.annotate import annotate
+
+    doc = spacy.blank("en")("The minister resigned.")
+    doc.cats = {"sport": 1.0, "topic:other": 1.0, "spam": 0.0}  # the user's, or gold
+    with caplog.at_level("WARNING", logger="spacy_gliner2"):
+        annotate(doc, {"entities": {}}, {"topic": {"sport": 0.2, "politics": 0.8}},
+                 Schema.from_config(classifications={"topic": ["sport", "politics"]}),
+                 spans_key="gliner2", ents_policy="keep_existing", alignment_mode="strict")
+    assert doc.cats == {"sport": 0.2, "politics": 0.8, "topic:other": 1.0, "spam": 0.0}
+    assert "doc.cats['sport'] held a value that no spacy-gliner2 task wrote" in caplog.text

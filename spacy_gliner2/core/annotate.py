@@ -75,8 +75,10 @@ def _earlier_spans(doc: Doc, spans_key: str) -> Tuple[List[Tuple[Span, float]], 
     group = doc.spans[spans_key]
     scores = group.attrs.get("scores", () if not len(group) else None)
     if not isinstance(scores, (list, tuple)) or len(scores) != len(group):  # a DocBin gives tuples
-        raise ValueError(f"doc.spans[{spans_key!r}] already holds {len(group)} spans that spacy-gliner2 did not "
-                         "write (no scores), and would lose them: set the component's spans_key to another key.")
+        raise ValueError(f"doc.spans[{spans_key!r}] already holds {len(group)} spans without the scores spacy-gliner2 "
+                         "keeps beside its spans (another component's, or its own after Doc.to_json/from_json or "
+                         "Doc.from_docs, which drop span group attrs), and would lose them: set the component's "
+                         "spans_key to another key, or delete that group first.")
     counts = group.attrs.get("unaligned_by_label")
     if counts is None:
         counts = {"": group.attrs.get("unaligned", 0)}
@@ -110,14 +112,17 @@ def write_cats(doc: Doc, probs: Dict[str, Dict[str, Any]], schema: Schema) -> No
     owners = doc.user_data.setdefault(CATS_OWNERS, {})
     keys = schema.cats_keys()
     tasks = {task for task, _, _ in keys}
-    earlier = [k for k, task in owners.items() if task in tasks]  # bare labels: known by their owner only
-    earlier += [k for k in doc.cats if k.partition(":")[0] in tasks and owners.get(k) in (None, *tasks)]
-    for key in earlier:  # "task:label" keys name their task (also after a DocBin without user data)
+    earlier = [k for k, task in owners.items() if task in tasks]  # its keys, as the owners record them
+    outcomes = {f"{task}:{label}" for task, label, _ in keys}  # and, unrecorded (DocBin without user data),
+    earlier += [k for k in doc.cats if k in outcomes and k not in owners]  # its labels in the task:label form
+    for key in earlier:
         doc.cats.pop(key, None)
         owners.pop(key, None)
     for task, label, key in keys:
         if key in owners:
             logger.warning("doc.cats[%r] of task %r replaces the one of task %r: give the tasks distinct labels, or "
                            "run them in one call (several tasks give keys \"task:label\").", key, task, owners[key])
+        elif key in doc.cats:
+            logger.warning("doc.cats[%r] held a value that no spacy-gliner2 task wrote; task %r replaces it.", key, task)
         doc.cats[key] = probs[task][label]
         owners[key] = task

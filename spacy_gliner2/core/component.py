@@ -155,6 +155,7 @@ class ZeroShotComponent(TrainablePipe):
             "training": dict(training or {}),
             **{key: [] for key in self.learned_keys},
             "class_tasks": {},  # the training data's classification tasks (initialize; see training_schema)
+            "learned_sections": [],  # schema sections initialize filled from the data (restored on load)
         }
         self.training = self.settings_type.from_config(self.cfg["training"])
         self.model = None  # a thinc wrapper of the torch model, once loaded
@@ -231,9 +232,13 @@ class ZeroShotComponent(TrainablePipe):
         schema = self._learn_labels(examples)
         learned = category_task(examples) or {}
         self.cfg["class_tasks"] = learned if len(learned) > 1 else {}  # task-prefixed doc.cats keys only
+        self.cfg["learned_sections"] = sorted(k for k in self.schema_keys
+                                              if schema.get(k) and not self.cfg["schema"].get(k))
         self.schema = self.parse_schema(schema)
         self.cfg["schema"] = schema
         self._overrides = {}
+        if len(examples) < 2 and not any(_annotated(eg.reference) for eg in examples):
+            return  # spaCy's placeholder (nlp.initialize() without data): a zero-shot pipeline, nothing to say
         if self.training_schema.is_empty:
             logger.warning("%s has nothing to learn: its config names no task (%s) and the training data holds no "
                            "gold to take them from (doc.ents, doc.cats). Configure the tasks, check the corpus, or "
@@ -479,16 +484,28 @@ class ZeroShotComponent(TrainablePipe):
         for key in self.learned_keys:
             self.cfg[key] = saved.get(key, [])
         self.cfg["class_tasks"] = saved.get("class_tasks", {})
+        self.cfg["learned_sections"] = learned = saved.get("learned_sections")
         schema = dict(self.cfg["schema"])
         for key, value in saved.get("schema", {}).items():
-            if key in self.schema_keys and not schema.get(key) and value:
+            if key not in self.schema_keys or not value:
+                continue
+            if not schema.get(key) and (learned is None or key in learned):  # filled from the data by initialize
                 schema[key] = value
+            elif schema.get(key) != value and _as_config_gives(value, schema.get(key)):
+                schema[key] = value  # the saved section, not its copy in config.cfg that changed keys like "a: b"
         self.cfg["schema"] = schema
         self.schema = self.parse_schema(schema)
         self._overrides = {}
 
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
-        """Write cfg and the whole checkpoint (weights as safetensors, tokenizer, configs)."""
+        """Write cfg and the whole checkpoint (weights as safetensors, tokenizer, configs). A schema
+        section that config.cfg cannot hold (spacy.load could not read it back) is a ValueError."""
+        for key in self.schema_keys:
+            problem = _config_problem(self.cfg["schema"].get(key))
+            if problem:
+                raise ValueError(f"The {key!r} section of {self.name!r} cannot be saved in config.cfg: spacy.load "
+                                 f"would fail ({problem}). A name with '.' used as a mapping key makes config "
+                                 "sub-sections: rename it, or give the names as a list.")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         (path / "cfg").write_bytes(self._cfg_bytes())
@@ -532,6 +549,34 @@ class ZeroShotComponent(TrainablePipe):
                 write_checkpoint_files(model, Path(tmp))
                 self._set_runner(self.runner_type.load(str(saved_component_folder(Path(tmp)))))
         return self
+
+
+def _as_config_gives(value: Any, read: Any) -> bool:
+    """Whether a spaCy config file that holds ``value`` reads back as ``read`` (keys with ``:``,
+    ``=``, ``#`` or ``$`` come back changed: then the saved value, not the config's, is the real one)."""
+    from thinc.api import Config
+
+    try:
+        text = Config({"section": {"value": value}}).to_str()
+        return Config().from_str(text, interpolate=False)["section"]["value"] == read
+    except Exception:  # a value the config cannot hold at all
+        return False
+
+
+def _config_problem(value: Any) -> Optional[str]:
+    """Why a spaCy config file could not hold ``value`` and read it back, or None."""
+    from thinc.api import Config
+
+    try:
+        Config().from_str(Config({"section": {"value": value}}).to_str(), interpolate=False)
+    except Exception as err:
+        return " ".join(str(err).split())[:200]
+    return None
+
+
+def _annotated(doc: Doc) -> bool:
+    """Whether a reference Doc holds any annotation a component could learn from."""
+    return bool(doc.has_annotation("ENT_IOB") or doc.cats or doc.spans or doc.user_data)
 
 
 def _string_keys(value: Any) -> bool:
