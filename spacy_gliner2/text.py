@@ -25,6 +25,7 @@ def _combining_marks() -> str:
 
 
 _W = rf"[\w{re.escape(_combining_marks())}\u200c\u200d]"
+_URL_RE = re.compile(r"https?://\S+|www\.\S+", re.IGNORECASE)
 _WORD_RE = re.compile(
     r"https?://\S+|www\.\S+"  # URLs
     r"|[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}"  # e-mails
@@ -72,7 +73,10 @@ def normalized_words(text: str, words: Sequence[Word], end: Optional[int] = None
     end = len(text) if end is None else end
     words = list(words)
     if not text.endswith(SENTENCE_END, 0, end):
-        words.append((".", end, end))
+        if words and words[-1][2] == end and _URL_RE.fullmatch(words[-1][0]):
+            words[-1] = (words[-1][0] + ".", words[-1][1], end)  # a final URL takes the period, as \S+ does
+        else:
+            words.append((".", end, end))
     return words
 
 

@@ -42,6 +42,8 @@ TEXTS = [
     "A quiet day.",
     "Hi",
     "The startup raised money to build travel software for business trips across Europe and Asia.",
+    "Maria Garcia blogs at https://maria.example.org/blog",  # the appended period joins a final URL
+    "Tim Cook",  # no final punctuation: spans that end on the appended period
 ]
 
 

@@ -135,6 +135,12 @@ def _span(item: Dict[str, Any], text: str):
     return out
 
 
+def _distinct(spans):
+    """The first of spans with the same offsets once clamped (one of them ended on the appended period)."""
+    seen = set()
+    return [x for x in spans if "start" not in x or ((x["start"], x["end"]) not in seen and not seen.add((x["start"], x["end"])))]
+
+
 def to_our_shape(ref: Dict[str, Any], schema: Schema, text: str) -> Dict[str, Any]:
     """Map the reference payload onto ``doc._.gliner2``'s shape.
 
@@ -145,7 +151,7 @@ def to_our_shape(ref: Dict[str, Any], schema: Schema, text: str) -> Dict[str, An
     out: Dict[str, Any] = {"entities": {}, "classifications": {}, "structures": {}, "relations": {}}
     ents = ref.get("entities") or {}
     for e in schema.entities:
-        out["entities"][e.name] = [s for s in map(lambda x: _span(x, text), ents.get(e.name, [])) if s]
+        out["entities"][e.name] = _distinct([s for s in map(lambda x: _span(x, text), ents.get(e.name, [])) if s])
     for t in schema.classifications:
         out["classifications"][t.name] = ref[t.name]
     for s in schema.structures:
@@ -155,7 +161,7 @@ def to_our_shape(ref: Dict[str, Any], schema: Schema, text: str) -> Dict[str, An
             for f in s.fields:
                 value = inst.get(f.name)
                 if isinstance(value, list):
-                    fields[f.name] = [x for x in (_span(v, text) for v in value) if x]
+                    fields[f.name] = _distinct([x for x in (_span(v, text) for v in value) if x])
                 else:
                     fields[f.name] = _span(value, text) if value else None
             if any(v not in (None, []) for v in fields.values()):

@@ -14,7 +14,7 @@ from ..core.overlap import resolve
 from ..schema import Schema
 from ..text import Word
 from .boundary import Candidates
-from .boundary_records import decode_records
+from .boundary_records import decode_records, distinct
 from .boundary_relations import RelationPairs
 from .encoding import ENTITIES, RELATION, EncodedText, Segment
 from .fields import choices
@@ -51,7 +51,7 @@ def _spans(candidates: Candidates, m: int, threshold: float, n_prefix: int, word
     """A structure field's spans; ``first_only``: the best one, if it covers text."""
     found = _resolved(candidates, m, threshold, n_prefix, len(words))
     spans = [_to_span(f, n_prefix, words, text) for f in (found[:1] if first_only else found)]
-    return [s for s in spans if s]
+    return distinct([s for s in spans if s])
 
 
 def _entities(schema: Schema, seg: Segment, scores: Candidates, thresholds: Sequence[float], n_prefix: int,
@@ -63,7 +63,7 @@ def _entities(schema: Schema, seg: Segment, scores: Candidates, thresholds: Sequ
         decoded[entity.name] = [(f[1:], _to_span(f, n_prefix, words, text)) for f in found]
     if schema.entity_attributes:
         _attributes(schema, seg, scores, decoded)
-    return {name: [span for _, span in items if span] for name, items in decoded.items()}
+    return {name: distinct([span for _, span in items if span]) for name, items in decoded.items()}
 
 
 def _attributes(schema: Schema, seg: Segment, scores: Candidates, decoded: Dict[str, List[Tuple[Any, Span]]]) -> None:
@@ -114,8 +114,9 @@ def _relations(pairs: RelationPairs, threshold: float, n_prefix: int, words: Seq
         if p >= threshold and 0 <= hs < he <= len(words) and 0 <= ts < te <= len(words):
             edges.append({"score": p, "head": _mention(words, text, hs, he, hp), "tail": _mention(words, text, ts, te, tp)})
     out = []
+    limit = words[-1][2] if words else len(text)  # a window's text ends at its last word (or appended period)
     for edge in deduplicate_edges(edges):
-        head, tail = (_span(edge[side], len(text)) for side in ("head", "tail"))
+        head, tail = (_span(edge[side], limit) for side in ("head", "tail"))
         if head and tail:  # an argument of only the appended period covers no text
             out.append({"head": head, "tail": tail, "confidence": edge["score"]})
     return out

@@ -196,6 +196,13 @@ def _instances(structure: Structure, scores: RecordScores, threshold: float) -> 
     return unique
 
 
+def distinct(spans: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The first span of each ``(start, end)``: a span ending on the appended period has the offsets of
+    the same span without it (the reference reports both, one a character past the text)."""
+    seen = set()
+    return [s for s in spans if (s["start"], s["end"]) not in seen and not seen.add((s["start"], s["end"]))]
+
+
 def decode_records(structure: Structure, scores: RecordScores, threshold: float, n_prefix: int,
                    words: Sequence[Word], text: str, prefix: Sequence[str],
                    choice_probs: Callable[[int, List[int]], List[float]]) -> List[Dict[str, Any]]:
@@ -249,7 +256,7 @@ def decode_records(structure: Structure, scores: RecordScores, threshold: float,
                 continue
             kept = [{"text": text[s:min(e, n_chars)], "confidence": c, "start": s, "end": min(e, n_chars)}
                     for c, s, e, _ in kept]
-            kept = [span for span in kept if span["end"] > span["start"]]
+            kept = distinct([span for span in kept if span["end"] > span["start"]])
             instance[field.name] = (kept[0] if kept else None) if single else kept
         if any(v not in (None, []) for v in instance.values()):
             out.append(instance)
@@ -292,6 +299,7 @@ class ChoiceField:
                  anchors: Sequence[Optional[Tuple[int, int]]], probs: Callable[[List[int]], List[float]],
                  threshold: float):
         self.field, self.single, self.prefix, self.anchors = field, single, prefix, anchors
+        self.n_chars = len(text)
         self.threshold = threshold if field.threshold is None else field.threshold
         self.words = _choice_words(field.choices, prefix)  # prefix word index -> choice
         self.literal, self.mentions = (_literal_mentions(text, field.choices, anchors)
@@ -308,7 +316,10 @@ class ChoiceField:
     def value(self, kept: List[Tuple[float, int, int, str]], r: int) -> Any:
         """Record ``r``'s value, from its assigned spans ``kept`` (confidence, start, end, surface)."""
         def value(choice: str, conf: float, start: Optional[int] = None, end: Optional[int] = None) -> Dict[str, Any]:
-            return {"text": choice, "confidence": conf, **({} if start is None else {"start": start, "end": end})}
+            if start is None:
+                return {"text": choice, "confidence": conf}
+            # offsets into the text (an anchor may end on the appended period, past it)
+            return {"text": choice, "confidence": conf, "start": min(start, self.n_chars), "end": min(end, self.n_chars)}
 
         def field_level() -> Any:
             return choices(self.probs, self.field.choices, self.prefix, "str" if self.single else "list", self.threshold)
