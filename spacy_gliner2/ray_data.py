@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
-from .records import doc_record, pipeline_outputs
+from .records import doc_record, json_objects, pipeline_outputs
 
 if TYPE_CHECKING:
     import pyarrow
@@ -174,18 +174,7 @@ class Written(NamedTuple):
 def _read_jsonl(path: Path, text_column: str) -> List[Dict[str, Any]]:
     """The JSON objects of a JSONL file, as they are (no type inferred from strings); a line that
     is not one, or a file in which no record has ``text_column``, is a ValueError naming it."""
-    records = []
-    with open(path, encoding="utf8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
+    records = [record for _, record in json_objects(path)]
     if records and not any(text_column in record for record in records):
         raise ValueError(f"{path}: no record has a {text_column!r} field; name the text field (text_column, "
                          "--text-field)")

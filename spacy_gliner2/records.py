@@ -5,7 +5,9 @@ component's ``doc.spans`` group, None for entities of other components), ``cats`
 and, per ``gliner2`` / ``gliclass`` component in the pipeline, that factory's Doc extension
 (``doc._.gliner2``: the reference's ``extract`` shapes; ``doc._.gliclass``: class decisions).
 """
-from typing import Any, Dict, List, NamedTuple, Tuple
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, NamedTuple, Tuple, Type, Union
 
 from spacy.tokens import Doc
 
@@ -17,6 +19,22 @@ class Outputs(NamedTuple):
 
     extensions: List[str]  # the factories present, in FACTORIES order (their extension names)
     spans_keys: List[str]  # the doc.spans groups holding entity confidences
+
+
+def json_objects(path: Union[str, Path], error: Type[Exception] = ValueError) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """``(line number, object)`` of each non-blank line of a JSONL file; ``error`` naming the file and
+    line for a line that is not a JSON object."""
+    with open(path, encoding="utf8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise error(f"{path} line {number}: not JSON ({err.msg} at column {err.colno}).") from None
+            if not isinstance(item, dict):
+                raise error(f"{path} line {number}: each line must be a JSON object, got {type(item).__name__}.")
+            yield number, item
 
 
 def pipeline_outputs(config: Dict[str, Any]) -> Outputs:

@@ -189,7 +189,7 @@ def test_jsonl_records_come_back_as_they_were(pipelines, tmp_path):
     assert rows[0]["error"] is None and rows[0]["gliner2"] is not None
     assert rows[2]["error"] == "ValueError: 'text' must be a string, got int"
     source.write_text(json.dumps(records[0]) + "\n{broken\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="in.jsonl, line 2: not valid JSON"):
+    with pytest.raises(ValueError, match="in.jsonl line 2: not JSON"):
         annotate_files(source, target, path)
     source.write_text(json.dumps({**records[0], "cats": {}}) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"already have the output field\(s\) \['cats'\]"):

@@ -9,13 +9,13 @@ the reference Doc's ``doc.cats`` for those labels only (1.0 accepted, 0.0 reject
 without a verdict stay out of ``doc.cats``, so PPO's reward (:mod:`.rl`) counts judged labels
 only and no gold annotation is needed. Several lines may judge the same text (one per task).
 """
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
 from spacy.language import Language
 from spacy.training import Example
 
+from ..records import json_objects
 from ..schema import Schema
 
 
@@ -38,48 +38,39 @@ def read_feedback(path: Union[str, Path], schema: Schema) -> Dict[str, Dict[str,
         raise FeedbackError("The component has no classification tasks: feedback judges class labels.")
     keys = {(task, label): key for task, label, key in schema.cats_keys()}
     judged: Dict[str, Dict[str, float]] = {}
-    with open(path, encoding="utf8") as lines:
-        for number, line in enumerate(lines, 1):
-            where = f"{path} line {number}"
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise FeedbackError(f"{where}: not JSON ({error.msg}).") from None
-            if not isinstance(item, dict):
-                raise FeedbackError(f"{where}: each line must be a JSON object with 'text', 'accept' and/or 'reject'.")
-            unknown = sorted(set(item) - {"text", "task", "accept", "reject"})
-            if unknown:
-                raise FeedbackError(f"{where}: unknown key(s) {unknown}; use 'text', 'task', 'accept', 'reject'.")
-            text = item.get("text")
-            if not isinstance(text, str) or not text.strip():
-                raise FeedbackError(f"{where}: 'text' must be a non-empty string.")
-            name = item.get("task")
-            if name is None:
-                if len(tasks) > 1:
-                    raise FeedbackError(f"{where}: 'task' is needed with several tasks ({sorted(tasks)}).")
-                name = next(iter(tasks))
-            if name not in tasks:
-                raise FeedbackError(f"{where}: unknown task {name!r}; the component's tasks are {sorted(tasks)}.")
-            task = tasks[name]
-            accept, reject = _labels(item.get("accept"), "accept", where), _labels(item.get("reject"), "reject", where)
-            if not accept and not reject:
-                raise FeedbackError(f"{where}: no verdict; give 'accept' and/or 'reject' labels.")
-            for label in accept + reject:
-                if label not in task.labels:
-                    raise FeedbackError(f"{where}: {label!r} is not a label of task {name!r} ({list(task.labels)}).")
-            both = sorted(set(accept) & set(reject))
-            if both:
-                raise FeedbackError(f"{where}: {both} both accepted and rejected.")
-            if not task.multi_label and len(set(accept)) > 1:
-                raise FeedbackError(f"{where}: task {name!r} is single-label; accept at most one label.")
-            cats = judged.setdefault(text, {})
-            for label, value in [(label, 1.0) for label in accept] + [(label, 0.0) for label in reject]:
-                key = keys[(name, label)]
-                if cats.get(key, value) != value:
-                    raise FeedbackError(f"{where}: {label!r} of task {name!r} was judged otherwise on an earlier line.")
-                cats[key] = value
+    for number, item in json_objects(path, FeedbackError):
+        where = f"{path} line {number}"
+        unknown = sorted(set(item) - {"text", "task", "accept", "reject"})
+        if unknown:
+            raise FeedbackError(f"{where}: unknown key(s) {unknown}; use 'text', 'task', 'accept', 'reject'.")
+        text = item.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise FeedbackError(f"{where}: 'text' must be a non-empty string.")
+        name = item.get("task")
+        if name is None:
+            if len(tasks) > 1:
+                raise FeedbackError(f"{where}: 'task' is needed with several tasks ({sorted(tasks)}).")
+            name = next(iter(tasks))
+        if name not in tasks:
+            raise FeedbackError(f"{where}: unknown task {name!r}; the component's tasks are {sorted(tasks)}.")
+        task = tasks[name]
+        accept, reject = _labels(item.get("accept"), "accept", where), _labels(item.get("reject"), "reject", where)
+        if not accept and not reject:
+            raise FeedbackError(f"{where}: no verdict; give 'accept' and/or 'reject' labels.")
+        for label in accept + reject:
+            if label not in task.labels:
+                raise FeedbackError(f"{where}: {label!r} is not a label of task {name!r} ({list(task.labels)}).")
+        both = sorted(set(accept) & set(reject))
+        if both:
+            raise FeedbackError(f"{where}: {both} both accepted and rejected.")
+        if not task.multi_label and len(set(accept)) > 1:
+            raise FeedbackError(f"{where}: task {name!r} is single-label; accept at most one label.")
+        cats = judged.setdefault(text, {})
+        for label, value in [(label, 1.0) for label in accept] + [(label, 0.0) for label in reject]:
+            key = keys[(name, label)]
+            if cats.get(key, value) != value:
+                raise FeedbackError(f"{where}: {label!r} of task {name!r} was judged otherwise on an earlier line.")
+            cats[key] = value
     if not judged:
         raise FeedbackError(f"{path}: no feedback lines.")
     return judged
