@@ -42,8 +42,9 @@ def _run(args: argparse.Namespace) -> None:
     nlp = load_pipeline(args.model, args.factory, schema, args.gpu_id)
     fmt = input_format(args.input, args.input_format)
     # a schema given with a saved pipeline replaces its sections for this run (per-call schema)
+    saved = is_saved_pipeline(args.model)
     component_cfg = {name: schema for name in nlp.pipe_names
-                     if is_saved_pipeline(args.model) and schema and nlp.get_pipe_meta(name).factory in FACTORIES}
+                     if saved and schema and nlp.get_pipe_meta(name).factory in FACTORIES}
     for name, overrides in component_cfg.items():
         nlp.get_pipe(name).schema_for(overrides)  # a bad schema: one error now, not one per text
     with contextlib.ExitStack() as stack:

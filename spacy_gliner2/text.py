@@ -25,10 +25,11 @@ def _combining_marks() -> str:
 
 
 _W = rf"[\w{re.escape(_combining_marks())}\u200c\u200d]"
-_URL_RE = re.compile(r"https?://\S+|www\.\S+", re.IGNORECASE)
+_URL = r"https?://\S+|www\.\S+"
+_URL_RE = re.compile(_URL, re.IGNORECASE)
 _WORD_RE = re.compile(
-    r"https?://\S+|www\.\S+"  # URLs
-    r"|[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}"  # e-mails
+    _URL  # URLs
+    + r"|[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}"  # e-mails
     r"|@[a-z0-9_]+"  # handles
     rf"|{_W}+(?:[-_]{_W}+)*"  # words, hyphen/underscore compounds
     r"|\S",  # any other single character

@@ -22,6 +22,19 @@ def run(extractor, schema=SCHEMA):
     return extractor.run([TEXT], [split_words(TEXT)], schema)[0]
 
 
+def copy_of(checkpoint, folder):
+    """A copy of ``checkpoint`` at ``folder``, to damage."""
+    shutil.copytree(checkpoint, folder)
+    return folder
+
+
+def edit_json(path, changes):
+    """``path``'s JSON object updated with ``changes``, written back (and returned)."""
+    data = {**json.loads(path.read_text()), **changes}
+    path.write_text(json.dumps(data))
+    return data
+
+
 def test_hub_id_offline_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="not in the local Hugging Face cache") as err:
         resolve("some-org/not-cached-model", HubOptions(cache_dir=str(tmp_path), local_files_only=True))
@@ -62,16 +75,14 @@ def test_saved_folder_loads_in_the_reference(bert_checkpoint, tmp_path):
 
 
 def test_pickle_weights_load_with_weights_only(bert_checkpoint, tmp_path):
-    folder = tmp_path / "pickled"
-    shutil.copytree(bert_checkpoint, folder)
+    folder = copy_of(bert_checkpoint, tmp_path / "pickled")
     torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
     (folder / "model.safetensors").unlink()
     assert run(GLiNER2Runner.load(str(folder))) == run(GLiNER2Runner.load(str(bert_checkpoint)))
 
 
 def test_truncated_safetensors(bert_checkpoint, tmp_path):
-    folder = tmp_path / "truncated"
-    shutil.copytree(bert_checkpoint, folder)
+    folder = copy_of(bert_checkpoint, tmp_path / "truncated")
     data = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
@@ -79,8 +90,7 @@ def test_truncated_safetensors(bert_checkpoint, tmp_path):
 
 
 def test_malicious_pickle_is_refused(bert_checkpoint, tmp_path):
-    folder = tmp_path / "evil"
-    shutil.copytree(bert_checkpoint, folder)
+    folder = copy_of(bert_checkpoint, tmp_path / "evil")
     (folder / "model.safetensors").unlink()
 
     class Evil:
@@ -103,18 +113,14 @@ def test_malicious_pickle_is_refused(bert_checkpoint, tmp_path):
     ],
 )
 def test_unsupported_configs(bert_checkpoint, tmp_path, change, message):
-    folder = tmp_path / "changed"
-    shutil.copytree(bert_checkpoint, folder)
-    config = json.loads((folder / "config.json").read_text())
-    config.update(change)
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = copy_of(bert_checkpoint, tmp_path / "changed")
+    edit_json(folder / "config.json", change)
     with pytest.raises((CheckpointError, ValueError), match=message):
         GLiNER2Runner.load(str(folder))
 
 
 def test_unknown_encoder_architecture(bert_checkpoint, tmp_path):
-    folder = tmp_path / "unknown-encoder"
-    shutil.copytree(bert_checkpoint, folder)
+    folder = copy_of(bert_checkpoint, tmp_path / "unknown-encoder")
     path = folder / "encoder_config" / "config.json"
     config = json.loads(path.read_text())
     config["model_type"] = "my-remote-code-model"
@@ -125,8 +131,7 @@ def test_unknown_encoder_architecture(bert_checkpoint, tmp_path):
 
 
 def test_missing_config(bert_checkpoint, tmp_path):
-    folder = tmp_path / "no-config"
-    shutil.copytree(bert_checkpoint, folder)
+    folder = copy_of(bert_checkpoint, tmp_path / "no-config")
     (folder / "config.json").unlink()
     with pytest.raises(CheckpointError, match="config.json is missing"):
         GLiNER2Runner.load(str(folder))
@@ -135,8 +140,7 @@ def test_missing_config(bert_checkpoint, tmp_path):
 def test_missing_vocabulary_files(bert_checkpoint, tmp_path):
     """Without its vocabulary file the tokenizer would still load, with its special tokens only
     (every word [UNK]): a clear error instead."""
-    folder = tmp_path / "no-vocabulary"
-    shutil.copytree(bert_checkpoint, folder)
+    folder = copy_of(bert_checkpoint, tmp_path / "no-vocabulary")
     for name in ("tokenizer.json", "vocab.txt"):
         (folder / name).unlink(missing_ok=True)
     with pytest.raises(CheckpointError, match="vocabulary file .* is missing"):
@@ -144,8 +148,7 @@ def test_missing_vocabulary_files(bert_checkpoint, tmp_path):
 
 
 def test_a_pickle_that_is_not_a_state_dict_is_refused(bert_checkpoint, tmp_path):
-    folder = tmp_path / "odd"
-    shutil.copytree(bert_checkpoint, folder)
+    folder = copy_of(bert_checkpoint, tmp_path / "odd")
     (folder / "model.safetensors").unlink()
     torch.save([torch.zeros(2)], folder / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="not a state dict"):
@@ -191,8 +194,7 @@ def test_a_saved_component_reads_back_only_what_saving_wrote(bert_checkpoint, tm
 def test_weights_of_the_wrong_shape_or_kind_are_a_clear_error(bert_checkpoint, tmp_path, damage, message):
     from safetensors.torch import save_file
 
-    folder = tmp_path / damage
-    shutil.copytree(bert_checkpoint, folder)
+    folder = copy_of(bert_checkpoint, tmp_path / damage)
     state = load_file(folder / "model.safetensors")
     name = next(k for k, v in state.items() if v.dim() == 2 and not k.startswith("encoder.embeddings"))
     state[name] = state[name][:, :-1].contiguous() if damage == "shape" else state[name].to(torch.int8)
@@ -203,12 +205,9 @@ def test_weights_of_the_wrong_shape_or_kind_are_a_clear_error(bert_checkpoint, t
 
 @pytest.mark.parametrize("value", [0, -3, "abc", True, 10**9])
 def test_a_max_width_that_is_not_a_positive_integer_is_refused(bert_checkpoint, tmp_path, value):
-    folder = tmp_path / "width"
-    shutil.copytree(bert_checkpoint, folder)
-    config = json.loads((folder / "config.json").read_text())
-    config["max_width"] = value
-    config.setdefault("span_head", {})["max_width"] = value
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = copy_of(bert_checkpoint, tmp_path / "width")
+    span_head = {**json.loads((folder / "config.json").read_text()).get("span_head", {}), "max_width": value}
+    edit_json(folder / "config.json", {"max_width": value, "span_head": span_head})
     with pytest.raises(CheckpointError, match="max_width must be an integer from 1 to 128"):
         GLiNER2Runner.load(str(folder))
 
@@ -221,19 +220,14 @@ def test_a_max_width_that_is_not_a_positive_integer_is_refused(bert_checkpoint, 
     ({"hidden_size": "32"}, "is not a valid bert config"),
 ])
 def test_an_edited_encoder_config_is_refused_before_any_memory_is_taken(bert_checkpoint, tmp_path, change, message):
-    folder = tmp_path / "edited"
-    shutil.copytree(bert_checkpoint, folder)
-    config = json.loads((folder / "encoder_config" / "config.json").read_text())
-    assert config["model_type"] == "bert"
-    config.update(change)
-    (folder / "encoder_config" / "config.json").write_text(json.dumps(config))
+    folder = copy_of(bert_checkpoint, tmp_path / "edited")
+    assert edit_json(folder / "encoder_config" / "config.json", change)["model_type"] == "bert"
     with pytest.raises(CheckpointError, match=message):
         GLiNER2Runner.load(str(folder))
 
 
 def test_markers_the_tokenizer_would_not_read_as_themselves_are_refused(bert_checkpoint, tmp_path):
-    folder = tmp_path / "normalized"
-    shutil.copytree(bert_checkpoint, folder)
+    folder = copy_of(bert_checkpoint, tmp_path / "normalized")
     tokenizer = json.loads((folder / "tokenizer.json").read_text())
     for added in tokenizer["added_tokens"]:
         if added["content"] in ("[E]", "[SEP_TEXT]"):

@@ -239,11 +239,10 @@ def check_markers(tokenizer: Any, markers: Sequence[str], folder: Path) -> None:
     for marker in markers:
         if marker not in vocab:
             continue
-        for ids in (tokenizer(marker, add_special_tokens=False)["input_ids"],
-                    tokenizer.convert_tokens_to_ids(tokenizer.tokenize(marker))):  # the two ways prompts are read
-            if ids != [vocab[marker]]:
-                break
-        if ids != [vocab[marker]]:
+        readings = (tokenizer(marker, add_special_tokens=False)["input_ids"],  # the two ways prompts are read
+                    tokenizer.convert_tokens_to_ids(tokenizer.tokenize(marker)))
+        ids = next((ids for ids in readings if ids != [vocab[marker]]), None)
+        if ids is not None:
             raise CheckpointError(f"The tokenizer in {folder} reads the marker {marker!r} as {ids}, not as its "
                                   f"token {vocab[marker]}: its added tokens were saved wrongly (add the markers "
                                   "as special tokens, not normalized).")

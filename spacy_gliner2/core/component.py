@@ -551,24 +551,26 @@ class ZeroShotComponent(TrainablePipe):
         return self
 
 
-def _as_config_gives(value: Any, read: Any) -> bool:
-    """Whether a spaCy config file that holds ``value`` reads back as ``read`` (keys with ``:``,
-    ``=``, ``#`` or ``$`` come back changed: then the saved value, not the config's, is the real one)."""
+def _through_config(value: Any) -> Any:
+    """``value`` as a spaCy config file holding it reads it back (keys with ``:``, ``=``, ``#`` or
+    ``$`` come back changed); raises what reading raises when the file cannot hold it."""
     from thinc.api import Config
 
+    return Config().from_str(Config({"section": {"value": value}}).to_str(), interpolate=False)["section"]["value"]
+
+
+def _as_config_gives(value: Any, read: Any) -> bool:
+    """Whether ``read`` is ``value`` as a config file gives it back (then the saved value is the real one)."""
     try:
-        text = Config({"section": {"value": value}}).to_str()
-        return Config().from_str(text, interpolate=False)["section"]["value"] == read
+        return _through_config(value) == read
     except Exception:  # a value the config cannot hold at all
         return False
 
 
 def _config_problem(value: Any) -> Optional[str]:
     """Why a spaCy config file could not hold ``value`` and read it back, or None."""
-    from thinc.api import Config
-
     try:
-        Config().from_str(Config({"section": {"value": value}}).to_str(), interpolate=False)
+        _through_config(value)
     except Exception as err:
         return " ".join(str(err).split())[:200]
     return None
